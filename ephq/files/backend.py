@@ -1,0 +1,172 @@
+"""The file backend: a home directory holding one directory per stream (stream.py)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from ..errors import BadInput
+from ..message import CheckProblem, Message, StreamConfig, StreamStats
+from .doorbell import Doorbell
+from .fsio import listdir
+from .names import IdSource, check_stream_name, is_id, parse_receipt
+from .store import Clock, Store
+from .stream import Stream
+
+NS = 1_000_000_000
+
+
+class FileBackend:
+    def __init__(self, home: str, *, durable: bool, clock: Clock) -> None:
+        self.home = home
+        self.durable = durable
+        self.clock = clock
+        self._ids = IdSource()
+        self._streams: dict[str, Stream] = {}
+        self._bells: dict[tuple[str, bool], Doorbell] = {}
+        self._lock = threading.Lock()
+
+    def _stream(self, name: str) -> Stream:
+        stream = self._streams.get(name)
+        if stream is None:
+            with self._lock:
+                stream = self._streams.setdefault(
+                    name,
+                    Stream(self.home, name, durable=self.durable, clock=self.clock, ids=self._ids),
+                )
+        return stream
+
+    def _settle(self, stream: str, receipt: str) -> tuple[Stream, Store, bool]:
+        parsed = parse_receipt(receipt)
+        owner = self._stream(stream)
+        return owner, owner.store(parsed.dead), parsed.dead
+
+    def enqueue(self, stream: str, items: list[str], delay_ns: int) -> list[str]:
+        store = self._stream(stream).main
+        if len(items) == 1:
+            return [store.enqueue(items[0], delay_ns)]
+        return store.enqueue_many(items, delay_ns)
+
+    def dequeue(
+        self, stream: str, count: int, visibility_ns: int | None, dead: bool
+    ) -> list[Message]:
+        owner = self._stream(stream)
+        if visibility_ns is None:
+            visibility_ns = round(owner.config().visibility * NS)
+        return owner.store(dead).claim(count, visibility_ns, owner.max_attempts(dead))
+
+    def ack(self, stream: str, receipt: str) -> None:
+        _, store, _ = self._settle(stream, receipt)
+        store.ack(parse_receipt(receipt).lease)
+
+    def nack(self, stream: str, receipt: str, delay_ns: int, reason: str | None) -> None:
+        owner, store, dead = self._settle(stream, receipt)
+        store.nack(parse_receipt(receipt).lease, delay_ns, reason, owner.max_attempts(dead))
+
+    def release(self, stream: str, receipt: str) -> None:
+        owner, store, dead = self._settle(stream, receipt)
+        store.nack(parse_receipt(receipt).lease, 0, None, owner.max_attempts(dead), counts=False)
+
+    def extend(self, stream: str, receipt: str, visibility_ns: int) -> int:
+        _, store, _ = self._settle(stream, receipt)
+        return store.extend(parse_receipt(receipt).lease, visibility_ns)
+
+    def peek(self, stream: str, count: int, dead: bool) -> list[Message]:
+        owner = self._stream(stream)
+        return owner.store(dead).peek(count, owner.max_attempts(dead))
+
+    def stats(self, stream: str) -> StreamStats:
+        owner = self._stream(stream)
+        now = self.clock()
+        owner.main.reap(now, owner.max_attempts(False))
+        owner.dead.reap(now, None)
+        ready, delayed, inflight, oldest = owner.main.counts(now)
+        dead = sum(owner.dead.counts(now)[:3])
+        age = None if oldest is None else max(0.0, (now - oldest) / NS)
+        return StreamStats(stream, ready, delayed, inflight, dead, age)
+
+    def streams(self) -> list[str]:
+        found = []
+        for name in sorted(listdir(self.home)):
+            try:
+                check_stream_name(name)
+            except BadInput:
+                continue
+            if os.path.isdir(os.path.join(self.home, name, "tmp")):
+                found.append(name)
+        return found
+
+    def purge(self, stream: str) -> int:
+        owner = self._stream(stream)
+        if not owner.exists():
+            return 0
+        with owner.exclusive():
+            return owner.main.purge()
+
+    def config(self, stream: str) -> StreamConfig:
+        return self._stream(stream).config()
+
+    def configure(
+        self, stream: str, max_attempts: int | None, visibility_ns: int | None
+    ) -> StreamConfig:
+        owner = self._stream(stream)
+        with owner.exclusive():
+            now = owner.config()
+            new = StreamConfig(
+                now.max_attempts if max_attempts is None else max_attempts,
+                now.visibility if visibility_ns is None else visibility_ns / NS,
+            )
+            owner.config_file.save(new, durable=self.durable)
+            return new
+
+    def dead_letter(self, stream: str, message_id: str) -> Message:
+        _require_id(message_id)
+        return self._stream(stream).dead.get(message_id)
+
+    def redrive(self, stream: str, ids: list[str] | None) -> list[str]:
+        for message_id in ids or []:
+            _require_id(message_id)
+        owner = self._stream(stream)
+        return owner.dead.redrive_into(owner.main, ids)
+
+    def purge_dead_letters(self, stream: str, ids: list[str] | None) -> list[str]:
+        for message_id in ids or []:
+            _require_id(message_id)
+        return self._stream(stream).dead.remove(ids)
+
+    def waiter(self, stream: str, dead: bool) -> Doorbell:
+        key = (stream, dead)
+        bell = self._bells.get(key)
+        if bell is None:
+            store = self._stream(stream).store(dead)
+            if not store.exists():
+                self._stream(stream).create()
+            bell = self._bells.setdefault(key, Doorbell(store.bell))
+        return bell
+
+    def seconds_until_due(self, stream: str, dead: bool) -> float:
+        store = self._stream(stream).store(dead)
+        return max(0.0, (store.next_due_ns() - self.clock()) / NS)
+
+    def check(self, stream: str | None, repair: bool) -> list[CheckProblem]:
+        from .check import check_stream
+
+        problems: list[CheckProblem] = []
+        for name in [stream] if stream is not None else self.streams():
+            owner = self._stream(name)
+            if repair and owner.exists():
+                with owner.exclusive():
+                    problems += check_stream(owner, repair=True)
+            else:
+                problems += check_stream(owner, repair=False)
+        return problems
+
+    def close(self) -> None:
+        for bell in self._bells.values():
+            bell.close()
+        self._bells.clear()
+
+
+def _require_id(message_id: str) -> None:
+    if not isinstance(message_id, str) or not is_id(message_id):
+        raise BadInput(f"{message_id!r} is not a message id (24 hex digits, as enqueue prints)")

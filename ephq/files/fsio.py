@@ -1,0 +1,152 @@
+"""The few file-system moves the engine is built from, each safe against crashes and races.
+
+A new file is written under tmp/, flushed, then renamed into place: a reader never sees a partial
+file under a final name (maildir's rule). A writer holds a flock on what it is writing, so a
+cleaner can tell a crashed writer's leftovers (lock free) from a live writer's (lock held): the
+kernel drops the lock of a dead process, as in nq.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..errors import DiskFull, EphqError, StorageError, StoragePermissionDenied
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+# How often a rename into a directory is retried when a concurrent prune keeps removing it.
+_PLACE_TRIES = 20
+
+
+def storage_error(exc: OSError, doing: str) -> EphqError:
+    """The ephq error that an OSError stands for, with a message a user can act on."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(f"cannot {doing}: the disk is full{where}; free space and try again")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoragePermissionDenied(
+            f"cannot {doing}: permission denied{where}; check the owner and mode of the ephq home"
+        )
+    return StorageError(f"cannot {doing}: {exc.strerror or exc}{where}")
+
+
+@contextmanager
+def translated(doing: str) -> Iterator[None]:
+    """Turn an unexpected OSError into the matching EphqError."""
+    try:
+        yield
+    except OSError as exc:
+        raise storage_error(exc, doing) from exc
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(path: str, *, durable: bool) -> None:
+    """Create path and any missing parents; when durable, make each new entry survive power loss."""
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        ensure_dir(os.path.dirname(path), durable=durable)
+        try:
+            os.mkdir(path, DIR_MODE)
+        except FileExistsError:
+            return
+    if durable:
+        fsync_dir(os.path.dirname(path))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def create_locked(path: str, data: bytes, *, durable: bool) -> int:
+    """A new file holding data, flushed when durable; returns its fd with our flock on it."""
+    fd = os.open(path, _OPEN_NEW, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        write_all(fd, data)
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        unlink_quietly(path)
+        raise
+    return fd
+
+
+def place(
+    src: str, dest_dir: str, name: str, *, durable: bool, sync_dest: bool | None = None
+) -> bool:
+    """Rename src to dest_dir/name, creating dest_dir if a prune removed it. False if src is gone.
+
+    When durable, the directory entry is flushed too: the move survives power loss. Moves that
+    at-least-once delivery lets a power loss undo (leases, nacks) pass durable=False; a caller
+    moving many files into few directories passes sync_dest=False and flushes each one once.
+    """
+    dest = os.path.join(dest_dir, name)
+    for _ in range(_PLACE_TRIES):
+        try:
+            os.rename(src, dest)
+        except FileNotFoundError:
+            if not os.path.lexists(src):
+                return False
+            ensure_dir(dest_dir, durable=durable)
+            continue
+        if durable if sync_dest is None else sync_dest:
+            fsync_dir(dest_dir)
+        return True
+    raise StorageError(f"cannot move {src} into {dest_dir}: the directory keeps disappearing")
+
+
+def read_file(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def listdir(path: str) -> list[str]:
+    """The names in a directory, or none if it does not exist (a prune may have removed it)."""
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def owner_is_gone(path: str) -> bool:
+    """True when nobody holds the flock on path: its writer finished or died.
+
+    Only meaningful for files or directories whose writer takes the lock before anyone can see
+    them, or after a grace period long past creation.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True

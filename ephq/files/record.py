@@ -1,0 +1,75 @@
+"""A message file's contents: one JSON object, format version first, the data last and verbatim.
+
+    {"v":1,"id":"…","stream":"…","enqueued_at":"2026-11-27T09:54:57.123456Z","meta":{},"data":…}
+
+The data's text is written exactly as enqueued, so a handler receives the bytes the producer
+sent (number spelling, key order, spacing), and the whole file still parses as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+FORMAT_VERSION = 1
+_COMPACT = (",", ":")
+
+
+class CorruptRecord(ValueError):
+    """A message file that does not hold a message; the reason says why."""
+
+
+class Record(NamedTuple):
+    id: str
+    stream: str
+    meta: dict[str, Any]
+    data: Any
+    data_json: str
+
+
+def iso_utc(ns: int) -> str:
+    moment = datetime.fromtimestamp(ns // 1000 / 1e6, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _header(message_id: str, stream: str, enqueued_ns: int, meta: dict[str, Any]) -> str:
+    head = {
+        "v": FORMAT_VERSION,
+        "id": message_id,
+        "stream": stream,
+        "enqueued_at": iso_utc(enqueued_ns),
+        "meta": meta,
+    }
+    return json.dumps(head, separators=_COMPACT)[:-1] + ',"data":'
+
+
+def encode(
+    message_id: str, stream: str, enqueued_ns: int, data_json: str, meta: dict[str, Any]
+) -> bytes:
+    return (_header(message_id, stream, enqueued_ns, meta) + data_json + "}").encode()
+
+
+def decode(raw: bytes) -> Record:
+    try:
+        text = raw.decode()
+        doc = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptRecord(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("v") != FORMAT_VERSION:
+        raise CorruptRecord(f"not an ephq message of format version {FORMAT_VERSION}")
+    if "data" not in doc or not isinstance(doc.get("id"), str):
+        raise CorruptRecord("a message must have an id and data")
+    meta = doc.get("meta")
+    if not isinstance(meta, dict):
+        meta = {}
+    return Record(doc["id"], str(doc.get("stream", "")), meta, doc["data"], _data_text(text, doc))
+
+
+def _data_text(text: str, doc: dict[str, Any]) -> str:
+    """The data exactly as written when the file is as ephq wrote it, else re-encoded."""
+    head = {k: v for k, v in doc.items() if k != "data"}
+    prefix = json.dumps(head, separators=_COMPACT)[:-1] + ',"data":'
+    if text.startswith(prefix) and text.endswith("}"):
+        return text[len(prefix) : -1]
+    return json.dumps(doc["data"], separators=_COMPACT)

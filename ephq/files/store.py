@@ -1,0 +1,693 @@
+"""One stream's messages on disk and every transition between their states.
+
+                 enqueue                 claim                   ack
+      tmp/ ─────────────────▶ ready/ ─────────────▶ inflight/ ─────────▶ (removed)
+        │ delay                 ▲ ▲                   │ │ │ extend: the deadline moves on
+        ▼                       │ └── reap (expired) ─┘ │ └─────────────▶ inflight/
+     delayed/ ── reap (due) ────┘ ◀──── nack ───────────┤
+        ▲                                               │ nack with delay
+        └───────────────────────────────────────────────┘
+      ready/ or inflight/ ── dead_letter (attempts spent, unreadable) ──▶ dlq/ready/
+
+Invariants:
+- A message is in exactly one of ready/, delayed/, inflight/ or dlq/; for an instant during
+  dead-lettering it is tmp/<id>.<attempts>.dying, which recovery finishes (clean_tmp).
+- Every transition is one rename(2) of the message's file (ack: one unlink). Whoever renames first
+  wins and the loser gets ENOENT, so two consumers never hold the same delivery and no lock is
+  needed on the hot path.
+- Names carry all a scan needs (names.py): ready sorts by id, which is FIFO order, delayed and
+  inflight by due time. A message that comes back keeps its id and so its place.
+- A file under a final name is complete: writers write in tmp/, flush, then rename.
+- Attempts are counted when a lease is taken, so a consumer that dies still uses one up; a
+  message delivered max_attempts times is dead-lettered instead of being delivered again.
+- Expired leases and due delayed messages are moved by whichever operation next notices (reap):
+  no daemon. A process remembers when the next one can be due and does not scan before then
+  (at most REAP_INTERVAL later), and the trees keep every scan to the slices that are due.
+
+Durability: enqueue and dead-lettering flush file and directory before returning (when durable).
+Leases, acks and nacks are not flushed: a power loss can only undo them, and an undone lease or
+ack means a redelivery, which at-least-once delivery allows.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..errors import LeaseLost, NotFound
+from ..message import Message, utc_from_ns
+from .fsio import (
+    create_locked,
+    ensure_dir,
+    fsync_dir,
+    listdir,
+    owner_is_gone,
+    place,
+    read_file,
+    unlink_quietly,
+    write_all,
+)
+from .names import (
+    IdSource,
+    ReadyName,
+    TimedName,
+    format_receipt,
+    id_time_ns,
+    new_token,
+    parse_ready,
+    parse_timed,
+)
+from .record import CorruptRecord, Record, decode, encode, iso_utc
+from .tree import READY_CUTS, TIMED_CUTS, Tree
+
+Clock = Callable[[], int]
+REAP_INTERVAL_NS = 1_000_000_000
+# A tmp/ entry whose writer could still be between creating it and locking it is left alone.
+TMP_GRACE_NS = 60 * 1_000_000_000
+STATES = ("ready", "delayed", "inflight")
+
+
+class Store:
+    """The state directories of one queue: a stream's own, or its dead-letter queue's."""
+
+    def __init__(
+        self,
+        path: str,
+        stream: str,
+        *,
+        durable: bool,
+        clock: Clock,
+        ids: IdSource,
+        graveyard: Store | None,
+    ) -> None:
+        self.path = path
+        self.stream = stream
+        self.durable = durable
+        self.clock = clock
+        self.graveyard = graveyard  # where dead letters go; None for a dead-letter queue itself
+        self.ready = Tree(os.path.join(path, "ready"), READY_CUTS)
+        self.delayed = Tree(os.path.join(path, "delayed"), TIMED_CUTS)
+        self.inflight = Tree(os.path.join(path, "inflight"), TIMED_CUTS)
+        self.tmp = os.path.join(path, "tmp")
+        self.bell = os.path.join(path, "bell")
+        self._ids = ids
+        self._lock = threading.Lock()
+        self._reaping = threading.Lock()
+        self._head: deque[str] = deque()
+        self._head_dir = ""
+        self._next_reap_ns = 0
+        self._extended: dict[str, str] = {}  # receipt -> current inflight name, for this process
+
+    @property
+    def is_dead_letter_queue(self) -> bool:
+        return self.graveyard is None
+
+    def create(self) -> None:
+        for sub in ("ready", "delayed", "inflight", "tmp"):
+            ensure_dir(os.path.join(self.path, sub), durable=self.durable)
+        if not os.path.exists(self.bell):
+            os.close(os.open(self.bell, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.tmp)
+
+    # -- enqueue ---------------------------------------------------------------------------
+
+    def enqueue(self, data_json: str, delay_ns: int) -> str:
+        now = self.clock()
+        message_id = self._ids.next(now)
+        content = encode(message_id, self.stream, id_time_ns(message_id), data_json, {})
+        dest_dir, name = self._arrival(message_id, now, delay_ns)
+        self._write_in(content, dest_dir, name)
+        self._arrived(now, delay_ns)
+        return message_id
+
+    def enqueue_many(self, items: list[str], delay_ns: int) -> list[str]:
+        """All or nothing: written to a batch directory, committed by one rename, then placed."""
+        now = self.clock()
+        ids = [self._ids.next(now) for _ in items]
+        batch = os.path.join(self.tmp, f"batch-{ids[0]}")
+        try:
+            os.mkdir(batch, 0o700)
+        except FileNotFoundError:
+            self.create()
+            os.mkdir(batch, 0o700)
+        lock = os.open(batch, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._stage(batch, ids, items, now, delay_ns)
+                commit = os.path.join(self.tmp, f"commit-{ids[0]}")
+                os.rename(batch, commit)
+            except BaseException:
+                shutil.rmtree(batch, ignore_errors=True)
+                raise
+            if self.durable:
+                fsync_dir(self.tmp)
+            self._install(commit)
+        finally:
+            os.close(lock)
+        self._arrived(now, delay_ns)
+        return ids
+
+    def _stage(self, batch: str, ids: list[str], items: list[str], now: int, delay: int) -> None:
+        for message_id, data_json in zip(ids, items, strict=True):
+            content = encode(message_id, self.stream, id_time_ns(message_id), data_json, {})
+            _, name = self._arrival(message_id, now, delay)
+            fd = os.open(os.path.join(batch, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                write_all(fd, content)
+                if self.durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        if self.durable:
+            fsync_dir(batch)
+
+    def _install(self, commit: str) -> None:
+        """Move every file of a committed batch into place; also how recovery finishes one."""
+        touched: set[str] = set()
+        for name in sorted(listdir(commit)):
+            ready = parse_ready(name)
+            if ready is not None:
+                dest = self.ready.leaf_dir(ready.id)
+            else:
+                timed = parse_timed(name)
+                if timed is None:
+                    continue
+                dest = self.delayed.leaf_dir(f"{timed.at_ns:016x}")
+            if place(os.path.join(commit, name), dest, name, durable=self.durable, sync_dest=False):
+                touched.add(dest)
+        if self.durable:
+            for dest in touched:
+                fsync_dir(dest)
+        try:
+            os.rmdir(commit)
+        except OSError:  # a concurrent recovery of the same batch is still at it, or done
+            pass
+
+    def _arrival(self, message_id: str, now: int, delay_ns: int) -> tuple[str, str]:
+        if delay_ns <= 0:
+            return self.ready.leaf_dir(message_id), str(ReadyName(message_id, 0))
+        due = now + delay_ns
+        return self.delayed.leaf_dir(f"{due:016x}"), str(TimedName(due, message_id, 0))
+
+    def _arrived(self, now: int, delay_ns: int) -> None:
+        if delay_ns > 0:
+            self._note_due(now + delay_ns)
+        else:
+            self.ring()
+
+    def receive(self, message_id: str, content: bytes) -> None:
+        """Take a complete message file (a dead letter) into ready/, durably."""
+        self._write_in(content, self.ready.leaf_dir(message_id), str(ReadyName(message_id, 0)))
+        self.ring()
+
+    def _write_in(self, content: bytes, dest_dir: str, name: str) -> None:
+        tmp = os.path.join(self.tmp, f"{name}.{new_token()}.w")
+        try:
+            fd = create_locked(tmp, content, durable=self.durable)
+        except FileNotFoundError:
+            self.create()
+            fd = create_locked(tmp, content, durable=self.durable)
+        try:
+            place(tmp, dest_dir, name, durable=self.durable)
+        except BaseException:
+            unlink_quietly(tmp)
+            raise
+        finally:
+            os.close(fd)
+
+    # -- claim -----------------------------------------------------------------------------
+
+    def claim(self, count: int, visibility_ns: int, max_attempts: int | None) -> list[Message]:
+        now = self.clock()
+        self.maybe_reap(now, max_attempts)
+        got: list[Message] = []
+        while len(got) < count:
+            candidate = self._next_candidate(now)
+            if candidate is None:
+                break
+            message = self._claim_one(candidate, now, visibility_ns, max_attempts)
+            if message is not None:
+                got.append(message)
+        return got
+
+    def _next_candidate(self, now: int) -> str | None:
+        """The path of the next ready file in FIFO order, from a per-process cache of one leaf.
+
+        The cache is refilled from the top of the tree, so messages that came back into earlier
+        slices are seen at the latest when the current slice is used up.
+        """
+        with self._lock:
+            while not self._head:
+                if not self._refill(now):
+                    return None
+            return os.path.join(self._head_dir, self._head.popleft())
+
+    def _refill(self, now: int) -> bool:
+        for leaf in self.ready.leaves(now):
+            names = listdir(leaf.path)
+            if names:
+                names.sort()
+                self._head = deque(names)
+                self._head_dir = leaf.path
+                return True
+            self.ready.prune(leaf, now)
+        return False
+
+    def _forget_head(self) -> None:
+        with self._lock:
+            self._head.clear()
+
+    def _claim_one(
+        self, path: str, now: int, visibility_ns: int, max_attempts: int | None
+    ) -> Message | None:
+        ready = parse_ready(os.path.basename(path))
+        if ready is None:
+            return None  # not a message file; check() reports it
+        if max_attempts is not None and ready.attempts >= max_attempts:
+            why = f"delivered {ready.attempts} times; max_attempts is {max_attempts}"
+            self.dead_letter(path, ready.id, ready.attempts, why)
+            return None
+        deadline = now + visibility_ns
+        lease = TimedName(deadline, ready.id, ready.attempts + 1, new_token())
+        dest_dir = self.inflight.leaf_dir(f"{deadline:016x}")
+        if not place(path, dest_dir, str(lease), durable=False):
+            return None  # another consumer took it first
+        leased = os.path.join(dest_dir, str(lease))
+        try:
+            record = decode(read_file(leased))
+        except FileNotFoundError:
+            return None  # its lease already expired and someone else reaped it
+        except CorruptRecord as exc:
+            self.dead_letter(leased, ready.id, lease.attempts, f"unreadable message file: {exc}")
+            return None
+        self._note_due(deadline)
+        return self._message(
+            record, lease.attempts, format_receipt(lease, self.is_dead_letter_queue), deadline
+        )
+
+    def _message(
+        self, record: Record, attempts: int, receipt: str | None, visible_until: int | None
+    ) -> Message:
+        return Message(
+            id=record.id,
+            receipt=receipt,
+            stream=self.stream,
+            data=record.data,
+            data_json=record.data_json,
+            attempts=attempts,
+            enqueued_at=utc_from_ns(id_time_ns(record.id)),
+            visible_until=None if visible_until is None else utc_from_ns(visible_until),
+            metadata=record.meta,
+        )
+
+    # -- settle a delivery -----------------------------------------------------------------
+
+    def _delivery_paths(self, lease: TimedName) -> Iterator[str]:
+        """Where the delivery's file can be while the receipt is good, most likely first."""
+        receipt = str(lease)
+        moved = self._extended.get(receipt)
+        if moved is not None:
+            yield os.path.join(self.inflight.leaf_dir(moved), moved)
+        yield os.path.join(self.inflight.leaf_dir(receipt), receipt)
+        # Expired and reaped, but nobody has leased it again: the delivery has not ended.
+        expired = ReadyName(lease.id, lease.attempts, lease.token)
+        yield os.path.join(self.ready.leaf_dir(lease.id), str(expired))
+        # Extended by another process: the same delivery under a later deadline.
+        suffix = receipt[16:]
+        for leaf, name in self.inflight.all_names(self.clock()):
+            if name.endswith(suffix) and len(name) == len(receipt) and name != moved:
+                yield os.path.join(leaf.path, name)
+
+    def _lost(self, lease: TimedName) -> LeaseLost:
+        self._extended.pop(str(lease), None)
+        return LeaseLost(
+            f"the lease on message {lease.id} (delivery {lease.attempts}) has ended: it was "
+            "acked, nacked, dead-lettered, or expired and was delivered again"
+        )
+
+    def ack(self, lease: TimedName) -> None:
+        for path in self._delivery_paths(lease):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            self._extended.pop(str(lease), None)
+            return
+        raise self._lost(lease)
+
+    def nack(
+        self,
+        lease: TimedName,
+        delay_ns: int,
+        reason: str | None,
+        max_attempts: int | None,
+        *,
+        counts: bool = True,
+    ) -> None:
+        """End the delivery: back to ready (after delay_ns), or dead-lettered if it was the last.
+
+        counts=False releases it as if this delivery never happened (a worker shutting down).
+        """
+        attempts = lease.attempts if counts else lease.attempts - 1
+        now = self.clock()
+        for path in self._delivery_paths(lease):
+            if counts and max_attempts is not None and attempts >= max_attempts:
+                if self.dead_letter(path, lease.id, attempts, reason or "nacked"):
+                    break
+                continue
+            if delay_ns > 0:
+                due = now + delay_ns
+                dest, name = (
+                    self.delayed.leaf_dir(f"{due:016x}"),
+                    str(TimedName(due, lease.id, attempts)),
+                )
+            else:
+                dest, name = self.ready.leaf_dir(lease.id), str(ReadyName(lease.id, attempts))
+            if place(path, dest, name, durable=False):
+                self._arrived(now, delay_ns)
+                if delay_ns <= 0:
+                    self._forget_head()
+                break
+        else:
+            raise self._lost(lease)
+        self._extended.pop(str(lease), None)
+
+    def extend(self, lease: TimedName, visibility_ns: int) -> int:
+        deadline = self.clock() + visibility_ns
+        moved = TimedName(deadline, lease.id, lease.attempts, lease.token)
+        dest = self.inflight.leaf_dir(f"{deadline:016x}")
+        for path in self._delivery_paths(lease):
+            if place(path, dest, str(moved), durable=False):
+                self._extended[str(lease)] = str(moved)
+                self._note_due(deadline)
+                return deadline
+        raise self._lost(lease)
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    def dead_letter(self, path: str, message_id: str, attempts: int, error: str) -> bool:
+        """Move the file at path to the dead-letter queue; False if someone else moved it first.
+
+        The file is locked, then renamed into tmp/ (which makes it ours), then written anew with
+        the reason into the dead-letter queue. A crash in between leaves tmp/*.dying, locked by
+        nobody, which clean_tmp finishes.
+        """
+        assert self.graveyard is not None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            dying = os.path.join(self.tmp, f"{message_id}.{attempts}.dying")
+            try:
+                os.rename(path, dying)
+            except FileNotFoundError:
+                return False
+            self._bury(fd, dying, message_id, attempts, error)
+            return True
+        finally:
+            os.close(fd)
+
+    def _bury(self, fd: int, dying: str, message_id: str, attempts: int, error: str) -> None:
+        assert self.graveyard is not None
+        raw = os.pread(fd, os.fstat(fd).st_size, 0)
+        meta: dict[str, Any]
+        try:
+            record = decode(raw)
+            meta, data_json = dict(record.meta), record.data_json
+        except CorruptRecord:
+            meta, data_json = {"raw": raw.decode("utf-8", "replace")}, "null"
+        meta["dead"] = {
+            "stream": self.stream,
+            "error": error,
+            "attempts": attempts,
+            "died_at": iso_utc(self.clock()),
+        }
+        content = encode(message_id, self.stream, id_time_ns(message_id), data_json, meta)
+        self.graveyard.receive(message_id, content)
+        os.unlink(dying)
+
+    def redrive_into(self, target: Store, ids: list[str] | None) -> list[str]:
+        """Move dead letters (all, or those with the given ids) back into target's ready/."""
+        now = self.clock()
+        moved: list[str] = []
+        for path, ready in self._ready_files(ids, now):
+            if place(
+                path,
+                target.ready.leaf_dir(ready.id),
+                str(ReadyName(ready.id, 0)),
+                durable=target.durable,
+            ):
+                moved.append(ready.id)
+        if moved:
+            target.ring()
+            target._forget_head()
+        return moved
+
+    def remove(self, ids: list[str] | None) -> list[str]:
+        removed: list[str] = []
+        for path, ready in self._ready_files(ids, self.clock()):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            removed.append(ready.id)
+        return removed
+
+    def _ready_files(self, ids: list[str] | None, now: int) -> Iterator[tuple[str, ReadyName]]:
+        if ids is None:
+            for leaf, name in self.ready.all_names(now):
+                ready = parse_ready(name)
+                if ready is not None:
+                    yield os.path.join(leaf.path, name), ready
+            return
+        for message_id in ids:
+            found = self.find(message_id)
+            if found is None or found[1] != "ready":
+                raise NotFound(f"no dead letter with id {message_id} in stream {self.stream!r}")
+            ready = parse_ready(os.path.basename(found[0]))
+            assert ready is not None
+            yield found[0], ready
+
+    def find(self, message_id: str) -> tuple[str, str] | None:
+        """The path and state of the message with this id, if it is in this store."""
+        leaf = self.ready.leaf_dir(message_id)
+        for name in listdir(leaf):
+            if name.startswith(message_id + "."):
+                return os.path.join(leaf, name), "ready"
+        for state, tree in (("delayed", self.delayed), ("inflight", self.inflight)):
+            for found_leaf, name in tree.all_names(self.clock()):
+                if name[17:41] == message_id:
+                    return os.path.join(found_leaf.path, name), state
+        return None
+
+    def get(self, message_id: str) -> Message:
+        found = self.find(message_id)
+        if found is not None:
+            path, state = found
+            try:
+                record = decode(read_file(path))
+            except (FileNotFoundError, CorruptRecord):
+                pass
+            else:
+                name = os.path.basename(path)
+                parsed = parse_ready(name) if state == "ready" else parse_timed(name)
+                attempts = parsed.attempts if parsed is not None else 0
+                return self._message(record, attempts, None, None)
+        raise NotFound(f"no message with id {message_id} in {self._what()}")
+
+    def _what(self) -> str:
+        return (
+            f"the dead letters of stream {self.stream!r}"
+            if self.is_dead_letter_queue
+            else (f"stream {self.stream!r}")
+        )
+
+    # -- reap ------------------------------------------------------------------------------
+
+    def _note_due(self, at_ns: int) -> None:
+        self._next_reap_ns = min(self._next_reap_ns, at_ns)
+
+    def maybe_reap(self, now: int, max_attempts: int | None) -> None:
+        if now >= self._next_reap_ns:
+            self.reap(now, max_attempts)
+
+    def next_due_ns(self) -> int:
+        return self._next_reap_ns
+
+    def reap(self, now: int, max_attempts: int | None) -> None:
+        """Expired leases back to ready (or to the dead letters), due delayed messages to ready."""
+        if not self._reaping.acquire(blocking=False):
+            return  # another thread of this process is at it
+        try:
+            self._next_reap_ns = now + REAP_INTERVAL_NS
+            returned = self._reap_tree(self.inflight, now, max_attempts)
+            returned |= self._reap_tree(self.delayed, now, None)
+            self.clean_tmp()
+        finally:
+            self._reaping.release()
+        if returned:
+            self._forget_head()
+            self.ring()
+
+    def _reap_tree(self, tree: Tree, now: int, max_attempts: int | None) -> bool:
+        returned = False
+        for leaf in tree.leaves(now):
+            start, _ = leaf.window()
+            if start > now:
+                self._note_due(start)
+                break
+            for name in listdir(leaf.path):
+                timed = parse_timed(name)
+                if timed is None:
+                    continue
+                if timed.at_ns > now:
+                    self._note_due(timed.at_ns)
+                    continue
+                path = os.path.join(leaf.path, name)
+                if max_attempts is not None and timed.attempts >= max_attempts:
+                    self.dead_letter(path, timed.id, timed.attempts, "lease expired")
+                    continue
+                back = ReadyName(timed.id, timed.attempts, timed.token)
+                returned |= place(path, self.ready.leaf_dir(timed.id), str(back), durable=False)
+            tree.prune(leaf, now)
+        return returned
+
+    def leftovers(self) -> Iterator[tuple[str, str]]:
+        """What crashed writers left in tmp/, as (name, path): only entries nobody holds."""
+        for name in listdir(self.tmp):
+            path = os.path.join(self.tmp, name)
+            # .dying and commit- were locked before they got these names, so a free lock means
+            # the owner is gone; the rest could be caught between creation and locking.
+            promised = name.endswith(".dying") or name.startswith("commit-")
+            scrap = name.endswith(".w") or name.startswith(("batch-", "purge-"))
+            if (promised or (scrap and _older_than_grace(path))) and owner_is_gone(path):
+                yield name, path
+
+    def clean_tmp(self) -> list[str]:
+        """Finish what crashed writers had committed to, remove the rest; the names dealt with.
+
+        A dying message is dead-lettered and a committed batch placed, since both were promised;
+        a half-written message or batch was never acknowledged to anyone and is removed.
+        """
+        handled: list[str] = []
+        for name, path in self.leftovers():
+            if name.endswith(".dying"):
+                if not self._finish_dying(path, name):
+                    continue
+            elif name.startswith("commit-"):
+                self._install(path)
+            else:
+                _remove_tree_or_file(path)
+            handled.append(name)
+        return handled
+
+    def _finish_dying(self, path: str, name: str) -> bool:
+        message_id, attempts = name.split(".")[:2]
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            if not os.path.exists(path):
+                return False
+            why = "the process dead-lettering it stopped before it finished"
+            self._bury(fd, path, message_id, int(attempts), why)
+            return True
+        finally:
+            os.close(fd)
+
+    # -- look without taking ---------------------------------------------------------------
+
+    def peek(self, count: int, max_attempts: int | None) -> list[Message]:
+        now = self.clock()
+        self.maybe_reap(now, max_attempts)
+        found: list[Message] = []
+        for leaf, name in self.ready.all_names(now):
+            if len(found) >= count:
+                break
+            ready = parse_ready(name)
+            if ready is None:
+                continue
+            try:
+                record = decode(read_file(os.path.join(leaf.path, name)))
+            except (FileNotFoundError, CorruptRecord):
+                continue
+            found.append(self._message(record, ready.attempts, None, None))
+        return found
+
+    def counts(self, now: int) -> tuple[int, int, int, int | None]:
+        """Ready, delayed and inflight counts, and the enqueue time of the oldest ready message."""
+        ready, oldest = 0, None
+        for _, name in self.ready.all_names(now):
+            parsed = parse_ready(name)
+            if parsed is not None:
+                ready += 1
+                if oldest is None:
+                    oldest = id_time_ns(parsed.id)
+        delayed = sum(1 for _, n in self.delayed.all_names(now) if parse_timed(n) is not None)
+        inflight = sum(1 for _, n in self.inflight.all_names(now) if parse_timed(n) is not None)
+        return ready, delayed, inflight, oldest
+
+    def purge(self) -> int:
+        """Remove every message in ready/, delayed/ and inflight/; how many there were.
+
+        Each state directory is renamed aside in one step, so consumers see it empty at once and
+        the deleting happens out of sight.
+        """
+        token = new_token()
+        aside: list[str] = []
+        for tree in (self.ready, self.delayed, self.inflight):
+            out = os.path.join(self.tmp, f"purge-{token}-{os.path.basename(tree.root)}")
+            try:
+                os.rename(tree.root, out)
+            except FileNotFoundError:
+                continue
+            aside.append(out)
+            ensure_dir(tree.root, durable=self.durable)
+        self._forget_head()
+        removed = 0
+        for out in aside:
+            for _, _, files in os.walk(out):
+                removed += len(files)
+            shutil.rmtree(out, ignore_errors=True)
+        return removed
+
+    def ring(self) -> None:
+        """Wake consumers long-polling this store (they watch the bell with inotify)."""
+        try:
+            os.utime(self.bell)
+        except FileNotFoundError:
+            pass
+
+
+def _older_than_grace(path: str) -> bool:
+    try:
+        changed = os.stat(path).st_ctime_ns
+    except FileNotFoundError:
+        return False
+    return time.time_ns() - changed > TMP_GRACE_NS
+
+
+def _remove_tree_or_file(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        unlink_quietly(path)

@@ -1,0 +1,321 @@
+"""The Queue: ephq's Python API. It validates, converts and waits; a backend stores.
+
+Semantics (the same for every backend):
+- At-least-once: a message leaves the queue only when a consumer acks it. Handlers must be
+  idempotent.
+- FIFO within a stream: visible messages are leased in enqueue order; a message that comes back
+  (nack, expired lease) keeps its original place.
+- A lease hides a message until ``visible_until``. Its receipt names that one delivery: ack, nack
+  and extend with it work until the delivery ends (acked, nacked, dead-lettered, or expired and
+  leased by someone else), and raise LeaseLost after.
+- Attempts are counted when a message is leased. A message leased ``max_attempts`` times without
+  an ack goes to the stream's dead-letter queue instead of being delivered again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, overload
+
+from .backend import Backend
+from .durations import NS_PER_SECOND, Duration, to_ns
+from .errors import BadInput
+from .files.fsio import translated
+from .files.names import check_stream_name
+from .message import CheckProblem, Message, StreamConfig, StreamStats, utc_from_ns
+
+_COMPACT = (",", ":")
+
+
+def default_home() -> str:
+    """$EPHQ_HOME, else the platform's per-user data directory for ephq."""
+    home = os.environ.get("EPHQ_HOME")
+    if home:
+        return home
+    import platformdirs  # only when needed: it costs a few milliseconds of start-up
+
+    return platformdirs.user_data_dir("ephq", appauthor=False)
+
+
+class Queue:
+    """A handle on every stream under one home directory; cheap to create, safe across threads.
+
+    ``home``: where the streams live (default: $EPHQ_HOME, else the user data directory).
+    ``fsync``: flush each enqueue to disk before returning (default). False trades durability
+    against power loss for speed; a crashed process still loses nothing.
+    ``clock``: nanoseconds since the epoch; tests inject one to move time by hand.
+    """
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        fsync: bool = True,
+        clock: Callable[[], int] | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        if backend is None:
+            from .files.backend import FileBackend
+
+            path = os.path.abspath(os.fspath(home)) if home is not None else default_home()
+            backend = FileBackend(path, durable=fsync, clock=clock or time.time_ns)
+            self.home: str | None = path
+        else:
+            self.home = None
+        self._backend = backend
+        self._clock = clock or time.time_ns
+
+    # -- produce ---------------------------------------------------------------------------
+
+    def enqueue(self, stream: str, data: Any, delay: Duration = 0) -> str:
+        """Add a message whose data is any JSON value; returns its id once it is on disk."""
+        return self._enqueue(stream, [_json_of(data)], delay)[0]
+
+    def enqueue_json(self, stream: str, text: str | bytes, delay: Duration = 0) -> str:
+        """Add a message given as JSON text; the text is kept exactly as given."""
+        return self._enqueue(stream, [_checked_json(text)], delay)[0]
+
+    def enqueue_many(self, stream: str, items: Iterable[Any], delay: Duration = 0) -> list[str]:
+        """Add several messages, all or nothing: a crash midway leaves none of them."""
+        return self._enqueue(stream, [_json_of(item) for item in items], delay)
+
+    def enqueue_many_json(
+        self, stream: str, texts: Iterable[str | bytes], delay: Duration = 0
+    ) -> list[str]:
+        return self._enqueue(stream, [_checked_json(text) for text in texts], delay)
+
+    def _enqueue(self, stream: str, items: list[str], delay: Duration) -> list[str]:
+        check_stream_name(stream)
+        delay_ns = to_ns(delay, "delay")
+        if not items:
+            return []
+        with translated(f"enqueue to stream {stream!r}"):
+            return self._backend.enqueue(stream, items, delay_ns)
+
+    # -- consume ---------------------------------------------------------------------------
+
+    def dequeue(
+        self,
+        stream: str,
+        visibility: Duration | None = None,
+        wait: Duration = 0,
+        *,
+        dlq: bool = False,
+    ) -> Message | None:
+        """Lease the oldest visible message, or None. ``wait`` long-polls for one to arrive.
+
+        ``visibility``: how long the lease hides it (default: the stream's setting).
+        ``dlq``: lease from the stream's dead letters instead.
+        """
+        got = self.dequeue_many(stream, 1, visibility, wait, dlq=dlq)
+        return got[0] if got else None
+
+    def dequeue_many(
+        self,
+        stream: str,
+        max_messages: int,
+        visibility: Duration | None = None,
+        wait: Duration = 0,
+        *,
+        dlq: bool = False,
+    ) -> list[Message]:
+        """Lease up to max_messages, oldest first; waits (up to ``wait``) only while none is."""
+        check_stream_name(stream)
+        if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
+            raise BadInput(
+                f"max_messages must be a whole number of at least 1, not {max_messages!r}"
+            )
+        visibility_ns = (
+            None if visibility is None else to_ns(visibility, "visibility", allow_zero=False)
+        )
+        wait_s = to_ns(wait, "wait") / NS_PER_SECOND
+        with translated(f"dequeue from stream {stream!r}"):
+            return self._lease(stream, max_messages, visibility_ns, wait_s, dlq)
+
+    def _lease(
+        self, stream: str, count: int, visibility_ns: int | None, wait_s: float, dlq: bool
+    ) -> list[Message]:
+        got = self._backend.dequeue(stream, count, visibility_ns, dlq)
+        if got or wait_s <= 0:
+            return got
+        end = time.monotonic() + wait_s
+        bell = self._backend.waiter(stream, dlq)
+        while True:
+            bell.clear()  # before looking, so a ring after the look is not lost
+            got = self._backend.dequeue(stream, count, visibility_ns, dlq)
+            remaining = end - time.monotonic()
+            if got or remaining <= 0:
+                return got
+            # Wake for the bell, or when a lease or delay may run out, whichever is first.
+            bell.wait(min(remaining, max(0.001, self._backend.seconds_until_due(stream, dlq))))
+
+    def ack(self, stream: str, receipt: str) -> None:
+        """The delivery succeeded: remove the message. LeaseLost if the delivery had ended."""
+        check_stream_name(stream)
+        with translated(f"ack in stream {stream!r}"):
+            self._backend.ack(stream, receipt)
+
+    def nack(
+        self, stream: str, receipt: str, delay: Duration = 0, reason: str | None = None
+    ) -> None:
+        """The delivery failed: visible again after ``delay`` (in its original place), or
+        dead-lettered with ``reason`` if it was the last attempt."""
+        check_stream_name(stream)
+        delay_ns = to_ns(delay, "delay")
+        if reason is not None and not isinstance(reason, str):
+            raise BadInput(f"reason must be text, not {type(reason).__name__}")
+        with translated(f"nack in stream {stream!r}"):
+            self._backend.nack(stream, receipt, delay_ns, reason)
+
+    def release(self, stream: str, receipt: str) -> None:
+        """Give the message back unprocessed: visible at once, this attempt not counted."""
+        check_stream_name(stream)
+        with translated(f"release in stream {stream!r}"):
+            self._backend.release(stream, receipt)
+
+    def extend(self, stream: str, receipt: str, visibility: Duration) -> datetime:
+        """Keep the lease for ``visibility`` from now; returns the new visible_until."""
+        check_stream_name(stream)
+        visibility_ns = to_ns(visibility, "visibility", allow_zero=False)
+        with translated(f"extend in stream {stream!r}"):
+            return utc_from_ns(self._backend.extend(stream, receipt, visibility_ns))
+
+    # -- look and manage -------------------------------------------------------------------
+
+    def peek(self, stream: str, n: int = 10, *, dlq: bool = False) -> list[Message]:
+        """The first n visible messages in order, without leasing them."""
+        check_stream_name(stream)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise BadInput(f"n must be a whole number of at least 1, not {n!r}")
+        with translated(f"peek at stream {stream!r}"):
+            return self._backend.peek(stream, n, dlq)
+
+    @overload
+    def stats(self, stream: str) -> StreamStats: ...
+    @overload
+    def stats(self, stream: None = None) -> list[StreamStats]: ...
+
+    def stats(self, stream: str | None = None) -> StreamStats | list[StreamStats]:
+        """Counts for one stream, or for every stream when none is named."""
+        with translated("read queue statistics"):
+            if stream is not None:
+                return self._backend.stats(check_stream_name(stream))
+            return [self._backend.stats(name) for name in self._backend.streams()]
+
+    def streams(self) -> list[str]:
+        with translated("list streams"):
+            return self._backend.streams()
+
+    def purge(self, stream: str) -> int:
+        """Remove every message of the stream (not its dead letters); how many there were."""
+        check_stream_name(stream)
+        with translated(f"purge stream {stream!r}"):
+            return self._backend.purge(stream)
+
+    def config(self, stream: str) -> StreamConfig:
+        check_stream_name(stream)
+        with translated(f"read the settings of stream {stream!r}"):
+            return self._backend.config(stream)
+
+    def configure(
+        self,
+        stream: str,
+        max_attempts: int | None = None,
+        visibility: Duration | None = None,
+    ) -> StreamConfig:
+        """Change the stream's settings (kept with the stream); returns them all."""
+        check_stream_name(stream)
+        if max_attempts is not None and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        ):
+            raise BadInput(
+                f"max_attempts must be a whole number of at least 1, not {max_attempts!r}"
+            )
+        visibility_ns = (
+            None if visibility is None else to_ns(visibility, "visibility", allow_zero=False)
+        )
+        with translated(f"configure stream {stream!r}"):
+            return self._backend.configure(stream, max_attempts, visibility_ns)
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    def dead_letters(self, stream: str, n: int = 100) -> list[Message]:
+        """The first n dead letters not leased by a dead-letter consumer, oldest first."""
+        return self.peek(stream, n, dlq=True)
+
+    def dead_letter(self, stream: str, message_id: str) -> Message:
+        """One dead letter by id; NotFound if there is none."""
+        check_stream_name(stream)
+        with translated(f"read a dead letter of stream {stream!r}"):
+            return self._backend.dead_letter(stream, message_id)
+
+    def redrive(self, stream: str, ids: Iterable[str] | None = None) -> list[str]:
+        """Put dead letters (all, or these ids) back in the stream with fresh attempts.
+
+        They return to their original place in FIFO order. Returns the ids moved.
+        """
+        check_stream_name(stream)
+        with translated(f"redrive dead letters of stream {stream!r}"):
+            return self._backend.redrive(stream, None if ids is None else list(ids))
+
+    def purge_dead_letters(self, stream: str, ids: Iterable[str] | None = None) -> list[str]:
+        """Delete dead letters (all, or these ids); returns the ids deleted."""
+        check_stream_name(stream)
+        with translated(f"purge dead letters of stream {stream!r}"):
+            return self._backend.purge_dead_letters(stream, None if ids is None else list(ids))
+
+    # -- upkeep ----------------------------------------------------------------------------
+
+    def check(self, stream: str | None = None, *, repair: bool = False) -> list[CheckProblem]:
+        """Verify the store (every stream when none is named); with repair, fix what it can."""
+        if stream is not None:
+            check_stream_name(stream)
+        with translated("check the queue"):
+            return self._backend.check(stream, repair)
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _json_of(data: Any) -> str:
+    try:
+        return json.dumps(data, separators=_COMPACT, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"message data is not JSON-serialisable: {exc}") from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _checked_json(text: str | bytes) -> str:
+    """The JSON text itself, stripped of surrounding space, once it is known to parse."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode()
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"message is not UTF-8 text: {exc}") from None
+    if not isinstance(text, str):
+        raise BadInput(f"JSON text must be str or bytes, not {type(text).__name__}")
+    text = text.strip()
+    if not text:
+        raise BadInput("message is empty: expected a JSON document")
+    try:
+        json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise BadInput(
+            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    except ValueError as exc:
+        raise BadInput(f"invalid JSON: {exc}") from None
+    return text
