@@ -1,0 +1,188 @@
+"""Damaged files, leftovers of crashed writers, full disks and refused permissions."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ephq import DiskFull, Queue, StoragePermissionDenied
+from ephq.files import store as store_module
+from tests.conftest import FakeClock, snapshot
+
+
+def ready_files(home: Path, stream: str = "s") -> list[Path]:
+    return sorted(p for p in (home / stream / "ready").rglob("*") if p.is_file())
+
+
+def test_unparseable_message_goes_to_dlq_and_does_not_wedge(q: Queue, home: Path) -> None:
+    q.enqueue("s", "broken")
+    q.enqueue("s", "truncated")
+    good = q.enqueue("s", "good")
+    broken, truncated, _ = ready_files(home)
+    broken.write_bytes(b"this is not json")
+    truncated.write_bytes(truncated.read_bytes()[:20])
+    m = q.dequeue("s")
+    assert m is not None and m.id == good
+    dead = q.dead_letters("s")
+    assert len(dead) == 2
+    errors = [d.metadata["dead"]["error"] for d in dead]
+    assert all(e.startswith("unreadable message file: not JSON") for e in errors)
+    assert dead[0].metadata["raw"] == "this is not json"
+    assert q.check() == []
+
+
+def test_foreign_file_in_ready_is_skipped_and_reported(q: Queue, home: Path) -> None:
+    q.enqueue("s", 1)
+    (home / "s" / "ready" / "notes.txt").write_text("hello")
+    m = q.dequeue("s")
+    assert m is not None and m.data == 1
+    problems = q.check()
+    assert [p.kind for p in problems] == ["bad-name"]
+
+
+def test_check_repairs_misplaced_unreadable_and_duplicate(q: Queue, home: Path) -> None:
+    ids = [q.enqueue("s", i) for i in range(3)]
+    first, second, third = ready_files(home)
+    wrong_leaf = home / "s" / "ready" / "00000" / "000" / "00"
+    wrong_leaf.mkdir(parents=True)
+    first.rename(wrong_leaf / first.name)
+    second.write_bytes(b"{")
+    inflight_copy = home / "s" / "inflight" / "fffff" / "fff"
+    inflight_copy.mkdir(parents=True)
+    shutil.copy(third, inflight_copy / f"ffffffffffffffff.{ids[2]}.1.abcdef01")
+
+    found = sorted(p.kind for p in q.check())
+    assert found == ["duplicate", "misplaced", "unreadable"]
+    assert all(not p.repaired for p in q.check())
+    repaired = q.check(repair=True)
+    assert all(p.repaired for p in repaired)
+    assert q.check() == []
+    s = q.stats("s")
+    assert (s.ready, s.inflight, s.dlq) == (1, 1, 1)
+
+
+def test_stale_tmp_files_are_removed_and_never_delivered(
+    q: Queue, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q.enqueue("s", 1)
+    leftover = home / "s" / "tmp" / "18aaaaaaaaaaaaaaaaaaaaaa.0.deadbeef.w"
+    leftover.write_bytes(b'{"v":1,"id":"18aaaaaaaaaaaaaaaaaaaaaa","data":')
+    assert q.check() == []  # young: its writer may still be at it
+    monkeypatch.setattr(store_module, "TMP_GRACE_NS", 0)
+    assert [p.kind for p in q.check()] == ["stale-tmp"]
+    m = q.dequeue("s")  # dequeue cleans up on its way
+    assert m is not None and m.data == 1
+    assert q.dequeue("s") is None
+    assert not leftover.exists()
+
+
+def test_tmp_file_held_by_a_live_writer_is_left_alone(
+    q: Queue, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    q.enqueue("s", 1)
+    monkeypatch.setattr(store_module, "TMP_GRACE_NS", 0)
+    busy = home / "s" / "tmp" / "18bbbbbbbbbbbbbbbbbbbbbb.0.deadbeef.w"
+    fd = os.open(busy, os.O_WRONLY | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert q.check() == []
+        q.dequeue("s")
+        assert busy.exists()
+    finally:
+        os.close(fd)
+
+
+def test_interrupted_dead_lettering_is_finished(q: Queue, home: Path) -> None:
+    mid = q.enqueue("s", {"x": 1})
+    (path,) = ready_files(home)
+    # What a process killed between taking the file and writing the dead letter leaves behind.
+    path.rename(home / "s" / "tmp" / f"{mid}.3.dying")
+    assert [p.kind for p in q.check()] == ["stale-tmp"]
+    assert q.dequeue("s") is None
+    dead = q.dead_letter("s", mid)
+    assert dead.data == {"x": 1}
+    assert dead.metadata["dead"]["attempts"] == 3
+    assert q.check() == []
+
+
+def test_committed_batch_is_finished_and_uncommitted_one_dropped(
+    q: Queue, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = q.enqueue_many("s", ["a", "b", "c"])
+    files = ready_files(home)
+    commit = home / "s" / "tmp" / f"commit-{ids[0]}"
+    commit.mkdir()
+    for f in files:
+        f.rename(commit / f.name)
+    staged = home / "s" / "tmp" / "batch-18cccccccccccccccccccccc"
+    staged.mkdir()
+    (staged / "18cccccccccccccccccccccc.0").write_bytes(b"{}")
+    monkeypatch.setattr(store_module, "TMP_GRACE_NS", 0)
+    got = q.dequeue_many("s", 10)
+    assert [m.id for m in got] == ids
+    assert not commit.exists() and not staged.exists()
+
+
+def _fail_writes(monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        if len(data) > 10:
+            raise OSError(err, os.strerror(err))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+
+def test_disk_full_is_clear_and_leaves_nothing_partial(
+    q: Queue, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q.enqueue("s", "stored before")
+    before = snapshot(home)
+    with monkeypatch.context() as m:
+        _fail_writes(m, errno.ENOSPC)
+        with pytest.raises(DiskFull, match="disk is full") as info:
+            q.enqueue("s", "x" * 100)
+        assert info.value.exit_code == 6
+        with pytest.raises(DiskFull):
+            q.enqueue_many("s", ["y" * 100, "z" * 100])
+    assert snapshot(home) == before
+    got = q.dequeue("s")
+    assert got is not None and got.data == "stored before"
+
+
+def test_permission_denied_is_clear(q: Queue, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    q.enqueue("s", 1)
+    before = snapshot(home)
+    real_open = os.open
+
+    def deny(path: Any, *args: Any, **kwargs: Any) -> int:
+        if "/s/tmp/" in os.fsdecode(path):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+        return real_open(path, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "open", deny)
+        with pytest.raises(StoragePermissionDenied, match="permission denied") as info:
+            q.enqueue("s", 2)
+    assert info.value.exit_code == 5
+    assert snapshot(home) == before
+
+
+def test_damaged_settings_fall_back_to_defaults_and_are_reported(
+    q: Queue, home: Path, clock: FakeClock
+) -> None:
+    q.configure("s", max_attempts=2)
+    (home / "s" / "stream.json").write_text("{oops")
+    clock.advance(1)
+    assert q.config("s").max_attempts == 5
+    assert [p.kind for p in q.check()] == ["bad-config"]
+    q.check(repair=True)
+    assert q.check() == []
