@@ -205,15 +205,17 @@ def test_attempts_are_counted_on_lease_and_spent_ones_go_to_dlq(q: Queue, clock:
 def test_nack_on_last_attempt_dead_letters_with_reason(q: Queue) -> None:
     q.configure("s", max_attempts=2)
     mid = q.enqueue("s", 1)
+    receipts = []
     for _ in range(2):
         m = q.dequeue("s")
         assert m is not None and m.receipt
+        receipts.append(m.receipt)
         q.nack("s", m.receipt, reason="smtp said 550")
     assert q.dequeue("s") is None
     assert [d.id for d in q.dead_letters("s")] == [mid]
     assert q.dead_letter("s", mid).metadata["dead"]["error"] == "smtp said 550"
     with pytest.raises(LeaseLost):
-        q.ack("s", m.receipt)
+        q.ack("s", receipts[-1])
 
 
 def test_release_does_not_spend_an_attempt(q: Queue) -> None:
