@@ -53,19 +53,25 @@ def fsync_dir(path: str) -> None:
 
 
 def ensure_dir(path: str, *, durable: bool) -> None:
-    """Create path and any missing parents; when durable, make each new entry survive power loss."""
-    try:
-        os.mkdir(path, DIR_MODE)
-    except FileExistsError:
-        return
-    except FileNotFoundError:
-        ensure_dir(os.path.dirname(path), durable=durable)
+    """Create path and any missing parents; when durable, make each new entry survive power loss.
+
+    A consumer may prune an empty parent between our mkdirs, so a vanished parent is made again.
+    """
+    for _ in range(_PLACE_TRIES):
         try:
             os.mkdir(path, DIR_MODE)
         except FileExistsError:
             return
-    if durable:
-        fsync_dir(os.path.dirname(path))
+        except FileNotFoundError:
+            ensure_dir(os.path.dirname(path), durable=durable)
+            continue
+        if durable:
+            try:
+                fsync_dir(os.path.dirname(path))
+            except FileNotFoundError:
+                continue  # pruned with its new child already: make both again
+        return
+    raise StorageError(f"cannot create {path}: its parent directory keeps disappearing")
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -97,19 +103,27 @@ def place(
     When durable, the directory entry is flushed too: the move survives power loss. Moves that
     at-least-once delivery lets a power loss undo (leases, nacks) pass durable=False; a caller
     moving many files into few directories passes sync_dest=False and flushes each one once.
+    The directory is opened before the rename, because a consumer may take the message and
+    prune the directory before we get to flush it.
     """
+    sync = durable if sync_dest is None else sync_dest
     dest = os.path.join(dest_dir, name)
     for _ in range(_PLACE_TRIES):
+        dir_fd = -1
         try:
+            if sync:
+                dir_fd = os.open(dest_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             os.rename(src, dest)
+            if sync:
+                os.fsync(dir_fd)
+            return True
         except FileNotFoundError:
             if not os.path.lexists(src):
                 return False
             ensure_dir(dest_dir, durable=durable)
-            continue
-        if durable if sync_dest is None else sync_dest:
-            fsync_dir(dest_dir)
-        return True
+        finally:
+            if dir_fd >= 0:
+                os.close(dir_fd)
     raise StorageError(f"cannot move {src} into {dest_dir}: the directory keeps disappearing")
 
 

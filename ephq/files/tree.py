@@ -22,6 +22,9 @@ READY_CUTS = (5, 8, 10)
 # Delayed and inflight: by due time in slices of ~4.9 h / ~4.3 s.
 TIMED_CUTS = (5, 8)
 _HEX = frozenset("0123456789abcdef")
+# An empty directory is pruned only this long after its slice ended, so a producer placing a
+# message stamped a moment ago rarely finds its directory removed under it (it retries if so).
+PRUNE_AFTER_NS = 1_000_000_000
 
 
 class Leaf(NamedTuple):
@@ -50,7 +53,7 @@ class Tree:
         return os.path.join(*parts)
 
     def leaves(self, now_ns: int) -> Iterator[Leaf]:
-        """Existing leaves in key order; empty directories of slices that ended are pruned."""
+        """Existing leaves in key order; empty directories of long-ended slices are pruned."""
         yield from self._walk(self.root, "", 0, now_ns)
 
     def _walk(self, path: str, prefix: str, level: int, now_ns: int) -> Iterator[Leaf]:
@@ -67,12 +70,12 @@ class Tree:
             for leaf in self._walk(child_path, prefix + child, level + 1, now_ns):
                 found = True
                 yield leaf
-            if not found and Leaf(child_path, prefix + child).window()[1] <= now_ns:
+            if not found and _ended(Leaf(child_path, prefix + child), now_ns):
                 self._rmdir(child_path)
 
     def prune(self, leaf: Leaf, now_ns: int) -> None:
-        """Remove an empty leaf whose slice has ended, and its parents as they become empty."""
-        if leaf.window()[1] > now_ns:
+        """Remove an empty leaf whose slice ended a while ago, and its parents as they become empty."""
+        if not _ended(leaf, now_ns):
             return
         path = leaf.path
         while path != self.root and self._rmdir(path):
@@ -93,3 +96,7 @@ class Tree:
         except OSError:  # not empty (a writer got in first) or already gone
             return False
         return True
+
+
+def _ended(leaf: Leaf, now_ns: int) -> bool:
+    return leaf.window()[1] + PRUNE_AFTER_NS <= now_ns

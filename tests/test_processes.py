@@ -1,0 +1,225 @@
+"""Concurrency and crashes with real processes: producers and consumers racing, SIGKILL."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ephq import LeaseLost, Message, Queue
+
+PRODUCERS = 4
+CONSUMERS = 4
+PER_PRODUCER = 600
+
+
+def _produce(home: str, index: int, out: str) -> None:
+    q = Queue(home)
+    ids = []
+    for i in range(PER_PRODUCER):
+        if i % 50 == 0:
+            ids += q.enqueue_many("stress", [{"p": index, "i": i + k} for k in range(10)])
+        elif i % 50 >= 10:
+            ids.append(q.enqueue("stress", {"p": index, "i": i}))
+    Path(out).write_text(json.dumps(ids))
+
+
+def _consume(home: str, seed: int, out: str, acked: Any, total: int) -> None:
+    rng = random.Random(seed)
+    q = Queue(home)
+    events: list[dict[str, Any]] = []
+    while acked.value < total:
+        m = q.dequeue("stress", visibility=rng.choice([0.3, 5.0]), wait=0.2)
+        if m is None or m.receipt is None or m.visible_until is None:
+            continue
+        start = time.time()
+        event: dict[str, Any] = {"id": m.id, "start": start, "until": m.visible_until.timestamp()}
+        roll = rng.random()
+        try:
+            if roll < 0.15:
+                q.nack("stress", m.receipt, delay=rng.choice([0, 0.05]))
+                event["outcome"] = "nack"
+            elif roll < 0.20:
+                event["outcome"] = "dropped"  # as if the consumer died: the lease must expire
+            else:
+                q.ack("stress", m.receipt)
+                event["outcome"] = "ack"
+                with acked.get_lock():
+                    acked.value += 1
+        except LeaseLost:
+            event["outcome"] = "lost"
+        event["end"] = time.time()
+        events.append(event)
+    Path(out).write_text(json.dumps(events))
+
+
+@pytest.mark.timeout(300)
+def test_producers_and_consumers_race_without_loss_or_double_lease(tmp_path: Path) -> None:
+    home = str(tmp_path / "home")
+    Queue(home).configure("stress", max_attempts=1000)
+    ctx = multiprocessing.get_context("fork")
+    total = PRODUCERS * (PER_PRODUCER // 50) * 50
+    acked = ctx.Value("i", 0)
+    producers = [
+        ctx.Process(target=_produce, args=(home, p, str(tmp_path / f"p{p}.json")))
+        for p in range(PRODUCERS)
+    ]
+    consumers = [
+        ctx.Process(target=_consume, args=(home, c, str(tmp_path / f"c{c}.json"), acked, total))
+        for c in range(CONSUMERS)
+    ]
+    try:
+        for proc in consumers + producers:
+            proc.daemon = True
+            proc.start()
+        for proc in producers + consumers:
+            proc.join(timeout=240)
+            assert proc.exitcode == 0
+    finally:
+        for proc in producers + consumers:
+            proc.kill()
+
+    produced = [
+        i for p in range(PRODUCERS) for i in json.loads((tmp_path / f"p{p}.json").read_text())
+    ]
+    assert len(produced) == len(set(produced)) == total
+    events = [
+        e for c in range(CONSUMERS) for e in json.loads((tmp_path / f"c{c}.json").read_text())
+    ]
+    acks = Counter(e["id"] for e in events if e["outcome"] == "ack")
+    assert set(acks) == set(produced)
+    assert all(n == 1 for n in acks.values()), "a message was acked twice"
+    assert {e["outcome"] for e in events} >= {"ack", "nack", "dropped"}
+
+    # No two leases of one message were valid at once: each began after the last one ended
+    # (settled, or expired at its deadline).
+    leases: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in events:
+        leases[e["id"]].append(e)
+    for history in leases.values():
+        history.sort(key=lambda e: e["start"])
+        for earlier, later in itertools.pairwise(history):
+            ended = (
+                earlier["until"] if earlier["outcome"] in ("dropped", "lost") else earlier["end"]
+            )
+            assert later["start"] >= min(ended, earlier["until"]) - 0.001
+
+    q = Queue(home)
+    stats = q.stats("stress")
+    assert (stats.ready, stats.delayed, stats.inflight, stats.dlq) == (0, 0, 0, 0)
+    assert q.check() == []
+
+
+PRODUCER_SCRIPT = """
+import sys
+from ephq import Queue
+q = Queue(sys.argv[1])
+batch = sys.argv[2] == "batch"
+n = 0
+while True:
+    if batch:
+        ids = q.enqueue_many("crash", [{"batch": n, "k": k} for k in range(20)])
+        print(" ".join(ids), flush=True)
+    else:
+        print(q.enqueue("crash", {"n": n, "pad": "x" * 3000}), flush=True)
+    n += 1
+"""
+
+
+def _run_then_kill(args: list[str], after_lines: int, jitter: float) -> list[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PRODUCER_SCRIPT, *args], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline().strip() for _ in range(after_lines)]
+    time.sleep(jitter)
+    proc.send_signal(signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=30)
+    return lines + [line for line in rest.splitlines() if line.strip()]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("round_", range(4))
+def test_sigkilled_producer_loses_nothing_it_promised(tmp_path: Path, round_: int) -> None:
+    home = str(tmp_path / "home")
+    promised = _run_then_kill([home, "single"], 30 + 20 * round_, random.uniform(0, 0.02))
+    q = Queue(home)
+    delivered = {}
+    while (m := q.dequeue("crash")) is not None:
+        assert m.receipt is not None
+        assert m.data["pad"] == "x" * 3000  # never a partial file
+        delivered[m.id] = m
+        q.ack("crash", m.receipt)
+    assert set(promised) <= set(delivered)
+    assert len(delivered) - len(promised) <= 1  # at most the one being written when killed
+    # What it was writing when killed is at most one young leftover in tmp/, never delivered.
+    assert len(os.listdir(Path(home) / "crash" / "tmp")) <= 1
+    assert q.check() == []
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("round_", range(3))
+def test_sigkilled_batch_producer_is_all_or_nothing(tmp_path: Path, round_: int) -> None:
+    home = str(tmp_path / "home")
+    promised = _run_then_kill([home, "batch"], 5 + 5 * round_, random.uniform(0, 0.05))
+    q = Queue(home)
+    by_batch: dict[int, set[str]] = defaultdict(set)
+    while (m := q.dequeue("crash")) is not None:
+        assert m.receipt is not None
+        by_batch[m.data["batch"]].add(m.id)
+        q.ack("crash", m.receipt)
+    for line in promised:
+        ids = set(line.split())
+        assert any(ids == got for got in by_batch.values())
+    assert all(len(ids) == 20 for ids in by_batch.values())
+
+
+CONSUMER_SCRIPT = """
+import sys, time
+from ephq import Queue
+q = Queue(sys.argv[1])
+for m in q.dequeue_many("held", 5, visibility=2):
+    print(m.id, flush=True)
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_sigkilled_consumer_leases_come_back_after_their_deadline(tmp_path: Path) -> None:
+    home = str(tmp_path / "home")
+    q = Queue(home)
+    ids = q.enqueue_many("held", list(range(8)))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CONSUMER_SCRIPT, home], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    held = []
+    while (line := proc.stdout.readline().strip()) != "holding":
+        held.append(line)
+    killed_at = time.monotonic()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert held == ids[:5]
+    # Before the deadline only the three it never took are visible.
+    early = q.dequeue_many("held", 10, visibility=60)
+    assert time.monotonic() - killed_at < 1.5, "the machine was too slow to observe the lease"
+    assert [m.id for m in early] == ids[5:]
+    back: list[Message] = []
+    deadline = time.monotonic() + 10
+    while len(back) < len(held) and time.monotonic() < deadline:
+        back += q.dequeue_many("held", 10, visibility=60, wait=1)
+    assert sorted(m.id for m in back) == held
+    assert all(m.attempts == 2 for m in back)
+    assert q.check() == []
