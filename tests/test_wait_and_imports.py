@@ -1,0 +1,119 @@
+"""Long-polling (woken by other processes, cheap while idle) and what importing the engine costs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ephq import Queue
+
+
+def _enqueue_later(home: Path, delay_s: float, data: object) -> subprocess.Popen[bytes]:
+    code = (
+        "import sys, time; from ephq import Queue; time.sleep(float(sys.argv[2]));"
+        "Queue(sys.argv[1]).enqueue('w', sys.argv[3])"
+    )
+    return subprocess.Popen([sys.executable, "-c", code, str(home), str(delay_s), str(data)])
+
+
+@pytest.mark.timeout(60)
+def test_wait_is_woken_by_an_enqueue_in_another_process(realq: Queue, home: Path) -> None:
+    realq.enqueue("w", "warm-up")  # the stream exists, so the waiter watches its bell
+    first = realq.dequeue("w")
+    assert first is not None
+    producer = _enqueue_later(home, 0.5, "hello")
+    start = time.monotonic()
+    m = realq.dequeue("w", wait=30)
+    waited = time.monotonic() - start
+    producer.wait(timeout=30)
+    assert m is not None and m.data == "hello"
+    assert 0.3 < waited < 20  # woken by the enqueue, long before the wait ran out
+
+
+@pytest.mark.timeout(60)
+def test_wait_on_a_stream_that_does_not_exist_yet(realq: Queue, home: Path) -> None:
+    producer = _enqueue_later(home, 0.3, "first")
+    m = realq.dequeue("w", wait=30)
+    producer.wait(timeout=30)
+    assert m is not None and m.data == "first"
+
+
+def test_wait_runs_out_with_nothing(realq: Queue) -> None:
+    start = time.monotonic()
+    assert realq.dequeue_many("w", 3, wait=0.3) == []
+    assert time.monotonic() - start >= 0.3
+
+
+@pytest.mark.timeout(60)
+def test_wait_sees_a_delayed_message_come_due(realq: Queue) -> None:
+    realq.enqueue("w", "later", delay=0.4)
+    start = time.monotonic()
+    m = realq.dequeue("w", wait=30)
+    assert m is not None and m.data == "later"
+    assert 0.35 <= time.monotonic() - start < 20  # start was taken just after the enqueue
+
+
+@pytest.mark.timeout(60)
+def test_wait_sees_an_expired_lease_of_another_thread(realq: Queue, home: Path) -> None:
+    realq.enqueue("w", "job")
+    other = Queue(home)
+    held = other.dequeue("w", visibility=0.5)
+    assert held is not None
+    m = realq.dequeue("w", wait=30)
+    assert m is not None and (m.id, m.attempts) == (held.id, 2)
+
+
+@pytest.mark.timeout(60)
+def test_waiting_does_not_burn_cpu(home: Path) -> None:
+    code = (
+        "import resource, sys; from ephq import Queue; q = Queue(sys.argv[1]);"
+        "q.enqueue('idle', 0); q.dequeue('idle', visibility=3600);"
+        "before = resource.getrusage(resource.RUSAGE_SELF);"
+        "assert q.dequeue('idle', wait=2) is None;"
+        "after = resource.getrusage(resource.RUSAGE_SELF);"
+        "print(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(home)], capture_output=True, text=True, check=True
+    )
+    cpu_seconds = float(out.stdout)
+    assert cpu_seconds < 0.2, f"waiting 2 s used {cpu_seconds:.3f} s of CPU"
+
+
+def test_many_threads_share_one_queue(realq: Queue) -> None:
+    ids = realq.enqueue_many("t", list(range(200)))
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        while (m := realq.dequeue("t")) is not None:
+            assert m.receipt is not None
+            realq.ack("t", m.receipt)
+            with lock:
+                got.append(m.id)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(got) == ids
+
+
+def test_engine_imports_no_cli_or_lock_libraries(home: Path) -> None:
+    code = (
+        "import sys, json; from ephq import Queue; q = Queue(sys.argv[1]);"
+        "q.enqueue('s', 1); m = q.dequeue('s'); q.ack('s', m.receipt);"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'typer', 'click', 'rich', 'filelock', 'platformdirs', 'ephq.cli', 'ephq.worker'})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(home)], capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout) == []
