@@ -74,7 +74,7 @@ class Tree:
                 self._rmdir(child_path)
 
     def prune(self, leaf: Leaf, now_ns: int) -> None:
-        """Remove an empty leaf whose slice ended a while ago, and its parents as they become empty."""
+        """Remove an empty leaf whose slice ended a while ago, and then its emptied parents."""
         if not _ended(leaf, now_ns):
             return
         path = leaf.path
