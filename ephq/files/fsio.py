@@ -18,7 +18,6 @@ from ..errors import DiskFull, EphqError, StorageError, StoragePermissionDenied
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
-_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 # How often a rename into a directory is retried when a concurrent prune keeps removing it.
 _PLACE_TRIES = 20
 
@@ -75,14 +74,18 @@ def ensure_dir(path: str, *, durable: bool) -> None:
 
 
 def write_all(fd: int, data: bytes) -> None:
+    """Write all of data from the file's start and cut off whatever a recycled file held after."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+    os.ftruncate(fd, len(data))
 
 
-def create_locked(path: str, data: bytes, *, durable: bool) -> int:
-    """A new file holding data, flushed when durable; returns its fd with our flock on it."""
-    fd = os.open(path, _OPEN_NEW, FILE_MODE)
+def fill_locked(fd: int, path: str, data: bytes, *, durable: bool) -> None:
+    """Lock a new file we just opened, write data into it and, when durable, flush it.
+
+    On failure the file is removed and closed, and the error raised.
+    """
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         write_all(fd, data)
@@ -92,7 +95,6 @@ def create_locked(path: str, data: bytes, *, durable: bool) -> int:
         os.close(fd)
         unlink_quietly(path)
         raise
-    return fd
 
 
 def place(

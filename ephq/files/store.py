@@ -43,8 +43,8 @@ from typing import Any
 from ..errors import LeaseLost, NotFound
 from ..message import Message, utc_from_ns
 from .fsio import (
-    create_locked,
     ensure_dir,
+    fill_locked,
     fsync_dir,
     listdir,
     owner_is_gone,
@@ -63,8 +63,9 @@ from .names import (
     parse_ready,
     parse_timed,
 )
+from .pool import SCRUB_SUFFIX, FilePool
 from .record import CorruptRecord, Record, decode, encode, iso_utc
-from .tree import READY_CUTS, TIMED_CUTS, Tree
+from .tree import BATCH_SPACING_NS, READY_CUTS, TIMED_CUTS, Tree
 
 Clock = Callable[[], int]
 REAP_INTERVAL_NS = 1_000_000_000
@@ -103,6 +104,7 @@ class Store:
         self._head_dir = ""
         self._next_reap_ns = 0
         self._extended: dict[str, str] = {}  # receipt -> current inflight name, for this process
+        self.pool = FilePool(self.tmp)
 
     @property
     def is_dead_letter_queue(self) -> bool:
@@ -131,7 +133,7 @@ class Store:
     def enqueue_many(self, items: list[str], delay_ns: int) -> list[str]:
         """All or nothing: written to a batch directory, committed by one rename, then placed."""
         now = self.clock()
-        ids = [self._ids.next(now) for _ in items]
+        ids = [self._ids.next(now + i * BATCH_SPACING_NS) for i in range(len(items))]
         batch = os.path.join(self.tmp, f"batch-{ids[0]}")
         try:
             os.mkdir(batch, 0o700)
@@ -160,7 +162,7 @@ class Store:
         for message_id, data_json in zip(ids, items, strict=True):
             content = encode(message_id, self.stream, id_time_ns(message_id), data_json, {})
             _, name = self._arrival(message_id, now, delay)
-            fd = os.open(os.path.join(batch, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = self.pool.open_new(os.path.join(batch, name))
             try:
                 write_all(fd, content)
                 if self.durable:
@@ -212,10 +214,11 @@ class Store:
     def _write_in(self, content: bytes, dest_dir: str, name: str) -> None:
         tmp = os.path.join(self.tmp, f"{name}.{new_token()}.w")
         try:
-            fd = create_locked(tmp, content, durable=self.durable)
+            fd = self.pool.open_new(tmp)
         except FileNotFoundError:
             self.create()
-            fd = create_locked(tmp, content, durable=self.durable)
+            fd = self.pool.open_new(tmp)
+        fill_locked(fd, tmp, content, durable=self.durable)
         try:
             place(tmp, dest_dir, name, durable=self.durable)
         except BaseException:
@@ -337,7 +340,7 @@ class Store:
     def ack(self, lease: TimedName) -> None:
         for path in self._delivery_paths(lease):
             try:
-                os.unlink(path)
+                self.pool.give(path)
             except FileNotFoundError:
                 continue
             self._extended.pop(str(lease), None)
@@ -573,7 +576,7 @@ class Store:
             # .dying and commit- were locked before they got these names, so a free lock means
             # the owner is gone; the rest could be caught between creation and locking.
             promised = name.endswith(".dying") or name.startswith("commit-")
-            scrap = name.endswith(".w") or name.startswith(("batch-", "purge-"))
+            scrap = name.endswith((".w", SCRUB_SUFFIX)) or name.startswith(("batch-", "purge-"))
             if (promised or (scrap and _older_than_grace(path))) and owner_is_gone(path):
                 yield name, path
 

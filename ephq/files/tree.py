@@ -19,6 +19,9 @@ from .names import TIME_HEX
 # Ready: by enqueue time in slices of ~4.9 h / ~4.3 s / ~17 ms, so a leaf holds ~1,000 names at
 # 60,000 enqueues a second and the top level ~1,800 entries for a year of backlog.
 READY_CUTS = (5, 8, 10)
+# Ids stamped in one go (a batch) are spread this far apart so that one leaf never holds more
+# than about a thousand of them: a fresh process lists a whole leaf to find the head.
+BATCH_SPACING_NS = (1 << 4 * (16 - READY_CUTS[-1])) // 1024
 # Delayed and inflight: by due time in slices of ~4.9 h / ~4.3 s.
 TIMED_CUTS = (5, 8)
 _HEX = frozenset("0123456789abcdef")

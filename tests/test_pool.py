@@ -1,0 +1,47 @@
+"""Acked files are emptied and recycled; batches never crowd one directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ephq import Queue
+
+
+def _message_files(home: Path, state: str) -> list[Path]:
+    return [p for p in (home / "s" / state).rglob("*") if p.is_file()]
+
+
+def test_acked_content_does_not_linger_and_its_file_is_reused(q: Queue, home: Path) -> None:
+    q.enqueue("s", {"password-reset-token": "hunter2"})
+    (ready,) = _message_files(home, "ready")
+    inode = ready.stat().st_ino
+    m = q.dequeue("s")
+    assert m is not None and m.receipt
+    q.ack("s", m.receipt)
+    for path in (home / "s").rglob("*"):
+        if path.is_file():
+            assert b"hunter2" not in path.read_bytes(), path
+    q.enqueue("s", "next")
+    (reused,) = _message_files(home, "ready")
+    assert reused.stat().st_ino == inode
+    got = q.dequeue("s")
+    assert got is not None and got.data == "next"
+    assert q.check() == []
+
+
+def test_recycled_files_hold_exactly_the_new_message(q: Queue, home: Path) -> None:
+    q.enqueue("s", "x" * 5000)
+    m = q.dequeue("s")
+    assert m is not None and m.receipt
+    q.ack("s", m.receipt)
+    q.enqueue_many("s", ["short", "also short"])
+    assert [x.data for x in q.dequeue_many("s", 5)] == ["short", "also short"]
+
+
+def test_a_big_batch_is_spread_over_many_leaves(q: Queue, home: Path) -> None:
+    ids = q.enqueue_many("s", list(range(5000)))
+    leaves = {p.parent for p in _message_files(home, "ready")}
+    assert len(leaves) >= 5
+    assert max(len(os.listdir(leaf)) for leaf in leaves) <= 1024
+    assert [m.id for m in q.dequeue_many("s", 5000)] == ids
