@@ -18,6 +18,14 @@ class BadInput(EphqError):
     exit_code = 2
 
 
+class InvalidJSON(BadInput):
+    """Text given as a message is not JSON; says where, as the parser saw it."""
+
+    def __init__(self, message: str, line: int = 0, column: int = 0, reason: str = "") -> None:
+        super().__init__(message)
+        self.line, self.column, self.reason = line, column, reason
+
+
 class LeaseLost(EphqError):
     """The receipt's delivery has ended: acked, nacked, re-leased after expiry, or dead-lettered."""
 

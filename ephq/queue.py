@@ -23,7 +23,7 @@ from typing import Any, overload
 
 from .backend import Backend
 from .durations import NS_PER_SECOND, Duration, to_ns
-from .errors import BadInput
+from .errors import BadInput, InvalidJSON
 from .files.fsio import translated
 from .files.names import check_stream_name
 from .message import CheckProblem, Message, StreamConfig, StreamStats, utc_from_ns
@@ -73,20 +73,20 @@ class Queue:
 
     def enqueue(self, stream: str, data: Any, delay: Duration = 0) -> str:
         """Add a message whose data is any JSON value; returns its id once it is on disk."""
-        return self._enqueue(stream, [_json_of(data)], delay)[0]
+        return self._enqueue(check_stream_name(stream), [_json_of(data)], delay)[0]
 
     def enqueue_json(self, stream: str, text: str | bytes, delay: Duration = 0) -> str:
         """Add a message given as JSON text; the text is kept exactly as given."""
-        return self._enqueue(stream, [_checked_json(text)], delay)[0]
+        return self._enqueue(check_stream_name(stream), [checked_json(text)], delay)[0]
 
     def enqueue_many(self, stream: str, items: Iterable[Any], delay: Duration = 0) -> list[str]:
         """Add several messages, all or nothing: a crash midway leaves none of them."""
-        return self._enqueue(stream, [_json_of(item) for item in items], delay)
+        return self._enqueue(check_stream_name(stream), [_json_of(item) for item in items], delay)
 
     def enqueue_many_json(
         self, stream: str, texts: Iterable[str | bytes], delay: Duration = 0
     ) -> list[str]:
-        return self._enqueue(stream, [_checked_json(text) for text in texts], delay)
+        return self._enqueue(check_stream_name(stream), [checked_json(t) for t in texts], delay)
 
     def _enqueue(self, stream: str, items: list[str], delay: Duration) -> list[str]:
         check_stream_name(stream)
@@ -176,6 +176,10 @@ class Queue:
         check_stream_name(stream)
         with translated(f"release in stream {stream!r}"):
             self._backend.release(stream, receipt)
+
+    def validate_receipt(self, receipt: str) -> None:
+        """BadInput unless receipt has the form of a receipt (whether its lease lasts or not)."""
+        self._backend.validate_receipt(receipt)
 
     def extend(self, stream: str, receipt: str, visibility: Duration) -> datetime:
         """Keep the lease for ``visibility`` from now; returns the new visible_until."""
@@ -298,7 +302,7 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _checked_json(text: str | bytes) -> str:
+def checked_json(text: str | bytes) -> str:
     """The JSON text itself, stripped of surrounding space, once it is known to parse."""
     if isinstance(text, bytes):
         try:
@@ -313,9 +317,10 @@ def _checked_json(text: str | bytes) -> str:
     try:
         json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise BadInput(
-            f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise InvalidJSON(
+            f"invalid JSON at {where}: {exc.msg}", exc.lineno, exc.colno, exc.msg
         ) from None
     except ValueError as exc:
-        raise BadInput(f"invalid JSON: {exc}") from None
+        raise InvalidJSON(f"invalid JSON: {exc}", reason=str(exc)) from None
     return text

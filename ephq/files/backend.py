@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import threading
 
+from ..backend import Waiter
 from ..errors import BadInput
 from ..message import CheckProblem, Message, StreamConfig, StreamStats
-from .doorbell import Doorbell
 from .fsio import listdir
 from .names import IdSource, check_stream_name, is_id, parse_receipt
 from .store import Clock, Store
@@ -23,7 +23,7 @@ class FileBackend:
         self.clock = clock
         self._ids = IdSource()
         self._streams: dict[str, Stream] = {}
-        self._bells: dict[tuple[str, bool], Doorbell] = {}
+        self._bells: dict[tuple[str, bool], Waiter] = {}
         self._lock = threading.Lock()
 
     def _stream(self, name: str) -> Stream:
@@ -70,6 +70,9 @@ class FileBackend:
     def extend(self, stream: str, receipt: str, visibility_ns: int) -> int:
         _, store, _ = self._settle(stream, receipt)
         return store.extend(parse_receipt(receipt).lease, visibility_ns)
+
+    def validate_receipt(self, receipt: str) -> None:
+        parse_receipt(receipt)
 
     def peek(self, stream: str, count: int, dead: bool) -> list[Message]:
         owner = self._stream(stream)
@@ -134,7 +137,9 @@ class FileBackend:
             _require_id(message_id)
         return self._stream(stream).dead.remove(ids)
 
-    def waiter(self, stream: str, dead: bool) -> Doorbell:
+    def waiter(self, stream: str, dead: bool) -> Waiter:
+        from .doorbell import Doorbell  # ctypes costs milliseconds that only waiting needs
+
         key = (stream, dead)
         bell = self._bells.get(key)
         if bell is None:

@@ -15,7 +15,6 @@ The pool is bounded: a file given to a full slot replaces (frees) the one there.
 from __future__ import annotations
 
 import os
-import random
 import time
 
 from .fsio import FILE_MODE, listdir
@@ -53,7 +52,7 @@ class FilePool:
 
         Raises FileNotFoundError when the file was not there: someone else moved it first.
         """
-        slot = f"{random.randrange(SLOTS)}{FREE_SUFFIX}" if SLOTS else ""
+        slot = f"{int.from_bytes(os.urandom(2), 'little') % SLOTS}{FREE_SUFFIX}" if SLOTS else ""
         if not slot or os.path.exists(os.path.join(self.tmp, slot)):
             # The pool is full (or off): a drain. Freeing this file costs less than scrubbing
             # it only to free the one it would displace.

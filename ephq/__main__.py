@@ -1,0 +1,3 @@
+from ephq.cli.main import run
+
+run()
