@@ -32,8 +32,13 @@ not repair; 130 interrupted."""
 
 # -- parameters used by several commands, defined once -------------------------------------
 
-Stream = Annotated[str, typer.Argument(help="The stream's name: letters, digits, '.', '_', '-'.")]
-Receipt = Annotated[str, typer.Argument(help="The receipt printed by dequeue.")]
+Stream = Annotated[
+    str,
+    typer.Argument(metavar="STREAM", help="The stream's name: letters, digits, '.', '_', '-'."),
+]
+Receipt = Annotated[
+    str, typer.Argument(metavar="RECEIPT", help="The receipt printed by dequeue.")
+]
 Visibility = Annotated[
     str | None,
     typer.Option(

@@ -62,6 +62,9 @@ def _command_named(args: list[str]) -> str | None:
 
 
 def _usage_error(exc: typer.TyperException) -> int:
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `ephq` or `ephq dlq` alone: show the help
+        print(exc.format_message(), file=sys.stderr)
+        return 2
     ctx = getattr(exc, "ctx", None)
     where = ctx.command_path if ctx is not None else "ephq"
     message = " ".join(exc.format_message().split())  # Typer's messages can span lines

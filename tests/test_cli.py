@@ -1,0 +1,337 @@
+"""The `ephq` command through the real installed executable, in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import snapshot
+
+EPHQ = str(Path(sys.executable).parent / "ephq")
+
+
+def ephq(
+    home: Path, *args: str, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("EPHQ_")}
+    environ.update(EPHQ_HOME=str(home), **env)
+    return subprocess.run(
+        [EPHQ, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+        check=False,
+    )
+
+
+def ok(home: Path, *args: str, stdin: str | None = None) -> str:
+    result = ephq(home, *args, stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return result.stdout
+
+
+def lease(home: Path, stream: str = "s", *args: str) -> dict[str, Any]:
+    line = ok(home, "dequeue", stream, *args)
+    record = json.loads(line)
+    assert isinstance(record, dict)
+    return record
+
+
+def test_enqueue_from_file_stdin_and_dash(home: Path, tmp_path: Path) -> None:
+    msg = tmp_path / "msg.json"
+    msg.write_text('{"to": "a@example.com",\n "n": 1.50}\n')
+    ids = [
+        ok(home, "enqueue", "email", str(msg)).strip(),
+        ok(home, "enqueue", "email", stdin='"from stdin"').strip(),
+        ok(home, "enqueue", "email", "-", stdin="[1, 2]").strip(),
+    ]
+    assert all(len(i) == 24 for i in ids)
+    first = lease(home, "email")
+    assert set(first) >= {"id", "receipt", "stream", "attempts", "enqueued_at", "data"}
+    assert (first["id"], first["stream"], first["attempts"]) == (ids[0], "email", 1)
+    assert first["data"] == {"to": "a@example.com", "n": 1.5}
+    assert first["enqueued_at"].endswith("Z")
+    raw = ok(home, "dequeue", "email")
+    assert raw.count("\n") == 1 and raw.endswith('"data":"from stdin"}\n')
+    assert lease(home, "email")["data"] == [1, 2]
+
+
+def test_data_is_printed_as_enqueued(home: Path) -> None:
+    ok(home, "enqueue", "s", stdin='{"b": 1.0, "a": 100000000000000000000001}')
+    out = ok(home, "dequeue", "s")
+    assert out.endswith(',"data":{"b": 1.0, "a": 100000000000000000000001}}\n')
+
+
+def test_lines_enqueues_all_and_prints_every_id(home: Path) -> None:
+    out = ok(home, "enqueue", "s", "--lines", stdin='{"n": 1}\n\n{"n": 2}\n  \n{"n": 3}\n')
+    ids = out.split()
+    assert len(ids) == 3
+    got = [json.loads(line) for line in ok(home, "dequeue", "s", "--max", "5").splitlines()]
+    assert [m["id"] for m in got] == ids
+    assert [m["data"]["n"] for m in got] == [1, 2, 3]
+
+
+def test_dequeue_nothing_is_exit_1_with_empty_stdout(home: Path) -> None:
+    for args in (["dequeue", "s"], ["dequeue", "s", "--wait", "200ms"], ["peek", "s"]):
+        result = ephq(home, *args)
+        assert (result.returncode, result.stdout, result.stderr) == (1, "", "")
+
+
+def test_ack_nack_extend_release(home: Path) -> None:
+    ok(home, "enqueue", "s", stdin="1")
+    ok(home, "enqueue", "s", stdin="2")
+    a, b = (json.loads(x) for x in ok(home, "dequeue", "s", "-n", "2", "-v", "1m").splitlines())
+    until = ok(home, "extend", "s", a["receipt"], "10m").strip()
+    assert until.endswith("Z") and until > a["visible_until"]
+    ok(home, "ack", "s", a["receipt"], b["receipt"])
+    again = ephq(home, "ack", "s", a["receipt"])
+    assert again.returncode == 3
+    assert again.stderr.startswith(f"ephq: the lease on message {a['id']} (delivery 1) has ended")
+    assert again.stderr.count("\n") == 1
+    ok(home, "enqueue", "s", stdin="3")
+    c = lease(home)
+    ok(home, "nack", "s", c["receipt"], "--delay", "0")
+    c2 = lease(home)
+    assert (c2["id"], c2["attempts"]) == (c["id"], 2)
+    ok(home, "release", "s", c2["receipt"])
+    assert lease(home)["attempts"] == 2
+
+
+def test_ack_reports_each_lost_receipt_and_acks_the_rest(home: Path) -> None:
+    ok(home, "enqueue", "s", stdin="1")
+    ok(home, "enqueue", "s", stdin="2")
+    a = lease(home)
+    ok(home, "ack", "s", a["receipt"])
+    b = lease(home)
+    result = ephq(home, "ack", "s", a["receipt"], b["receipt"])
+    assert result.returncode == 3
+    assert result.stderr.count("\n") == 1
+    assert ephq(home, "peek", "s").returncode == 1
+
+
+def test_dead_letters_from_the_shell(home: Path) -> None:
+    ok(home, "config", "jobs", "--max-attempts", "1")
+    mid = ok(home, "enqueue", "jobs", stdin='{"job": 7}').strip()
+    m = lease(home, "jobs")
+    ok(home, "nack", "jobs", m["receipt"], "--reason", "remote said no")
+    listing = ok(home, "dlq", "list", "jobs")
+    header, row = listing.splitlines()
+    assert header.split() == ["id", "attempts", "died_at", "error"]
+    assert row.startswith(mid) and row.endswith("remote said no")
+    as_json = json.loads(ok(home, "dlq", "list", "jobs", "--json"))
+    assert as_json["metadata"]["dead"]["error"] == "remote said no"
+    shown = json.loads(ok(home, "dlq", "show", "jobs", mid))
+    assert shown["data"] == {"job": 7} and shown["metadata"]["dead"]["attempts"] == 1
+    dead = lease(home, "jobs", "--dlq")
+    ok(home, "nack", "jobs", dead["receipt"])  # the receipt knows it is a dead letter's
+    assert ok(home, "dlq", "redrive", "jobs").split() == [mid]
+    assert lease(home, "jobs")["id"] == mid
+    missing = ephq(home, "dlq", "show", "jobs", mid)
+    assert missing.returncode == 4
+    assert (
+        missing.stderr == f"ephq: no message with id {mid} in the dead letters of stream 'jobs'\n"
+    )
+
+
+def test_dlq_purge_by_id_and_all(home: Path) -> None:
+    ok(home, "config", "s", "--max-attempts", "1")
+    ids = ok(home, "enqueue", "s", "--lines", stdin="1\n2\n3\n").split()
+    for _ in ids:
+        ok(home, "nack", "s", lease(home)["receipt"])
+    assert ok(home, "dlq", "purge", "s", ids[0]).split() == [ids[0]]
+    assert ok(home, "dlq", "purge", "s").split() == ids[1:]
+    assert ok(home, "dlq", "list", "s").splitlines()[1:] == []
+
+
+def test_stats_plain_and_json(home: Path) -> None:
+    ok(home, "enqueue", "a", stdin="1")
+    ok(home, "enqueue", "a", "--delay", "1h", stdin="2")
+    ok(home, "enqueue", "b", stdin="3")
+    lease(home, "b")
+    plain = ok(home, "stats").splitlines()
+    assert plain[0].split() == ["stream", "ready", "delayed", "inflight", "dlq", "oldest"]
+    assert plain[1].split()[:5] == ["a", "1", "1", "0", "0"]
+    assert plain[2].split() == ["b", "0", "0", "1", "0", "-"]
+    assert "\x1b[" not in "".join(plain)
+    records = [json.loads(x) for x in ok(home, "stats", "--json").splitlines()]
+    assert [r["stream"] for r in records] == ["a", "b"]
+    assert records[1] == {
+        "stream": "b",
+        "ready": 0,
+        "delayed": 0,
+        "inflight": 1,
+        "dlq": 0,
+        "oldest_age": None,
+    }
+    one = json.loads(ok(home, "stats", "a", "--json"))
+    assert one["ready"] == 1 and one["oldest_age"] >= 0
+
+
+def test_config_show_and_set(home: Path) -> None:
+    shown = json.loads(ok(home, "config", "s"))
+    assert shown == {"stream": "s", "max_attempts": 5, "visibility": 30.0}
+    changed = json.loads(ok(home, "config", "s", "--max-attempts", "3", "--visibility", "2m"))
+    assert changed == {"stream": "s", "max_attempts": 3, "visibility": 120.0}
+    assert json.loads(ok(home, "config", "s")) == changed
+
+
+def test_purge_needs_yes(home: Path) -> None:
+    ok(home, "enqueue", "s", stdin="1")
+    before = snapshot(home)
+    refused = ephq(home, "purge", "s")
+    assert refused.returncode == 2
+    assert refused.stderr == "ephq: purge deletes every message of 's': add --yes to do it\n"
+    assert snapshot(home) == before
+    assert ok(home, "purge", "s", "--yes") == "1\n"
+
+
+def test_check_exit_status(home: Path) -> None:
+    ok(home, "enqueue", "s", stdin="1")
+    assert ok(home, "check") == ""
+    (ready,) = [p for p in (home / "s" / "ready").rglob("*") if p.is_file()]
+    ready.write_text("garbage")
+    found = ephq(home, "check")
+    assert found.returncode == 8
+    assert found.stdout.startswith("s: unreadable: ")
+    repaired = ephq(home, "check", "--repair")
+    assert repaired.returncode == 0 and repaired.stdout.rstrip().endswith("(repaired)")
+    assert ok(home, "check") == ""
+
+
+def test_global_home_option_wins_over_environment(home: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    ok(home, "--home", str(other), "enqueue", "s", stdin="1")
+    assert (other / "s").is_dir() and not (home / "s").exists()
+
+
+BAD: list[tuple[list[str], str | None, str, int]] = [
+    (
+        ["enqueue", "s", "MSG"],
+        None,
+        "ephq: {msg}, line 1, column 6: invalid JSON: Expecting ':' delimiter",
+        2,
+    ),
+    (
+        ["enqueue", "s"],
+        "[1,\n 2,,]",
+        "ephq: stdin, line 2, column 4: invalid JSON: Expecting value",
+        2,
+    ),
+    (
+        ["enqueue", "s", "--lines"],
+        '{"a": 1}\n\n{"b": }\n',
+        "ephq: stdin, line 3, column 7: invalid JSON: Expecting value",
+        2,
+    ),
+    (["enqueue", "s"], "", "ephq: message is empty: expected a JSON document", 2),
+    (["enqueue", "s", "--lines"], "\n\n", "ephq: stdin: no messages: every line is empty", 2),
+    (["enqueue", "s"], "[NaN]", "ephq: stdin: invalid JSON: NaN is not valid JSON", 2),
+    (["enqueue", "s", "/no/such/file"], None, "ephq: /no/such/file: no such file", 2),
+    (
+        ["enqueue", "bad/name"],
+        "1",
+        "ephq: invalid stream name 'bad/name': use 1 to 128 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit",
+        2,
+    ),
+    (
+        ["enqueue", "s", "--delay", "5x"],
+        "1",
+        "ephq: --delay '5x' is not a duration: use a number of seconds or a unit, "
+        "as in 250ms, 30s, 5m, 1h, 1d",
+        2,
+    ),
+    (
+        ["dequeue", "s", "--max", "0"],
+        None,
+        "ephq dequeue: Invalid value for '--max' / '-n': 0 is not in the range x>=1. "
+        "(see 'ephq dequeue --help')",
+        2,
+    ),
+    (
+        ["dequeue", "s", "--visibility", "0"],
+        None,
+        "ephq: visibility must be more than zero, not 0.0",
+        2,
+    ),
+    (
+        ["ack", "s", "RECEIPT", "nonsense"],
+        None,
+        "ephq: 'nonsense' is not an ephq receipt (it comes from dequeue, as 'receipt')",
+        2,
+    ),
+    (["enqueue"], None, "ephq enqueue: Missing argument 'STREAM'. (see 'ephq enqueue --help')", 2),
+    (["frobnicate"], None, "ephq: No such command 'frobnicate'. (see 'ephq --help')", 2),
+    (
+        ["dequeue", "s", "--colour"],
+        None,
+        "ephq dequeue: No such option: --colour (see 'ephq dequeue --help')",
+        2,
+    ),
+    (
+        ["dlq", "show", "s", "xyz"],
+        None,
+        "ephq: 'xyz' is not a message id (24 hex digits, as enqueue prints)",
+        2,
+    ),
+    (
+        ["config", "s", "--visibility", "-1"],
+        None,
+        "ephq: --visibility '-1' is not a duration: use a number of seconds or a unit, "
+        "as in 250ms, 30s, 5m, 1h, 1d",
+        2,
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "stdin", "line", "code"), BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_bad_input_is_one_line_and_changes_nothing(
+    home: Path, tmp_path: Path, args: list[str], stdin: str | None, line: str, code: int
+) -> None:
+    msg = tmp_path / "msg.json"
+    msg.write_text('{"a" 1}')
+    ok(home, "enqueue", "s", stdin='"already here"')
+    leased = lease(home)
+    before = snapshot(home)
+    args = [str(msg) if a == "MSG" else leased["receipt"] if a == "RECEIPT" else a for a in args]
+    result = ephq(home, *args, stdin=stdin)
+    assert (result.returncode, result.stdout) == (code, "")
+    assert result.stderr == line.format(msg=msg) + "\n"
+    assert snapshot(home) == before
+
+
+def test_debug_shows_the_traceback(home: Path) -> None:
+    quiet = ephq(home, "enqueue", "bad/name", stdin="1")
+    assert "Traceback" not in quiet.stderr
+    loud = ephq(home, "--debug", "enqueue", "bad/name", stdin="1")
+    assert "Traceback" in loud.stderr and loud.returncode != 0
+    env = ephq(home, "enqueue", "bad/name", stdin="1", EPHQ_DEBUG="1")
+    assert "Traceback" in env.stderr
+
+
+def test_no_arguments_shows_help(home: Path) -> None:
+    result = ephq(home)
+    assert result.returncode == 2
+    assert "Usage: ephq [OPTIONS] COMMAND" in result.stderr
+    assert "Exit status: 0 success" in result.stderr
+
+
+def test_python_dash_m_runs_the_same_cli(home: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ephq", "enqueue", "s"],
+        input="5",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EPHQ_HOME": str(home)},
+        check=True,
+    )
+    assert len(result.stdout.strip()) == 24
