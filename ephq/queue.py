@@ -171,6 +171,14 @@ class Queue:
         with translated(f"nack in stream {stream!r}"):
             self._backend.nack(stream, receipt, delay_ns, reason)
 
+    def reject(self, stream: str, receipt: str, reason: str) -> None:
+        """The message can never succeed: dead-letter it now with ``reason`` as its error."""
+        check_stream_name(stream)
+        if not isinstance(reason, str):
+            raise BadInput(f"reason must be text, not {type(reason).__name__}")
+        with translated(f"reject in stream {stream!r}"):
+            self._backend.reject(stream, receipt, reason)
+
     def release(self, stream: str, receipt: str) -> None:
         """Give the message back unprocessed: visible at once, this attempt not counted."""
         check_stream_name(stream)

@@ -376,3 +376,19 @@ def test_fsync_off_still_delivers(home: Path) -> None:
     q.enqueue_many("s", [1, 2])
     q.enqueue("s", 3)
     assert [m.data for m in q.dequeue_many("s", 5)] == [1, 2, 3]
+
+
+def test_reject_dead_letters_at_once(q: Queue) -> None:
+    mid = q.enqueue("s", {"bad": True})
+    m = q.dequeue("s")
+    assert m is not None and m.receipt
+    q.reject("s", m.receipt, "exit 100: no such customer")
+    assert q.dequeue("s") is None
+    dead = q.dead_letter("s", mid)
+    assert dead.metadata["dead"] == {
+        **dead.metadata["dead"],
+        "error": "exit 100: no such customer",
+        "attempts": 1,
+    }
+    with pytest.raises(LeaseLost):
+        q.ack("s", m.receipt)

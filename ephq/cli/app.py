@@ -36,9 +36,7 @@ Stream = Annotated[
     str,
     typer.Argument(metavar="STREAM", help="The stream's name: letters, digits, '.', '_', '-'."),
 ]
-Receipt = Annotated[
-    str, typer.Argument(metavar="RECEIPT", help="The receipt printed by dequeue.")
-]
+Receipt = Annotated[str, typer.Argument(metavar="RECEIPT", help="The receipt printed by dequeue.")]
 Visibility = Annotated[
     str | None,
     typer.Option(
@@ -351,6 +349,82 @@ def _watch_stats(collect: object) -> None:
         pass
 
 
+def worker(
+    ctx: typer.Context,
+    stream: Stream,
+    exec_: Annotated[
+        str,
+        typer.Option(
+            "--exec",
+            "-e",
+            metavar="CMD",
+            help="Run through /bin/sh -c for each message, data on stdin, EPHQ_* variables set. "
+            "Exit 0 acks, 100 dead-letters now, anything else retries with backoff.",
+        ),
+    ],
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="Handlers running at once.")
+    ] = 1,
+    visibility: Visibility = None,
+    timeout: Annotated[
+        str | None,
+        typer.Option("--timeout", metavar="D", help="Stop a handler (and its children) after D."),
+    ] = None,
+    retry_delay: Annotated[
+        str, typer.Option("--retry-delay", metavar="D", help="First retry's delay; doubles.")
+    ] = "1s",
+    max_retry_delay: Annotated[
+        str, typer.Option("--max-retry-delay", metavar="D", help="Cap on the retry delay.")
+    ] = "5m",
+    drain: Annotated[
+        bool,
+        typer.Option("--drain", help="Exit once nothing is visible and no handler is running."),
+    ] = False,
+    max_messages: Annotated[
+        int | None, typer.Option("--max-messages", min=1, help="Exit after handling N.")
+    ] = None,
+    dlq: DeadLetters = False,
+    grace: Annotated[
+        str,
+        typer.Option(
+            "--grace", metavar="D", help="On SIGTERM or SIGINT, let handlers finish within D."
+        ),
+    ] = "30s",
+    json_logs: Annotated[
+        bool, typer.Option("--json-logs", help="Log one JSON object per message.")
+    ] = False,
+) -> None:
+    """Run a command for every message of STREAM, under cron, systemd or a shell loop.
+
+    Leases up to --concurrency messages, extends each lease while its handler runs, and settles
+    each by the handler's exit status. SIGTERM or SIGINT stops leasing, lets running handlers
+    finish within --grace, then stops them and releases their messages (the attempt does not
+    count); a second SIGINT stops at once. One log line per message on stderr, a summary at exit.
+    """
+    from ..worker import shell
+
+    settings = _settings(ctx)
+    q = settings.queue()
+    check_stream_name(stream)
+    lease = _seconds(visibility, "--visibility")
+    code = shell.run(
+        q,
+        stream,
+        exec_,
+        timeout=_seconds(timeout, "--timeout"),
+        json_logs=json_logs,
+        concurrency=concurrency,
+        visibility=lease if lease is not None else q.config(stream).visibility,
+        retry_delay=durations.parse(retry_delay, "--retry-delay"),
+        max_retry_delay=durations.parse(max_retry_delay, "--max-retry-delay"),
+        drain=drain,
+        max_messages=max_messages,
+        dlq=dlq,
+        grace=durations.parse(grace, "--grace"),
+    )
+    raise typer.Exit(code)
+
+
 # -- manage --------------------------------------------------------------------------------
 
 
@@ -476,6 +550,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "config": config,
     "purge": purge,
     "check": check,
+    "worker": worker,
 }
 DLQ_COMMANDS: dict[str, Callable[..., None]] = {
     "list": dlq_list,

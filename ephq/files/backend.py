@@ -67,6 +67,12 @@ class FileBackend:
         owner, store, dead = self._settle(stream, receipt)
         store.nack(parse_receipt(receipt).lease, 0, None, owner.max_attempts(dead), counts=False)
 
+    def reject(self, stream: str, receipt: str, reason: str) -> None:
+        _, store, dead = self._settle(stream, receipt)
+        if dead:
+            raise BadInput("a dead letter cannot be dead-lettered again: ack or nack it")
+        store.reject(parse_receipt(receipt).lease, reason)
+
     def extend(self, stream: str, receipt: str, visibility_ns: int) -> int:
         _, store, _ = self._settle(stream, receipt)
         return store.extend(parse_receipt(receipt).lease, visibility_ns)

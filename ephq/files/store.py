@@ -384,6 +384,14 @@ class Store:
             raise self._lost(lease)
         self._extended.pop(str(lease), None)
 
+    def reject(self, lease: TimedName, reason: str) -> None:
+        """End the delivery by dead-lettering the message now, whatever attempts it has left."""
+        for path in self._delivery_paths(lease):
+            if self.dead_letter(path, lease.id, lease.attempts, reason):
+                self._extended.pop(str(lease), None)
+                return
+        raise self._lost(lease)
+
     def extend(self, lease: TimedName, visibility_ns: int) -> int:
         deadline = self.clock() + visibility_ns
         moved = TimedName(deadline, lease.id, lease.attempts, lease.token)

@@ -1,0 +1,145 @@
+"""Running a shell command as a message's handler.
+
+The command runs through /bin/sh -c in a session of its own, so a timeout or a shutdown can stop
+it and everything it started by signalling the process group. The message's data arrives on its
+stdin, exactly as enqueued; facts about the delivery arrive in EPHQ_* variables, never on the
+command line. Its stderr passes through to ours, and the tail is kept for the dead letter.
+Exit 0 is success, exit 100 a permanent failure (the qmail convention), anything else a
+temporary one.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from ..message import Message
+from .outcomes import Cancelled, PermanentFailure, TemporaryFailure
+
+PERMANENT_EXIT = 100
+STDERR_TAIL_BYTES = 2000
+# After SIGTERM, how long a handler's process group gets before SIGKILL.
+KILL_AFTER_S = 2.0
+_POLL_S = 0.05
+
+
+class CommandHandler:
+    def __init__(self, command: str, *, home: str, timeout: float | None = None) -> None:
+        self.command = command
+        self.home = home
+        self.timeout = timeout
+
+    def __call__(self, message: Message, cancelled: threading.Event) -> None:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", self.command],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self._environment(message),
+            start_new_session=True,
+        )
+        tail: collections.deque[bytes] = collections.deque()
+        threads = [
+            threading.Thread(target=_feed, args=(proc, message.data_json.encode()), daemon=True),
+            threading.Thread(target=_drain, args=(proc, tail), daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        why = self._wait(proc, cancelled)
+        for thread in threads:
+            thread.join(timeout=5)
+        self._verdict(proc.returncode, why, b"".join(tail)[-STDERR_TAIL_BYTES:])
+
+    def _environment(self, message: Message) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            EPHQ_STREAM=message.stream,
+            EPHQ_MESSAGE_ID=message.id,
+            EPHQ_RECEIPT=message.receipt or "",
+            EPHQ_ATTEMPT=str(message.attempts),
+            EPHQ_ENQUEUED_AT=message.enqueued_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            EPHQ_HOME=self.home,
+        )
+        return env
+
+    def _wait(self, proc: subprocess.Popen[bytes], cancelled: threading.Event) -> str | None:
+        """Wait for the handler; stop its process group on timeout or cancellation."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            try:
+                proc.wait(timeout=_POLL_S)
+                return None
+            except subprocess.TimeoutExpired:
+                pass
+            if cancelled.is_set():
+                _stop_group(proc)
+                return "cancelled"
+            if deadline is not None and time.monotonic() >= deadline:
+                _stop_group(proc)
+                return "timeout"
+
+    def _verdict(self, code: int | None, why: str | None, stderr: bytes) -> None:
+        detail = stderr.decode("utf-8", "replace").strip()
+        suffix = f"; stderr: {detail}" if detail else ""
+        if why == "cancelled":
+            raise Cancelled("stopped by the worker's shutdown")
+        if why == "timeout":
+            raise TemporaryFailure(f"timed out after {self.timeout:g}s{suffix}")
+        if code == 0:
+            return
+        if code == PERMANENT_EXIT:
+            raise PermanentFailure(f"exit {code}{suffix}")
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+            raise TemporaryFailure(f"killed by {name}{suffix}")
+        raise TemporaryFailure(f"exit {code}{suffix}")
+
+
+def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(data)
+    except (BrokenPipeError, OSError):
+        pass  # the handler does not read its stdin: its choice
+    finally:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+
+
+def _drain(proc: subprocess.Popen[bytes], tail: collections.deque[bytes]) -> None:
+    """Copy the handler's stderr to ours, keeping the last few kilobytes."""
+    stream = proc.stderr
+    assert stream is not None
+    kept = 0
+    for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[attr-defined]
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.buffer.flush()
+        tail.append(chunk)
+        kept += len(chunk)
+        while kept - len(tail[0]) >= STDERR_TAIL_BYTES:
+            kept -= len(tail.popleft())
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the handler's whole process group, then SIGKILL what is left."""
+    for sig, wait in ((signal.SIGTERM, KILL_AFTER_S), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # The shell is gone; its children may not be: make sure of the group.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return

@@ -1,0 +1,245 @@
+"""The worker loop: lease messages, run a handler for each, settle each by its outcome.
+
+One implementation for Python and the shell: `Worker(queue, stream, handler)` takes any callable
+`handler(message, cancelled)`, and `ephq worker --exec CMD` passes a CommandHandler.
+
+- Up to `concurrency` handlers run at once, each in a thread; the loop never leases more messages
+  than it has free slots.
+- A keeper thread extends each running lease when a third of it is left, so a handler may run far
+  longer than `visibility`. If the worker dies, its leases expire and another worker takes over.
+- Outcomes: return -> ack; PermanentFailure -> dead-letter now; Cancelled -> release (the attempt
+  does not count); anything else -> nack with exponential backoff, dead-lettered by the queue
+  once attempts run out, with the failure as its last error.
+- stop() (from SIGTERM or SIGINT) stops leasing and lets running handlers finish within `grace`;
+  then they are cancelled and their messages released. stop(now=True) cancels at once.
+- Waiting for work is the queue's long-poll, in short slices so that a stop is seen promptly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import LeaseLost
+from ..message import Message
+from ..queue import Queue
+from .outcomes import Cancelled, PermanentFailure
+
+Handler = Callable[[Message, threading.Event], object]
+# How long one long-poll lasts before the loop looks at its stop flag again.
+POLL_SLICE_S = 0.5
+
+
+@dataclass
+class Summary:
+    handled: int = 0
+    acked: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    released: int = 0
+    lost: int = 0
+
+
+@dataclass
+class Outcome:
+    message: Message
+    result: str  # acked | retry | dead-lettered | released | lease-lost
+    seconds: float
+    detail: str = ""
+    retry_in: float | None = None
+
+
+@dataclass
+class _Job:
+    message: Message
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    extend_at: float = 0.0
+    lost: bool = False
+
+
+class Worker:
+    def __init__(
+        self,
+        queue: Queue,
+        stream: str,
+        handler: Handler,
+        *,
+        concurrency: int = 1,
+        visibility: float = 30.0,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 300.0,
+        drain: bool = False,
+        max_messages: int | None = None,
+        dlq: bool = False,
+        grace: float = 30.0,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.stream = stream
+        self.handler = handler
+        self.concurrency = concurrency
+        self.visibility = visibility
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.drain = drain
+        self.max_messages = max_messages
+        self.dlq = dlq
+        self.grace = grace
+        self.on_outcome = on_outcome
+        self.summary = Summary()
+        self._jobs: dict[str, _Job] = {}
+        self._changed = threading.Condition()
+        # Plain flags, not Events: stop() runs in signal handlers, which must not take locks.
+        self._stopping = False
+        self._stop_now = False
+        self._done = threading.Event()
+        self._started = 0
+
+    # -- control ---------------------------------------------------------------------------
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop leasing; with now, also stop running handlers at once. Safe from a signal."""
+        self._stopping = True
+        if now:
+            self._stop_now = True
+
+    @property
+    def running(self) -> int:
+        return len(self._jobs)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> Summary:
+        keeper = threading.Thread(target=self._keep_leases, name="ephq-lease-keeper", daemon=True)
+        keeper.start()
+        try:
+            self._lease_loop()
+        finally:
+            self._finish()
+            self._done.set()
+            keeper.join()
+        return self.summary
+
+    def _lease_loop(self) -> None:
+        while not self._stopping:
+            want = self._free_slots()
+            if want == 0:
+                if self.max_messages is not None and self._started >= self.max_messages:
+                    return
+                with self._changed:
+                    self._changed.wait(POLL_SLICE_S)
+                continue
+            wait = 0.0 if self.drain and self.running == 0 else POLL_SLICE_S
+            got = self.queue.dequeue_many(
+                self.stream, want, self.visibility, wait=wait, dlq=self.dlq
+            )
+            if not got:
+                if self.drain and self.running == 0:
+                    return
+                if self.drain:
+                    with self._changed:
+                        self._changed.wait(POLL_SLICE_S)
+                continue
+            for message in got:
+                self._start(message)
+
+    def _free_slots(self) -> int:
+        free = self.concurrency - self.running
+        if self.max_messages is not None:
+            free = min(free, self.max_messages - self._started)
+        return max(0, free)
+
+    def _start(self, message: Message) -> None:
+        job = _Job(message, extend_at=time.monotonic() + self.visibility * 2 / 3)
+        with self._changed:
+            self._jobs[message.id] = job
+        self._started += 1
+        threading.Thread(target=self._run_job, args=(job,), name=f"ephq-{message.id}").start()
+
+    def _finish(self) -> None:
+        """Let running handlers finish (within grace, when stopping), cancel the rest, and wait
+        for every message to be settled."""
+        end = time.monotonic() + self.grace if self._stopping else float("inf")
+        with self._changed:
+            while self._jobs and not self._stop_now and time.monotonic() < end:
+                self._changed.wait(min(0.1, max(0.0, end - time.monotonic())))
+            for job in self._jobs.values():
+                job.cancelled.set()
+            while self._jobs:
+                self._changed.wait(0.1)
+
+    # -- one message -----------------------------------------------------------------------
+
+    def _run_job(self, job: _Job) -> None:
+        start = time.monotonic()
+        try:
+            outcome = self._settle(job, start)
+        finally:
+            with self._changed:
+                del self._jobs[job.message.id]
+                self._changed.notify_all()
+        self._count(outcome)
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    def _settle(self, job: _Job, start: float) -> Outcome:
+        m = job.message
+        receipt = m.receipt or ""
+        try:
+            try:
+                self.handler(m, job.cancelled)
+            except Cancelled as exc:
+                self.queue.release(self.stream, receipt)
+                return Outcome(m, "released", time.monotonic() - start, str(exc))
+            except Exception as exc:
+                # A dead letter has nowhere further to go: its permanent failure is retried.
+                if isinstance(exc, PermanentFailure) and not self.dlq:
+                    self.queue.reject(self.stream, receipt, str(exc))
+                    return Outcome(m, "dead-lettered", time.monotonic() - start, str(exc))
+                return self._retry(m, start, exc)
+            self.queue.ack(self.stream, receipt)
+            return Outcome(m, "acked", time.monotonic() - start)
+        except LeaseLost as exc:
+            return Outcome(m, "lease-lost", time.monotonic() - start, str(exc))
+
+    def _retry(self, m: Message, start: float, exc: BaseException) -> Outcome:
+        """Nack with backoff; the queue dead-letters it instead if that was its last attempt."""
+        reason = str(exc) or type(exc).__name__
+        delay = min(self.retry_delay * 2 ** max(0, m.attempts - 1), self.max_retry_delay)
+        last = not self.dlq and m.attempts >= self.queue.config(self.stream).max_attempts
+        self.queue.nack(self.stream, m.receipt or "", delay=delay, reason=reason)
+        if last:
+            return Outcome(m, "dead-lettered", time.monotonic() - start, reason)
+        return Outcome(m, "retry", time.monotonic() - start, reason, retry_in=delay)
+
+    def _count(self, outcome: Outcome) -> None:
+        s = self.summary
+        s.handled += 1
+        if outcome.result == "acked":
+            s.acked += 1
+        elif outcome.result == "retry":
+            s.retried += 1
+        elif outcome.result == "dead-lettered":
+            s.dead_lettered += 1
+        elif outcome.result == "released":
+            s.released += 1
+        else:
+            s.lost += 1
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def _keep_leases(self) -> None:
+        """Extend each running lease when a third of it is left."""
+        while not self._done.is_set():
+            now = time.monotonic()
+            with self._changed:
+                due = [j for j in self._jobs.values() if j.extend_at <= now and not j.lost]
+            for job in due:
+                try:
+                    self.queue.extend(self.stream, job.message.receipt or "", self.visibility)
+                    job.extend_at = time.monotonic() + self.visibility * 2 / 3
+                except LeaseLost:
+                    job.lost = True  # settling it will say so
+            self._done.wait(min(0.1, self.visibility / 10))

@@ -1,0 +1,292 @@
+"""`ephq worker` with real handlers, real signals and real process groups, under watchdogs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ephq import Message, Queue
+from ephq.worker import PermanentFailure, Worker
+
+EPHQ = str(Path(sys.executable).parent / "ephq")
+
+
+def start_worker(home: Path, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPHQ_")}
+    env["EPHQ_HOME"] = str(home)
+    return subprocess.Popen(
+        [EPHQ, "worker", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def script(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "handler.sh"
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody has reaped yet (as in a container)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_for(predicate: object, timeout: float = 30) -> None:
+    assert callable(predicate)
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out waiting"
+        time.sleep(0.02)
+
+
+@pytest.mark.timeout(60)
+def test_exit_status_decides_ack_dead_letter_or_retry(home: Path, tmp_path: Path) -> None:
+    q = Queue(home)
+    q.configure("jobs", max_attempts=3)
+    ok_id = q.enqueue("jobs", "ok")
+    bad_id = q.enqueue("jobs", "permanent")
+    flaky_id = q.enqueue("jobs", "flaky")
+    handler = script(
+        tmp_path,
+        "data=$(cat)\n"
+        'case "$data" in *permanent*) echo "no such user" >&2; exit 100;;\n'
+        '  *flaky*) echo "try $EPHQ_ATTEMPT failed" >&2; exit 3;; esac\n',
+    )
+    code, err = finish(
+        start_worker(home, "jobs", "--exec", handler, "--drain", "--retry-delay", "0")
+    )
+    assert code == 0, err
+    assert q.stats("jobs").ready == 0 and q.stats("jobs").dlq == 2
+    assert (
+        q.dead_letter("jobs", bad_id).metadata["dead"]["error"] == "exit 100; stderr: no such user"
+    )
+    flaky = q.dead_letter("jobs", flaky_id).metadata["dead"]
+    assert (flaky["attempts"], flaky["error"]) == (3, "exit 3; stderr: try 3 failed")
+    with pytest.raises(Exception, match="no message"):
+        q.dead_letter("jobs", ok_id)
+    assert "handled 5 (acked 1, retried 2, dead-lettered 2, released 0, lease lost 0)" in err
+
+
+@pytest.mark.timeout(60)
+def test_handler_gets_data_on_stdin_and_facts_in_environment(home: Path, tmp_path: Path) -> None:
+    q = Queue(home)
+    text = '{ "to": "ann@example.com",  "n": 1.0 }'
+    mid = q.enqueue_json("mail", text)
+    out = tmp_path / "seen"
+    handler = script(
+        tmp_path,
+        f"cat > {out}.stdin\nenv | grep ^EPHQ_ | sort > {out}.env\n",
+    )
+    code, err = finish(start_worker(home, "mail", "--exec", handler, "--drain"))
+    assert code == 0, err
+    assert Path(f"{out}.stdin").read_text() == text
+    env = dict(line.split("=", 1) for line in Path(f"{out}.env").read_text().splitlines())
+    assert env["EPHQ_STREAM"] == "mail"
+    assert env["EPHQ_MESSAGE_ID"] == mid
+    assert env["EPHQ_ATTEMPT"] == "1"
+    assert env["EPHQ_HOME"] == str(home)
+    assert env["EPHQ_ENQUEUED_AT"].endswith("Z")
+    assert env["EPHQ_RECEIPT"].count(".") == 3
+
+
+@pytest.mark.timeout(90)
+def test_two_workers_short_leases_long_handlers_each_message_once(
+    home: Path, tmp_path: Path
+) -> None:
+    q = Queue(home)
+    ids = q.enqueue_many("slow", list(range(4)))
+    log = tmp_path / "handled"
+    handler = script(tmp_path, f'sleep 3\necho "$EPHQ_MESSAGE_ID $EPHQ_ATTEMPT" >> {log}\n')
+    workers = [
+        start_worker(
+            home, "slow", "--exec", handler, "--visibility", "1s", "--concurrency", "2", "--drain"
+        )
+        for _ in range(2)
+    ]
+    for w in workers:
+        code, err = finish(w, timeout=80)
+        assert code == 0, err
+    lines = log.read_text().split("\n")[:-1]
+    assert Counter(line.split()[0] for line in lines) == Counter(ids)
+    assert all(line.split()[1] == "1" for line in lines)  # never redelivered: leases were kept
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_lets_the_running_handler_finish(home: Path, tmp_path: Path) -> None:
+    q = Queue(home)
+    q.enqueue("s", "job")
+    started = tmp_path / "started"
+    handler = script(tmp_path, f"touch {started}\nsleep 1\n")
+    worker = start_worker(home, "s", "--exec", handler, "--grace", "20s")
+    wait_for(started.exists)
+    worker.send_signal(signal.SIGTERM)
+    code, err = finish(worker)
+    assert code == 0, err
+    assert "acked 1" in err
+    assert q.stats("s").ready == 0 and q.stats("s").inflight == 0
+
+
+@pytest.mark.timeout(60)
+def test_after_grace_handlers_are_stopped_and_messages_released(home: Path, tmp_path: Path) -> None:
+    q = Queue(home)
+    mid = q.enqueue("s", "job")
+    started = tmp_path / "started"
+    handler = script(tmp_path, f"touch {started}\nsleep 60\n")
+    worker = start_worker(home, "s", "--exec", handler, "--grace", "300ms")
+    wait_for(started.exists)
+    worker.send_signal(signal.SIGINT)
+    code, err = finish(worker)
+    assert code == 0, err
+    assert "released 1" in err
+    m = q.dequeue("s")
+    assert m is not None and (m.id, m.attempts) == (
+        mid,
+        1,
+    )  # the interrupted attempt is not counted
+
+
+@pytest.mark.timeout(60)
+def test_second_sigint_stops_at_once(home: Path, tmp_path: Path) -> None:
+    q = Queue(home)
+    q.enqueue("s", "job")
+    started = tmp_path / "started"
+    handler = script(tmp_path, f"touch {started}\nsleep 60\n")
+    worker = start_worker(home, "s", "--exec", handler, "--grace", "60s")
+    wait_for(started.exists)
+    worker.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    worker.send_signal(signal.SIGINT)
+    code, err = finish(worker, timeout=20)
+    assert code == 130, err
+    assert "released 1" in err
+    assert q.stats("s").ready == 1
+
+
+@pytest.mark.timeout(60)
+def test_sigkilled_worker_message_comes_back_after_its_lease(home: Path, tmp_path: Path) -> None:
+    q = Queue(home)
+    mid = q.enqueue("s", "job")
+    started = tmp_path / "started"
+    handler = script(tmp_path, f"touch {started}\nsleep 60\n")
+    worker = start_worker(home, "s", "--exec", handler, "--visibility", "1s")
+    wait_for(started.exists)
+    os.killpg(worker.pid, signal.SIGKILL)  # the worker and its handler die together
+    worker.wait(timeout=10)
+    assert q.dequeue("s") is None  # still leased...
+    m = q.dequeue("s", wait=10)  # ...until the lease runs out
+    assert m is not None and (m.id, m.attempts) == (mid, 2)
+
+
+@pytest.mark.timeout(60)
+def test_timeout_kills_the_handler_and_its_children(home: Path, tmp_path: Path) -> None:
+    q = Queue(home)
+    q.configure("s", max_attempts=1)
+    mid = q.enqueue("s", "job")
+    pid_file = tmp_path / "child.pid"
+    handler = script(tmp_path, f"sleep 60 &\necho $! > {pid_file}\nsleep 60\n")
+    code, err = finish(start_worker(home, "s", "--exec", handler, "--timeout", "500ms", "--drain"))
+    assert code == 0, err
+    child = int(pid_file.read_text())
+    wait_for(lambda: not alive(child), timeout=10)
+    assert q.dead_letter("s", mid).metadata["dead"]["error"] == "timed out after 0.5s"
+
+
+@pytest.mark.timeout(120)
+def test_concurrency_four_handles_500_messages_once_each(home: Path, tmp_path: Path) -> None:
+    q = Queue(home)
+    ids = q.enqueue_many("many", list(range(500)))
+    log = tmp_path / "handled"
+    handler = script(tmp_path, f"echo $EPHQ_MESSAGE_ID >> {log}\n")
+    code, err = finish(
+        start_worker(home, "many", "--exec", handler, "--concurrency", "4", "--drain"),
+        timeout=110,
+    )
+    assert code == 0, err
+    assert sorted(log.read_text().split()) == ids
+    assert q.stats("many") == q.stats("many")._replace(ready=0, inflight=0, delayed=0, dlq=0)
+
+
+@pytest.mark.timeout(60)
+def test_max_messages_and_json_logs(home: Path, tmp_path: Path) -> None:
+    q = Queue(home)
+    q.enqueue_many("s", [1, 2, 3])
+    code, err = finish(
+        start_worker(home, "s", "--exec", "cat > /dev/null", "--max-messages", "2", "--json-logs")
+    )
+    assert code == 0, err
+    records = [json.loads(line) for line in err.splitlines()]
+    assert [r["outcome"] for r in records[:2]] == ["acked", "acked"]
+    assert records[2]["summary"]["acked"] == 2
+    assert q.stats("s").ready == 1
+
+
+@pytest.mark.timeout(60)
+def test_dlq_mode_consumes_dead_letters(home: Path, tmp_path: Path) -> None:
+    q = Queue(home)
+    q.configure("s", max_attempts=1)
+    q.enqueue("s", "doomed")
+    m = q.dequeue("s")
+    assert m is not None and m.receipt
+    q.nack("s", m.receipt, reason="boom")
+    out = tmp_path / "archived"
+    code, err = finish(start_worker(home, "s", "--dlq", "--exec", f"cat >> {out}", "--drain"))
+    assert code == 0, err
+    assert out.read_text() == '"doomed"'
+    assert q.stats("s").dlq == 0
+
+
+@pytest.mark.timeout(60)
+def test_python_worker_with_a_callable(home: Path) -> None:
+    q = Queue(home)
+    q.configure("py", max_attempts=2)
+    q.enqueue_many("py", ["fine", "fatal", "flaky"])
+    seen: list[str] = []
+
+    def handle(message: Message, cancelled: threading.Event) -> None:
+        seen.append(message.data)
+        if message.data == "fatal":
+            raise PermanentFailure("cannot ever work")
+        if message.data == "flaky":
+            raise RuntimeError("not today")
+
+    summary = Worker(q, "py", handle, drain=True, retry_delay=0).run()
+    assert (summary.acked, summary.dead_lettered, summary.retried) == (1, 2, 1)
+    assert seen == ["fine", "fatal", "flaky", "flaky"]
+    errors = sorted(d.metadata["dead"]["error"] for d in q.dead_letters("py"))
+    assert errors == ["cannot ever work", "not today"]
+
+
+@pytest.mark.timeout(60)
+def test_idle_worker_wakes_for_a_new_message(home: Path, tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    worker = start_worker(home, "idle", "--exec", f"cat > {done}")
+    time.sleep(1)
+    Queue(home).enqueue("idle", "wake up")
+    wait_for(done.exists)
+    worker.send_signal(signal.SIGTERM)
+    code, err = finish(worker)
+    assert code == 0, err
+    assert done.read_text() == '"wake up"'
