@@ -1,0 +1,118 @@
+"""Throughput and pick-up latency of `ephq worker`.
+
+    python bench/worker.py [--messages 400] [--reps 3] [--workdir DIR]
+
+- Throughput: messages per second through `ephq worker --exec true --drain` at concurrency 1,
+  2 and 4, from the worker's start to its exit (so start-up is included), over a backlog.
+- Pick-up latency: an idle worker (`--exec 'date +%s%N'`), one message enqueued at a time; the
+  time from just before the enqueue call to the handler's first instruction. The handler's
+  clock reading costs one exec of date(1) (~1 ms), which is included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ephq import Queue
+
+EPHQ = str(Path(sys.executable).parent / "ephq")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def throughput(home: str, messages: int, concurrency: int) -> float:
+    q = Queue(home)
+    q.enqueue_many("bench", [{"n": n} for n in range(messages)])
+    env = {**os.environ, "EPHQ_HOME": home}
+    start = time.perf_counter()
+    subprocess.run(
+        [EPHQ, "worker", "bench", "--exec", "true", "--drain", "--concurrency", str(concurrency)],
+        env=env,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
+    elapsed = time.perf_counter() - start
+    assert q.stats("bench").ready == 0
+    return messages / elapsed
+
+
+def pickup(home: str, count: int) -> list[float]:
+    log = Path(home) / "started"
+    env = {**os.environ, "EPHQ_HOME": home}
+    worker = subprocess.Popen(
+        [EPHQ, "worker", "idle", "--exec", f"date +%s%N >> {log}"],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    q = Queue(home)
+    latencies = []
+    try:
+        time.sleep(1.0)  # let it start and go idle
+        for n in range(count):
+            before = len(log.read_text().split()) if log.exists() else 0
+            sent = time.time_ns()
+            q.enqueue("idle", n)
+            while (len(log.read_text().split()) if log.exists() else 0) == before:
+                time.sleep(0.001)
+            started = int(log.read_text().split()[-1])
+            latencies.append((started - sent) / 1e6)
+            time.sleep(0.05)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=400)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--pickups", type=int, default=60)
+    parser.add_argument("--workdir", default=tempfile.gettempdir())
+    args = parser.parse_args()
+    base = tempfile.mkdtemp(prefix="ephq-bench-worker-", dir=args.workdir)
+    try:
+        rates: dict[int, list[float]] = {1: [], 2: [], 4: []}
+        for rep in range(args.reps):
+            for concurrency, found in rates.items():
+                home = os.path.join(base, f"t{rep}-{concurrency}")
+                found.append(throughput(home, args.messages, concurrency))
+        latencies = pickup(os.path.join(base, "pickup"), args.pickups)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print(
+        f"ephq worker, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
+        f"{args.messages} messages, {args.reps} repetitions"
+    )
+    print()
+    print("| concurrency | msgs/s median (min-max) |")
+    print("|---|---|")
+    for concurrency, values in rates.items():
+        print(
+            f"| {concurrency} | {statistics.median(values):.0f} "
+            f"({min(values):.0f}-{max(values):.0f}) |"
+        )
+    print()
+    print(
+        f"pick-up latency, enqueue to handler start, {len(latencies)} messages: "
+        f"p50 {statistics.median(latencies):.1f} ms, p90 {percentile(latencies, 90):.1f} ms, "
+        f"p99 {percentile(latencies, 99):.1f} ms, max {max(latencies):.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
