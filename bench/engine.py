@@ -32,8 +32,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ephq import Queue  # noqa: E402 - after the path is set
-from ephq.files import pool  # noqa: E402
+from ephq import Queue
+from ephq.files import pool
 
 PAYLOAD = {"to": "someone@example.com", "subject": "hello", "body": "x" * 120}  # ~200 bytes
 
