@@ -7,9 +7,13 @@ suite (tests/test_semantics.py) is written against the Queue and so holds any ba
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from .message import CheckProblem, Message, StreamConfig, StreamStats
+
+# Called with how many more messages a long operation has done, for a progress bar.
+Progress = Callable[[int], None] | None
 
 
 class Waiter(Protocol):
@@ -19,7 +23,9 @@ class Waiter(Protocol):
 
 
 class Backend(Protocol):
-    def enqueue(self, stream: str, items: list[str], delay_ns: int) -> list[str]: ...
+    def enqueue(
+        self, stream: str, items: list[str], delay_ns: int, progress: Progress = None
+    ) -> list[str]: ...
     def dequeue(
         self, stream: str, count: int, visibility_ns: int | None, dead: bool
     ) -> list[Message]: ...
@@ -38,7 +44,9 @@ class Backend(Protocol):
         self, stream: str, max_attempts: int | None, visibility_ns: int | None
     ) -> StreamConfig: ...
     def dead_letter(self, stream: str, message_id: str) -> Message: ...
-    def redrive(self, stream: str, ids: list[str] | None) -> list[str]: ...
+    def redrive(
+        self, stream: str, ids: list[str] | None, progress: Progress = None
+    ) -> list[str]: ...
     def purge_dead_letters(self, stream: str, ids: list[str] | None) -> list[str]: ...
     def waiter(self, stream: str, dead: bool) -> Waiter: ...
     def seconds_until_due(self, stream: str, dead: bool) -> float: ...

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, overload
 
-from .backend import Backend
+from .backend import Backend, Progress
 from .durations import NS_PER_SECOND, Duration, to_ns
 from .errors import BadInput, InvalidJSON
 from .files.fsio import translated
@@ -79,22 +79,41 @@ class Queue:
         """Add a message given as JSON text; the text is kept exactly as given."""
         return self._enqueue(check_stream_name(stream), [checked_json(text)], delay)[0]
 
-    def enqueue_many(self, stream: str, items: Iterable[Any], delay: Duration = 0) -> list[str]:
-        """Add several messages, all or nothing: a crash midway leaves none of them."""
-        return self._enqueue(check_stream_name(stream), [_json_of(item) for item in items], delay)
+    def enqueue_many(
+        self,
+        stream: str,
+        items: Iterable[Any],
+        delay: Duration = 0,
+        *,
+        progress: Progress = None,
+    ) -> list[str]:
+        """Add several messages, all or nothing: a crash midway leaves none of them.
+
+        ``progress``, if given, is called with 1 as each message is written.
+        """
+        texts = [_json_of(item) for item in items]
+        return self._enqueue(check_stream_name(stream), texts, delay, progress)
 
     def enqueue_many_json(
-        self, stream: str, texts: Iterable[str | bytes], delay: Duration = 0
+        self,
+        stream: str,
+        texts: Iterable[str | bytes],
+        delay: Duration = 0,
+        *,
+        progress: Progress = None,
     ) -> list[str]:
-        return self._enqueue(check_stream_name(stream), [checked_json(t) for t in texts], delay)
+        checked = [checked_json(t) for t in texts]
+        return self._enqueue(check_stream_name(stream), checked, delay, progress)
 
-    def _enqueue(self, stream: str, items: list[str], delay: Duration) -> list[str]:
+    def _enqueue(
+        self, stream: str, items: list[str], delay: Duration, progress: Progress = None
+    ) -> list[str]:
         check_stream_name(stream)
         delay_ns = to_ns(delay, "delay")
         if not items:
             return []
         with translated(f"enqueue to stream {stream!r}"):
-            return self._backend.enqueue(stream, items, delay_ns)
+            return self._backend.enqueue(stream, items, delay_ns, progress)
 
     # -- consume ---------------------------------------------------------------------------
 
@@ -265,14 +284,16 @@ class Queue:
         with translated(f"read a dead letter of stream {stream!r}"):
             return self._backend.dead_letter(stream, message_id)
 
-    def redrive(self, stream: str, ids: Iterable[str] | None = None) -> list[str]:
+    def redrive(
+        self, stream: str, ids: Iterable[str] | None = None, *, progress: Progress = None
+    ) -> list[str]:
         """Put dead letters (all, or these ids) back in the stream with fresh attempts.
 
         They return to their original place in FIFO order. Returns the ids moved.
         """
         check_stream_name(stream)
         with translated(f"redrive dead letters of stream {stream!r}"):
-            return self._backend.redrive(stream, None if ids is None else list(ids))
+            return self._backend.redrive(stream, None if ids is None else list(ids), progress)
 
     def purge_dead_letters(self, stream: str, ids: Iterable[str] | None = None) -> list[str]:
         """Delete dead letters (all, or these ids); returns the ids deleted."""

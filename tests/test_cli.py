@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -335,3 +336,22 @@ def test_python_dash_m_runs_the_same_cli(home: Path) -> None:
         check=True,
     )
     assert len(result.stdout.strip()) == 24
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="script(1) gives the pseudo-terminal")
+def test_progress_shows_on_a_terminal_only(home: Path, tmp_path: Path) -> None:
+    lines = tmp_path / "big.jsonl"
+    lines.write_text("".join(f'{{"n": {n}}}\n' for n in range(600)))
+    environ = {**os.environ, "EPHQ_HOME": str(home)}
+    on_tty = subprocess.run(
+        ["script", "-qec", f"{EPHQ} enqueue big --lines {lines} > {tmp_path}/ids", "/dev/null"],
+        capture_output=True,
+        text=True,
+        env=environ,
+        check=True,
+        timeout=60,
+    )
+    assert "enqueuing" in on_tty.stdout
+    assert len((tmp_path / "ids").read_text().split()) == 600
+    piped = ephq(home, "enqueue", "big", "--lines", str(lines))
+    assert piped.stderr == "" and len(piped.stdout.split()) == 600

@@ -392,3 +392,16 @@ def test_reject_dead_letters_at_once(q: Queue) -> None:
     }
     with pytest.raises(LeaseLost):
         q.ack("s", m.receipt)
+
+
+def test_long_operations_report_progress(q: Queue) -> None:
+    ticks: list[int] = []
+    ids = q.enqueue_many("s", list(range(30)), progress=ticks.append)
+    assert sum(ticks) == 30
+    q.configure("s", max_attempts=1)
+    for m in q.dequeue_many("s", 30):
+        assert m.receipt
+        q.nack("s", m.receipt)
+    ticks.clear()
+    assert q.redrive("s", progress=ticks.append) == ids
+    assert sum(ticks) == 30

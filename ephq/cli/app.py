@@ -165,7 +165,9 @@ def enqueue(
         except InvalidJSON as exc:
             raise _located(exc, source) from None
     else:
-        ids = q.enqueue_many_json(stream, _json_lines(raw, source), delay_s)
+        texts = _json_lines(raw, source)
+        with render.progress_bar("enqueuing", len(texts)) as progress:
+            ids = q.enqueue_many_json(stream, texts, delay_s, progress=progress)
     sys.stdout.write("".join(i + "\n" for i in ids))
 
 
@@ -520,7 +522,10 @@ def dlq_redrive(
     ] = None,
 ) -> None:
     """Put dead letters back in STREAM with fresh attempts; prints the ids moved."""
-    moved = _settings(ctx).queue().redrive(stream, ids or None)
+    q = _settings(ctx).queue()
+    total = len(ids) if ids else q.stats(stream).dlq
+    with render.progress_bar("redriving", total) as progress:
+        moved = q.redrive(stream, ids or None, progress=progress)
     sys.stdout.write("".join(i + "\n" for i in moved))
 
 

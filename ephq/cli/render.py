@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..message import Message, StreamStats
@@ -53,6 +54,24 @@ def stats_record(s: StreamStats) -> dict[str, Any]:
         "dlq": s.dlq,
         "oldest_age": age,
     }
+
+
+PROGRESS_FROM = 500  # messages: fewer go by too fast to need a bar
+
+
+@contextmanager
+def progress_bar(what: str, total: int) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr for a long operation at a terminal; None elsewhere."""
+    if total < PROGRESS_FROM or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")) or None)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda done: bar.advance(task, done)
 
 
 def for_people() -> bool:

@@ -10,7 +10,7 @@ from ..errors import BadInput
 from ..message import CheckProblem, Message, StreamConfig, StreamStats
 from .fsio import listdir
 from .names import IdSource, check_stream_name, is_id, parse_receipt
-from .store import Clock, Store
+from .store import Clock, Progress, Store
 from .stream import Stream
 
 NS = 1_000_000_000
@@ -41,11 +41,13 @@ class FileBackend:
         owner = self._stream(stream)
         return owner, owner.store(parsed.dead), parsed.dead
 
-    def enqueue(self, stream: str, items: list[str], delay_ns: int) -> list[str]:
+    def enqueue(
+        self, stream: str, items: list[str], delay_ns: int, progress: Progress = None
+    ) -> list[str]:
         store = self._stream(stream).main
         if len(items) == 1:
             return [store.enqueue(items[0], delay_ns)]
-        return store.enqueue_many(items, delay_ns)
+        return store.enqueue_many(items, delay_ns, progress)
 
     def dequeue(
         self, stream: str, count: int, visibility_ns: int | None, dead: bool
@@ -132,11 +134,11 @@ class FileBackend:
         _require_id(message_id)
         return self._stream(stream).dead.get(message_id)
 
-    def redrive(self, stream: str, ids: list[str] | None) -> list[str]:
+    def redrive(self, stream: str, ids: list[str] | None, progress: Progress = None) -> list[str]:
         for message_id in ids or []:
             _require_id(message_id)
         owner = self._stream(stream)
-        return owner.dead.redrive_into(owner.main, ids)
+        return owner.dead.redrive_into(owner.main, ids, progress)
 
     def purge_dead_letters(self, stream: str, ids: list[str] | None) -> list[str]:
         for message_id in ids or []:

@@ -68,6 +68,7 @@ from .record import CorruptRecord, Record, decode, encode, iso_utc
 from .tree import BATCH_SPACING_NS, READY_CUTS, TIMED_CUTS, Tree
 
 Clock = Callable[[], int]
+Progress = Callable[[int], None] | None  # told how many more messages are done
 REAP_INTERVAL_NS = 1_000_000_000
 # A tmp/ entry whose writer could still be between creating it and locking it is left alone.
 TMP_GRACE_NS = 60 * 1_000_000_000
@@ -130,7 +131,7 @@ class Store:
         self._arrived(now, delay_ns)
         return message_id
 
-    def enqueue_many(self, items: list[str], delay_ns: int) -> list[str]:
+    def enqueue_many(self, items: list[str], delay_ns: int, progress: Progress = None) -> list[str]:
         """All or nothing: written to a batch directory, committed by one rename, then placed."""
         now = self.clock()
         ids = [self._ids.next(now + i * BATCH_SPACING_NS) for i in range(len(items))]
@@ -144,7 +145,7 @@ class Store:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                self._stage(batch, ids, items, now, delay_ns)
+                self._stage(batch, ids, items, now, delay_ns, progress)
                 commit = os.path.join(self.tmp, f"commit-{ids[0]}")
                 os.rename(batch, commit)
             except BaseException:
@@ -158,7 +159,15 @@ class Store:
         self._arrived(now, delay_ns)
         return ids
 
-    def _stage(self, batch: str, ids: list[str], items: list[str], now: int, delay: int) -> None:
+    def _stage(
+        self,
+        batch: str,
+        ids: list[str],
+        items: list[str],
+        now: int,
+        delay: int,
+        progress: Progress,
+    ) -> None:
         for message_id, data_json in zip(ids, items, strict=True):
             content = encode(message_id, self.stream, id_time_ns(message_id), data_json, {})
             _, name = self._arrival(message_id, now, delay)
@@ -169,6 +178,8 @@ class Store:
                     os.fsync(fd)
             finally:
                 os.close(fd)
+            if progress is not None:
+                progress(1)
         if self.durable:
             fsync_dir(batch)
 
@@ -451,7 +462,9 @@ class Store:
         self.graveyard.receive(message_id, content)
         os.unlink(dying)
 
-    def redrive_into(self, target: Store, ids: list[str] | None) -> list[str]:
+    def redrive_into(
+        self, target: Store, ids: list[str] | None, progress: Progress = None
+    ) -> list[str]:
         """Move dead letters (all, or those with the given ids) back into target's ready/."""
         now = self.clock()
         moved: list[str] = []
@@ -463,6 +476,8 @@ class Store:
                 durable=target.durable,
             ):
                 moved.append(ready.id)
+                if progress is not None:
+                    progress(1)
         if moved:
             target.ring()
             target._forget_head()
