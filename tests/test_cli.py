@@ -355,3 +355,15 @@ def test_progress_shows_on_a_terminal_only(home: Path, tmp_path: Path) -> None:
     assert len((tmp_path / "ids").read_text().split()) == 600
     piped = ephq(home, "enqueue", "big", "--lines", str(lines))
     assert piped.stderr == "" and len(piped.stdout.split()) == 600
+
+
+def test_no_fsync_and_peek_at_dead_letters(home: Path) -> None:
+    ok(home, "--no-fsync", "config", "s", "--max-attempts", "1")
+    mid = ok(home, "--no-fsync", "enqueue", "s", stdin='"x"').strip()
+    ok(home, "nack", "s", lease(home)["receipt"], "--reason", "nope")
+    peeked = json.loads(ok(home, "peek", "s", "--dlq"))
+    assert (peeked["id"], peeked["receipt"]) == (mid, None)
+    assert peeked["metadata"]["dead"]["error"] == "nope"
+    assert ephq(home, "peek", "s").returncode == 1
+    env_flag = ephq(home, "enqueue", "s", stdin="1", EPHQ_NO_FSYNC="1")
+    assert env_flag.returncode == 0 and len(env_flag.stdout.strip()) == 24

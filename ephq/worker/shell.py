@@ -62,7 +62,10 @@ class Log:
             return
         with self._lock:
             self.console.print(line, markup=False)
-            self.status.update(f"{self.stream}: {running} running; " + totals(summary))
+            self.status.update(
+                f"{self.stream}: {running} running, {summary.acked} acked, "
+                f"{summary.retried} retried, {summary.dead_lettered} dead-lettered"
+            )
 
     def _write(self, line: str) -> None:
         """One write per line, under a lock: handlers finish on several threads at once."""
