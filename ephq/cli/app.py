@@ -50,6 +50,9 @@ Visibility = Annotated[
 Delay = Annotated[
     str, typer.Option("--delay", "-d", metavar="D", help="Keep it invisible this long first.")
 ]
+DeadLetterIds = Annotated[
+    list[str] | None, typer.Argument(metavar="[ID...]", help="Dead letters' ids; default: all.")
+]
 AsJson = Annotated[bool, typer.Option("--json", help="One JSON object per line, for programs.")]
 DeadLetters = Annotated[
     bool, typer.Option("--dlq", help="Work on the stream's dead letters instead.")
@@ -517,9 +520,7 @@ def dlq_show(
 def dlq_redrive(
     ctx: typer.Context,
     stream: Stream,
-    ids: Annotated[
-        list[str] | None, typer.Argument(metavar="[ID...]", help="Default: all.")
-    ] = None,
+    ids: DeadLetterIds = None,
 ) -> None:
     """Put dead letters back in STREAM with fresh attempts; prints the ids moved."""
     q = _settings(ctx).queue()
@@ -532,9 +533,7 @@ def dlq_redrive(
 def dlq_purge(
     ctx: typer.Context,
     stream: Stream,
-    ids: Annotated[
-        list[str] | None, typer.Argument(metavar="[ID...]", help="Default: all.")
-    ] = None,
+    ids: DeadLetterIds = None,
 ) -> None:
     """Delete dead letters for good; prints the ids deleted."""
     removed = _settings(ctx).queue().purge_dead_letters(stream, ids or None)

@@ -149,20 +149,28 @@ def listdir(path: str) -> list[str]:
         return []
 
 
+def try_lock(path: str) -> int | None:
+    """An fd on path holding our exclusive flock, or None if path is gone or someone holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def owner_is_gone(path: str) -> bool:
     """True when nobody holds the flock on path: its writer finished or died.
 
     Only meaningful for files or directories whose writer takes the lock before anyone can see
     them, or after a grace period long past creation.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    fd = try_lock(path)
+    if fd is None:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
+    os.close(fd)
     return True

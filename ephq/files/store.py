@@ -50,6 +50,7 @@ from .fsio import (
     owner_is_gone,
     place,
     read_file,
+    try_lock,
     unlink_quietly,
     write_all,
 )
@@ -424,15 +425,10 @@ class Store:
         nobody, which clean_tmp finishes.
         """
         assert self.graveyard is not None
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        fd = try_lock(path)
+        if fd is None:
             return False
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
             dying = os.path.join(self.tmp, f"{message_id}.{attempts}.dying")
             try:
                 os.rename(path, dying)
@@ -623,15 +619,10 @@ class Store:
 
     def _finish_dying(self, path: str, name: str) -> bool:
         message_id, attempts = name.split(".")[:2]
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        fd = try_lock(path)
+        if fd is None:
             return False
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
             if not os.path.exists(path):
                 return False
             why = "the process dead-lettering it stopped before it finished"
