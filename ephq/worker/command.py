@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -26,6 +27,16 @@ STDERR_TAIL_BYTES = 2000
 # After SIGTERM, how long a handler's process group gets before SIGKILL.
 KILL_AFTER_S = 2.0
 _POLL_S = 0.05
+_SLICE_S = 0.1
+_PIPE_CAPACITY = 65536  # Linux's default pipe buffer
+
+
+def _exit_watch(proc: subprocess.Popen[bytes]) -> int | None:
+    """A pidfd that becomes readable when proc exits (Linux 5.3+), or None to poll instead."""
+    try:
+        return os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return None
 
 
 class CommandHandler:
@@ -43,10 +54,12 @@ class CommandHandler:
             start_new_session=True,
         )
         tail: collections.deque[bytes] = collections.deque()
-        threads = [
-            threading.Thread(target=_feed, args=(proc, message.data_json.encode()), daemon=True),
-            threading.Thread(target=_drain, args=(proc, tail), daemon=True),
-        ]
+        data = message.data_json.encode()
+        threads = [threading.Thread(target=_drain, args=(proc, tail), daemon=True)]
+        if len(data) <= _PIPE_CAPACITY:
+            _feed(proc, data)  # fits in the pipe: cannot block, whatever the handler does
+        else:
+            threads.append(threading.Thread(target=_feed, args=(proc, data), daemon=True))
         for thread in threads:
             thread.start()
         why = self._wait(proc, cancelled)
@@ -69,18 +82,29 @@ class CommandHandler:
     def _wait(self, proc: subprocess.Popen[bytes], cancelled: threading.Event) -> str | None:
         """Wait for the handler; stop its process group on timeout or cancellation."""
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        while True:
-            try:
-                proc.wait(timeout=_POLL_S)
-                return None
-            except subprocess.TimeoutExpired:
-                pass
-            if cancelled.is_set():
-                _stop_group(proc)
-                return "cancelled"
-            if deadline is not None and time.monotonic() >= deadline:
-                _stop_group(proc)
-                return "timeout"
+        exited = _exit_watch(proc)
+        try:
+            while True:
+                if exited is not None:
+                    # Woken at once by the exit; every slice to look at cancel and timeout.
+                    select.select([exited], [], [], _SLICE_S)
+                if proc.poll() is not None:
+                    return None
+                if exited is None:
+                    try:
+                        proc.wait(timeout=_POLL_S)
+                        return None
+                    except subprocess.TimeoutExpired:
+                        pass
+                if cancelled.is_set():
+                    _stop_group(proc)
+                    return "cancelled"
+                if deadline is not None and time.monotonic() >= deadline:
+                    _stop_group(proc)
+                    return "timeout"
+        finally:
+            if exited is not None:
+                os.close(exited)
 
     def _verdict(self, code: int | None, why: str | None, stderr: bytes) -> None:
         detail = stderr.decode("utf-8", "replace").strip()

@@ -17,6 +17,7 @@ One implementation for Python and the shell: `Worker(queue, stream, handler)` ta
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -96,6 +97,7 @@ class Worker:
         self._stop_now = False
         self._done = threading.Event()
         self._started = 0
+        self._settled = 0
 
     # -- control ---------------------------------------------------------------------------
 
@@ -124,26 +126,37 @@ class Worker:
 
     def _lease_loop(self) -> None:
         while not self._stopping:
+            if self.max_messages is not None and self._started >= self.max_messages:
+                return
+            self._wait_for_change(lambda: self._free_slots() == 0)
             want = self._free_slots()
-            if want == 0:
-                if self.max_messages is not None and self._started >= self.max_messages:
-                    return
-                with self._changed:
-                    self._changed.wait(POLL_SLICE_S)
+            if self._stopping or want == 0:
                 continue
-            wait = 0.0 if self.drain and self.running == 0 else POLL_SLICE_S
+            settled, idle = self._settled, self.running == 0
+            # Draining never long-polls: it ends as soon as nothing is visible and all is settled.
+            wait = 0.0 if self.drain else POLL_SLICE_S
             got = self.queue.dequeue_many(
                 self.stream, want, self.visibility, wait=wait, dlq=self.dlq
             )
-            if not got:
-                if self.drain and self.running == 0:
-                    return
-                if self.drain:
-                    with self._changed:
-                        self._changed.wait(POLL_SLICE_S)
-                continue
             for message in got:
                 self._start(message)
+            if not got and self.drain:
+                if idle:
+                    return
+                # A running handler may yet give its message back: wait for one to settle.
+                self._wait_for_change(functools.partial(self._none_settled_since, settled))
+
+    def _none_settled_since(self, settled: int) -> bool:
+        return self._settled == settled
+
+    def _wait_for_change(self, still: Callable[[], bool]) -> None:
+        """Wait while still() holds, waking whenever a handler settles (or to look at stop).
+
+        The test and the wait are under one lock, so a handler settling in between is not missed.
+        """
+        with self._changed:
+            while still() and not self._stopping:
+                self._changed.wait(POLL_SLICE_S)
 
     def _free_slots(self) -> int:
         free = self.concurrency - self.running
@@ -179,6 +192,7 @@ class Worker:
         finally:
             with self._changed:
                 del self._jobs[job.message.id]
+                self._settled += 1
                 self._changed.notify_all()
         self._count(outcome)
         if self.on_outcome is not None:
