@@ -27,7 +27,9 @@ def storage_error(exc: OSError, doing: str) -> EphqError:
     where = f" ({exc.filename})" if exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(f"cannot {doing}: the disk is full{where}; free space and try again")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno == errno.EROFS:
+        return StoragePermissionDenied(f"cannot {doing}: the file system is read-only{where}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
         return StoragePermissionDenied(
             f"cannot {doing}: permission denied{where}; check the owner and mode of the ephq home"
         )
