@@ -1,0 +1,320 @@
+"""ephq against its peers and against the floor the file system allows, side by side in one run.
+
+    pip install -e '.[bench]'            # the peers: persist-queue, dirq, litequeue, huey
+    python bench/run.py --quick          # a few minutes
+    python bench/run.py                  # the full run
+    python bench/run.py --workdir /dev/shm   # or any file system to compare
+
+Phases, for every system (see systems.py), repeated --reps times:
+- enqueue N; drain N with get+ack by one consumer;
+- drain N with 4 consumer processes, counting duplicates and losses;
+- steady state: put+get+ack one at a time over a backlog of 10;
+- depth (ephq, the floor, SQLite): get+ack at depth 1,000 and D, in a long-lived process and as
+  a fresh process (the CLI case).
+Rates are messages per second, median (min-max) over repetitions; latencies are median, P90 and
+P99 over all repetitions; "x ephq" is this system's time per message divided by ephq's (durable)
+— below 1 is faster than ephq.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import multiprocessing
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from systems import available, number, open_client, payload
+
+Result = dict[str, Any]
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def timed(calls: int, op: Callable[[int], object]) -> list[float]:
+    times = []
+    for i in range(calls):
+        start = time.perf_counter()
+        op(i)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def get_ack(client: Any) -> None:
+    got = client.get()
+    assert got is not None, "the queue ran dry"
+    client.ack(got[0])
+
+
+def _get_ack_nth(client: Any, _: int) -> None:
+    get_ack(client)
+
+
+def phase_enqueue_drain(system: str, path: str, n: int) -> tuple[list[float], list[float]]:
+    client = open_client(system, path)
+    put = timed(n, lambda i: client.put(payload(i)))
+    drain = timed(n, lambda _: get_ack(client))
+    client.close()
+    return put, drain
+
+
+def _consume(system: str, path: str, out: Any) -> None:
+    client = open_client(system, path)
+    seen, idle = [], 0
+    while idle < 5:
+        got = client.get()
+        if got is None:
+            idle += 1
+            time.sleep(0.05)
+            continue
+        idle = 0
+        client.ack(got[0])
+        seen.append(number(got[1]))
+    client.close()
+    out.put(seen)
+
+
+def phase_four_consumers(system: str, path: str, n: int) -> tuple[float, int, int]:
+    """Rate, duplicates and losses when four processes drain n messages."""
+    client = open_client(system, path)
+    for i in range(n):
+        client.put(payload(i))
+    client.close()
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_consume, args=(system, path, out)) for _ in range(4)]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    seen = Counter(x for _ in procs for x in out.get(timeout=600))
+    elapsed = time.perf_counter() - start - 5 * 0.05  # the consumers' closing idle polls
+    for p in procs:
+        p.join(timeout=60)
+    duplicates = sum(c - 1 for c in seen.values() if c > 1)
+    lost = sum(1 for i in range(n) if i not in seen)
+    return n / max(elapsed, 1e-9), duplicates, lost
+
+
+def phase_steady(system: str, path: str, m: int) -> list[float]:
+    client = open_client(system, path)
+    for i in range(10):
+        client.put(payload(i))
+
+    def cycle(i: int) -> None:
+        client.put(payload(10 + i))
+        get_ack(client)
+
+    times = timed(m, cycle)
+    client.close()
+    return times
+
+
+FAST_FILL = {"ephq": "ephq no-fsync", "floor": "floor no-fsync", "sqlite FULL": "sqlite NORMAL"}
+
+
+def fill(system: str, path: str, count: int) -> None:
+    client = open_client(FAST_FILL[system], path)
+    if system.startswith("sqlite"):
+        client.db.execute("BEGIN")  # type: ignore[attr-defined]
+        client.db.executemany(  # type: ignore[attr-defined]
+            "INSERT INTO q (data, visible) VALUES (?, 0)", ((payload(i),) for i in range(count))
+        )
+        client.db.execute("COMMIT")  # type: ignore[attr-defined]
+    elif system == "ephq":
+        q = client.q  # type: ignore[attr-defined]
+        for start in range(0, count, 5000):
+            q.enqueue_many_json(
+                "bench", [payload(i) for i in range(start, min(count, start + 5000))]
+            )
+    else:
+        for i in range(count):
+            client.put(payload(i))
+    client.close()
+
+
+# The operation alone, in a fresh process: every library is imported before the clock starts.
+FRESH = """
+import sys, time
+sys.path[:0] = sys.argv[3:5]
+from systems import open_client
+import ephq, sqlite3
+t0 = time.perf_counter()
+client = open_client(sys.argv[1], sys.argv[2])
+handle, _ = client.get()
+client.ack(handle)
+print(time.perf_counter() - t0)
+"""
+
+
+def fresh_get_ack(system: str, path: str, runs: int) -> list[float]:
+    here = Path(__file__).resolve().parent
+    times = []
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c", FRESH, system, path, str(here), str(here.parent)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=_with_bytecode(),
+        )
+        times.append(float(out.stdout))
+    return times
+
+
+def _with_bytecode() -> dict[str, str]:
+    """An installed package has its bytecode; so should the fresh processes measured."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def run(workdir: str, quick: bool, reps: int, only: list[str] | None) -> Result:
+    n = 300 if quick else 2000
+    deep = 20_000 if quick else 200_000
+    systems = [s for s in available() if only is None or s in only]
+    results: Result = {
+        "machine": machine(workdir),
+        "n": n,
+        "deep": deep,
+        "reps": reps,
+        "systems": systems,
+        "phases": {},
+    }
+    phases = results["phases"]
+
+    def add(phase: str, system: str, value: Any) -> None:
+        phases.setdefault(phase, {}).setdefault(system, []).append(value)
+
+    base = tempfile.mkdtemp(prefix="ephq-bench-run-", dir=workdir)
+    try:
+        for rep in range(reps):
+            for system in systems:  # side by side within each repetition
+                slug = system.replace(" ", "_")
+                put, drain = phase_enqueue_drain(system, os.path.join(base, f"{slug}-a{rep}"), n)
+                add("enqueue", system, put)
+                add("drain, 1 consumer", system, drain)
+                add(
+                    "drain, 4 consumers",
+                    system,
+                    phase_four_consumers(system, os.path.join(base, f"{slug}-b{rep}"), n),
+                )
+                add(
+                    "steady put+get+ack",
+                    system,
+                    phase_steady(system, os.path.join(base, f"{slug}-c{rep}"), n),
+                )
+                for d in ("a", "b", "c"):
+                    shutil.rmtree(os.path.join(base, f"{slug}-{d}{rep}"), ignore_errors=True)
+        for system in [s for s in ("ephq", "floor", "sqlite FULL") if s in systems]:
+            for depth in (1000, deep):
+                fill(system, os.path.join(base, f"depth-{system}-{depth}"), depth + reps * (n + 20))
+        os.sync()
+        for _ in range(reps):
+            for system in [s for s in ("ephq", "floor", "sqlite FULL") if s in systems]:
+                for depth in (1000, deep):
+                    path = os.path.join(base, f"depth-{system}-{depth}")
+                    client = open_client(system, path)
+                    drained = timed(n, functools.partial(_get_ack_nth, client))
+                    add(f"depth {depth}, long-lived", system, drained)
+                    client.close()
+                    add(f"depth {depth}, fresh process", system, fresh_get_ack(system, path, 10))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return results
+
+
+def machine(workdir: str) -> dict[str, str]:
+    line = subprocess.run(["df", "-T", workdir], capture_output=True, text=True, check=False)
+    fields = line.stdout.splitlines()[-1].split() if line.stdout else ["?", "?"]
+    versions = {}
+    for package in ("ephq", "persist-queue", "dirq", "litequeue", "huey"):
+        try:
+            from importlib.metadata import version
+
+            versions[package] = version(package)
+        except Exception:
+            versions[package] = "not installed"
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "python": platform.python_version(),
+        "sqlite": __import__("sqlite3").sqlite_version,
+        "kernel": platform.release(),
+        "cpus": str(os.cpu_count()),
+        "filesystem": f"{fields[1]} at {workdir}",
+        "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
+    }
+
+
+def report(r: Result) -> str:
+    m = r["machine"]
+    out = [
+        f"ephq and its peers, {m['date']}: {m['cpus']} CPUs, Linux {m['kernel']}, "
+        f"Python {m['python']}, SQLite {m['sqlite']}, {m['filesystem']}; {m['versions']}. "
+        f"N={r['n']}, {r['reps']} repetitions.",
+    ]
+    for phase, by_system in r["phases"].items():
+        out += ["", f"### {phase}", ""]
+        if phase == "drain, 4 consumers":
+            out += [
+                "| system | msgs/s median (min-max) | duplicates | lost | x ephq |",
+                "|---|---|---|---|---|",
+            ]
+            base = statistics.median(v[0] for v in by_system.get("ephq", [(1.0, 0, 0)]))
+            for system, runs in by_system.items():
+                rates = [v[0] for v in runs]
+                dup, lost = sum(v[1] for v in runs), sum(v[2] for v in runs)
+                out.append(
+                    f"| {system}{_no_ack(system)} | {statistics.median(rates):,.0f} "
+                    f"({min(rates):,.0f}-{max(rates):,.0f}) | {dup} | {lost} | "
+                    f"{base / statistics.median(rates):.2f} |"
+                )
+            continue
+        out += [
+            "| system | msgs/s median (min-max) | P50 µs | P90 µs | P99 µs | x ephq |",
+            "|---|---|---|---|---|---|",
+        ]
+        ephq_runs = by_system.get("ephq")
+        ephq_time = statistics.median(x for run in ephq_runs for x in run) if ephq_runs else None
+        for system, runs in by_system.items():
+            rates = [len(run) / sum(run) for run in runs]
+            pooled = [x for run in runs for x in run]
+            ratio = "" if ephq_time is None else f"{statistics.median(pooled) / ephq_time:.2f}"
+            out.append(
+                f"| {system}{_no_ack(system)} | {statistics.median(rates):,.0f} "
+                f"({min(rates):,.0f}-{max(rates):,.0f}) | {statistics.median(pooled) * 1e6:,.0f} | "
+                f"{percentile(pooled, 90) * 1e6:,.0f} | "
+                f"{percentile(pooled, 99) * 1e6:,.0f} | {ratio} |"
+            )
+    return "\n".join(out)
+
+
+def _no_ack(system: str) -> str:
+    return " (no ack)" if system.startswith("huey") else ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--workdir", default=tempfile.gettempdir())
+    parser.add_argument("--only", nargs="*", help="just these systems")
+    args = parser.parse_args()
+    print(report(run(args.workdir, args.quick, args.reps, args.only)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""The queues the benchmark compares, behind one small interface: put, get, ack.
+
+Each system is opened per process on a directory of its own. `get` returns (handle, payload) or
+None; `ack` takes the handle. Systems without acknowledgement (huey's storages) delete on get
+and say so (`acks = False`): they cannot give at-least-once delivery.
+
+The floor is the minimal sequence of os calls with ephq's guarantees, written here with plain
+`os`: write tmp + fsync + rename + directory fsync to enqueue, rename to lease, unlink to ack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+Handle = Any
+
+
+class Client:
+    acks = True
+
+    def put(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def get(self) -> tuple[Handle, bytes] | None:
+        raise NotImplementedError
+
+    def ack(self, handle: Handle) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class EphqClient(Client):
+    def __init__(self, path: str, fsync: bool) -> None:
+        from ephq import Queue
+
+        self.q = Queue(path, fsync=fsync)
+
+    def put(self, payload: bytes) -> None:
+        self.q.enqueue_json("bench", payload)
+
+    def get(self) -> tuple[Handle, bytes] | None:
+        m = self.q.dequeue("bench", visibility=600)
+        return None if m is None else (m.receipt, m.data_json.encode())
+
+    def ack(self, handle: Handle) -> None:
+        self.q.ack("bench", handle)
+
+
+class FloorClient(Client):
+    """Plain os calls: one file per message, named by a sortable stamp, in flat directories."""
+
+    def __init__(self, path: str, fsync: bool) -> None:
+        self.fsync = fsync
+        self.tmp, self.ready, self.inflight = (
+            os.path.join(path, d) for d in ("tmp", "ready", "inflight")
+        )
+        for d in (self.tmp, self.ready, self.inflight):
+            os.makedirs(d, exist_ok=True)
+        self.names: list[str] = []
+        self.last = 0
+
+    def put(self, payload: bytes) -> None:
+        self.last = max(time.time_ns(), self.last + 1)
+        name = f"{self.last:016x}{os.getpid():08x}"
+        tmp = os.path.join(self.tmp, name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, payload)
+        if self.fsync:
+            os.fsync(fd)
+        os.close(fd)
+        os.rename(tmp, os.path.join(self.ready, name))
+        if self.fsync:
+            dfd = os.open(self.ready, os.O_RDONLY)
+            os.fsync(dfd)
+            os.close(dfd)
+
+    def get(self) -> tuple[Handle, bytes] | None:
+        for _ in range(2):
+            while self.names:
+                name = self.names.pop()
+                dest = os.path.join(self.inflight, name)
+                try:
+                    os.rename(os.path.join(self.ready, name), dest)
+                except FileNotFoundError:
+                    continue
+                with open(dest, "rb") as handle:
+                    return dest, handle.read()
+            self.names = sorted(os.listdir(self.ready), reverse=True)
+        return None
+
+    def ack(self, handle: Handle) -> None:
+        os.unlink(handle)
+
+
+class SqliteClient(Client):
+    """The table queue many users would write: claim by UPDATE in an immediate transaction."""
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        self.db = sqlite3.connect(os.path.join(path, "q.db"), timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={synchronous}")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS q (id INTEGER PRIMARY KEY, data BLOB, visible REAL)"
+        )
+
+    def put(self, payload: bytes) -> None:
+        self.db.execute("INSERT INTO q (data, visible) VALUES (?, 0)", (payload,))
+
+    def get(self) -> tuple[Handle, bytes] | None:
+        now = time.time()
+        self.db.execute("BEGIN IMMEDIATE")
+        row = self.db.execute(
+            "SELECT id, data FROM q WHERE visible <= ? ORDER BY id LIMIT 1", (now,)
+        ).fetchone()
+        if row is not None:
+            self.db.execute("UPDATE q SET visible = ? WHERE id = ?", (now + 600, row[0]))
+        self.db.execute("COMMIT")
+        return None if row is None else (row[0], row[1])
+
+    def ack(self, handle: Handle) -> None:
+        self.db.execute("DELETE FROM q WHERE id = ?", (handle,))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class PersistQueueClient(Client):
+    def __init__(self, path: str) -> None:
+        from persistqueue import SQLiteAckQueue
+
+        self.q = SQLiteAckQueue(path, multithreading=True, auto_commit=True)
+
+    def put(self, payload: bytes) -> None:
+        self.q.put(payload)
+
+    def get(self) -> tuple[Handle, bytes] | None:
+        try:
+            item = self.q.get(block=False)
+        except Exception:  # persistqueue.Empty
+            return None
+        return item, item
+
+    def ack(self, handle: Handle) -> None:
+        self.q.ack(handle)
+
+
+class DirqClient(Client):
+    def __init__(self, path: str) -> None:
+        from dirq.QueueSimple import QueueSimple
+
+        self.q = QueueSimple(path)
+        self.names: list[str] = []
+
+    def put(self, payload: bytes) -> None:
+        self.q.add(payload)
+
+    def get(self) -> tuple[Handle, bytes] | None:
+        for _ in range(2):
+            while self.names:
+                name = self.names.pop()
+                if self.q.lock(name):
+                    return name, self.q.get(name)
+            self.names = sorted(self.q, reverse=True)
+        return None
+
+    def ack(self, handle: Handle) -> None:
+        self.q.remove(handle)
+
+
+class LitequeueClient(Client):
+    def __init__(self, path: str) -> None:
+        from litequeue import LiteQueue
+
+        os.makedirs(path, exist_ok=True)
+        self.q = LiteQueue(os.path.join(path, "lq.db"))
+
+    def put(self, payload: bytes) -> None:
+        self.q.put(payload.decode())
+
+    def get(self) -> tuple[Handle, bytes] | None:
+        m = self.q.pop()
+        return None if m is None else (m.message_id, m.data.encode())
+
+    def ack(self, handle: Handle) -> None:
+        self.q.done(handle)
+
+
+class HueyClient(Client):
+    acks = False
+
+    def __init__(self, path: str, kind: str) -> None:
+        from huey.storage import FileStorage, SqliteStorage
+
+        os.makedirs(path, exist_ok=True)
+        if kind == "sqlite":
+            self.s: Any = SqliteStorage("bench", filename=os.path.join(path, "huey.db"))
+        else:
+            self.s = FileStorage("bench", path=path)
+
+    def put(self, payload: bytes) -> None:
+        self.s.enqueue(payload)
+
+    def get(self) -> tuple[Handle, bytes] | None:
+        data = self.s.dequeue()
+        return None if data is None else (None, bytes(data))
+
+    def ack(self, handle: Handle) -> None:
+        pass  # nothing to ack: the message was deleted when it was taken
+
+
+def _have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+SYSTEMS: dict[str, tuple[Callable[[str], Client], str | None]] = {
+    "ephq": (lambda p: EphqClient(p, True), None),
+    "ephq no-fsync": (lambda p: EphqClient(p, False), None),
+    "floor": (lambda p: FloorClient(p, True), None),
+    "floor no-fsync": (lambda p: FloorClient(p, False), None),
+    "sqlite FULL": (lambda p: SqliteClient(p, "FULL"), None),
+    "sqlite NORMAL": (lambda p: SqliteClient(p, "NORMAL"), None),
+    "persist-queue": (PersistQueueClient, "persistqueue"),
+    "dirq": (DirqClient, "dirq"),
+    "litequeue": (LitequeueClient, "litequeue"),
+    "huey sqlite": (lambda p: HueyClient(p, "sqlite"), "huey"),
+    "huey file": (lambda p: HueyClient(p, "file"), "huey"),
+}
+
+
+def available() -> list[str]:
+    return [name for name, (_, module) in SYSTEMS.items() if module is None or _have(module)]
+
+
+def open_client(name: str, path: str) -> Client:
+    return SYSTEMS[name][0](path)
+
+
+def payload(n: int) -> bytes:
+    """A ~200-byte JSON message that carries its own number, to find duplicates and losses."""
+    return json.dumps({"n": n, "body": "x" * 170}).encode()
+
+
+def number(data: bytes) -> int:
+    with contextlib.suppress(ValueError):
+        return int(json.loads(data)["n"])
+    return -1
