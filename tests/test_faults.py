@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from pathlib import Path
@@ -186,3 +187,15 @@ def test_damaged_settings_fall_back_to_defaults_and_are_reported(
     assert [p.kind for p in q.check()] == ["bad-config"]
     q.check(repair=True)
     assert q.check() == []
+
+
+def test_hand_edited_file_with_reordered_keys_still_gives_its_data(q: Queue, home: Path) -> None:
+    q.enqueue("s", 1)
+    (path,) = ready_files(home)
+    record = json.loads(path.read_bytes())
+    path.write_text(
+        json.dumps({"data": {"k": [1, 2]}, "meta": {}, "v": 1, "id": record["id"], "stream": "s"})
+    )
+    m = q.dequeue("s")
+    assert m is not None and m.data == {"k": [1, 2]}
+    assert json.loads(m.data_json) == {"k": [1, 2]}

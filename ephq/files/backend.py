@@ -9,7 +9,7 @@ from ..backend import Waiter
 from ..errors import BadInput
 from ..message import CheckProblem, Message, StreamConfig, StreamStats
 from .fsio import listdir
-from .names import IdSource, check_stream_name, is_id, parse_receipt
+from .names import IdSource, Receipt, check_stream_name, is_id, parse_receipt
 from .store import Clock, Progress, Store
 from .stream import Stream
 
@@ -36,10 +36,10 @@ class FileBackend:
                 )
         return stream
 
-    def _settle(self, stream: str, receipt: str) -> tuple[Stream, Store, bool]:
+    def _settle(self, stream: str, receipt: str) -> tuple[Stream, Store, Receipt]:
         parsed = parse_receipt(receipt)
         owner = self._stream(stream)
-        return owner, owner.store(parsed.dead), parsed.dead
+        return owner, owner.store(parsed.dead), parsed
 
     def enqueue(
         self, stream: str, items: list[str], delay_ns: int, progress: Progress = None
@@ -58,26 +58,26 @@ class FileBackend:
         return owner.store(dead).claim(count, visibility_ns, owner.max_attempts(dead))
 
     def ack(self, stream: str, receipt: str) -> None:
-        _, store, _ = self._settle(stream, receipt)
-        store.ack(parse_receipt(receipt).lease)
+        _, store, parsed = self._settle(stream, receipt)
+        store.ack(parsed.lease)
 
     def nack(self, stream: str, receipt: str, delay_ns: int, reason: str | None) -> None:
-        owner, store, dead = self._settle(stream, receipt)
-        store.nack(parse_receipt(receipt).lease, delay_ns, reason, owner.max_attempts(dead))
+        owner, store, parsed = self._settle(stream, receipt)
+        store.nack(parsed.lease, delay_ns, reason, owner.max_attempts(parsed.dead))
 
     def release(self, stream: str, receipt: str) -> None:
-        owner, store, dead = self._settle(stream, receipt)
-        store.nack(parse_receipt(receipt).lease, 0, None, owner.max_attempts(dead), counts=False)
+        owner, store, parsed = self._settle(stream, receipt)
+        store.nack(parsed.lease, 0, None, owner.max_attempts(parsed.dead), counts=False)
 
     def reject(self, stream: str, receipt: str, reason: str) -> None:
-        _, store, dead = self._settle(stream, receipt)
-        if dead:
+        _, store, parsed = self._settle(stream, receipt)
+        if parsed.dead:
             raise BadInput("a dead letter cannot be dead-lettered again: ack or nack it")
-        store.reject(parse_receipt(receipt).lease, reason)
+        store.reject(parsed.lease, reason)
 
     def extend(self, stream: str, receipt: str, visibility_ns: int) -> int:
-        _, store, _ = self._settle(stream, receipt)
-        return store.extend(parse_receipt(receipt).lease, visibility_ns)
+        _, store, parsed = self._settle(stream, receipt)
+        return store.extend(parsed.lease, visibility_ns)
 
     def validate_receipt(self, receipt: str) -> None:
         parse_receipt(receipt)

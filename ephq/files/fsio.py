@@ -132,8 +132,14 @@ def place(
 
 
 def read_file(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def unlink_quietly(path: str) -> None:

@@ -66,8 +66,18 @@ def decode(raw: bytes) -> Record:
     return Record(doc["id"], str(doc.get("stream", "")), meta, doc["data"], _data_text(text, doc))
 
 
+_PLAIN_TAIL = ',"meta":{},"data":'
+_PLAIN_KEYS = ["v", "id", "stream", "enqueued_at", "meta", "data"]
+
+
 def _data_text(text: str, doc: dict[str, Any]) -> str:
     """The data exactly as written when the file is as ephq wrote it, else re-encoded."""
+    if not doc.get("meta") and list(doc) == _PLAIN_KEYS and isinstance(doc["stream"], str):
+        # The usual message: the header holds only flat values, so the first such tail in the
+        # text (quotes inside strings are escaped) is where the data begins.
+        at = text.find(_PLAIN_TAIL)
+        if at > 0 and text.endswith("}"):
+            return text[at + len(_PLAIN_TAIL) : -1]
     head = {k: v for k, v in doc.items() if k != "data"}
     prefix = json.dumps(head, separators=_COMPACT)[:-1] + ',"data":'
     if text.startswith(prefix) and text.endswith("}"):
