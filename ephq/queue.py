@@ -24,6 +24,7 @@ from typing import Any, overload
 from .backend import Backend, Progress
 from .durations import NS_PER_SECOND, Duration, to_ns
 from .errors import BadInput, InvalidJSON
+from .files.backend import FileBackend
 from .files.fsio import translated
 from .files.names import check_stream_name
 from .message import CheckProblem, Message, StreamConfig, StreamStats, utc_from_ns
@@ -59,8 +60,6 @@ class Queue:
         backend: Backend | None = None,
     ) -> None:
         if backend is None:
-            from .files.backend import FileBackend
-
             path = os.path.abspath(os.fspath(home)) if home is not None else default_home()
             backend = FileBackend(path, durable=fsync, clock=clock or time.time_ns)
             self.home: str | None = path
