@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ephq import DiskFull, Queue, StoragePermissionDenied
-from ephq.files import store as store_module
+from ephq.files import recovery
 from tests.conftest import FakeClock, snapshot
 
 
@@ -74,7 +74,7 @@ def test_stale_tmp_files_are_removed_and_never_delivered(
     leftover = home / "s" / "tmp" / "18aaaaaaaaaaaaaaaaaaaaaa.0.deadbeef.w"
     leftover.write_bytes(b'{"v":1,"id":"18aaaaaaaaaaaaaaaaaaaaaa","data":')
     assert q.check() == []  # young: its writer may still be at it
-    monkeypatch.setattr(store_module, "TMP_GRACE_NS", 0)
+    monkeypatch.setattr(recovery, "TMP_GRACE_NS", 0)
     assert [p.kind for p in q.check()] == ["stale-tmp"]
     m = q.dequeue("s")  # dequeue cleans up on its way
     assert m is not None and m.data == 1
@@ -88,7 +88,7 @@ def test_tmp_file_held_by_a_live_writer_is_left_alone(
     import fcntl
 
     q.enqueue("s", 1)
-    monkeypatch.setattr(store_module, "TMP_GRACE_NS", 0)
+    monkeypatch.setattr(recovery, "TMP_GRACE_NS", 0)
     busy = home / "s" / "tmp" / "18bbbbbbbbbbbbbbbbbbbbbb.0.deadbeef.w"
     fd = os.open(busy, os.O_WRONLY | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -125,7 +125,7 @@ def test_committed_batch_is_finished_and_uncommitted_one_dropped(
     staged = home / "s" / "tmp" / "batch-18cccccccccccccccccccccc"
     staged.mkdir()
     (staged / "18cccccccccccccccccccccc.0").write_bytes(b"{}")
-    monkeypatch.setattr(store_module, "TMP_GRACE_NS", 0)
+    monkeypatch.setattr(recovery, "TMP_GRACE_NS", 0)
     got = q.dequeue_many("s", 10)
     assert [m.id for m in got] == ids
     assert not commit.exists() and not staged.exists()

@@ -17,6 +17,7 @@ from ..message import CheckProblem
 from .fsio import place, read_file, unlink_quietly
 from .names import is_id, parse_ready, parse_timed
 from .record import CorruptRecord, decode
+from .recovery import clean_tmp, leftovers
 from .store import Store
 from .stream import Stream
 from .tree import Tree
@@ -53,9 +54,12 @@ class _Walk:
             ("inflight", store.inflight),
         ):
             self.tree(store, f"{label}{state}", tree)
-        for name, path in list(store.leftovers()):
+        for name, path in list(leftovers(store)):
             self.report(
-                "stale-tmp", path, f"left in tmp/ by a writer that stopped: {name}", store.clean_tmp
+                "stale-tmp",
+                path,
+                f"left in tmp/ by a writer that stopped: {name}",
+                functools.partial(clean_tmp, store),
             )
 
     def tree(self, store: Store, state: str, tree: Tree) -> None:

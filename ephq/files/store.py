@@ -11,7 +11,7 @@
 
 Invariants:
 - A message is in exactly one of ready/, delayed/, inflight/ or dlq/; for an instant during
-  dead-lettering it is tmp/<id>.<attempts>.dying, which recovery finishes (clean_tmp).
+  dead-lettering it is tmp/<id>.<attempts>.dying, which recovery.py finishes.
 - Every transition is one rename(2) of the message's file (ack: one unlink). Whoever renames first
   wins and the loser gets ENOENT, so two consumers never hold the same delivery and no lock is
   needed on the hot path.
@@ -35,7 +35,6 @@ import fcntl
 import os
 import shutil
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -47,7 +46,6 @@ from .fsio import (
     fill_locked,
     fsync_dir,
     listdir,
-    owner_is_gone,
     place,
     read_file,
     try_lock,
@@ -64,15 +62,14 @@ from .names import (
     parse_ready,
     parse_timed,
 )
-from .pool import SCRUB_SUFFIX, FilePool
+from .pool import FilePool
 from .record import CorruptRecord, Record, decode, encode, iso_utc
+from .recovery import clean_tmp
 from .tree import BATCH_SPACING_NS, READY_CUTS, TIMED_CUTS, Tree
 
 Clock = Callable[[], int]
 Progress = Callable[[int], None] | None  # told how many more messages are done
 REAP_INTERVAL_NS = 1_000_000_000
-# A tmp/ entry whose writer could still be between creating it and locking it is left alone.
-TMP_GRACE_NS = 60 * 1_000_000_000
 STATES = ("ready", "delayed", "inflight")
 
 
@@ -154,7 +151,7 @@ class Store:
                 raise
             if self.durable:
                 fsync_dir(self.tmp)
-            self._install(commit)
+            self.install_batch(commit)
         finally:
             os.close(lock)
         self._arrived(now, delay_ns)
@@ -184,7 +181,7 @@ class Store:
         if self.durable:
             fsync_dir(batch)
 
-    def _install(self, commit: str) -> None:
+    def install_batch(self, commit: str) -> None:
         """Move every file of a committed batch into place; also how recovery finishes one."""
         touched: set[str] = set()
         for name in sorted(listdir(commit)):
@@ -422,7 +419,7 @@ class Store:
 
         The file is locked, then renamed into tmp/ (which makes it ours), then written anew with
         the reason into the dead-letter queue. A crash in between leaves tmp/*.dying, locked by
-        nobody, which clean_tmp finishes.
+        nobody, which recovery.py finishes.
         """
         assert self.graveyard is not None
         fd = try_lock(path)
@@ -434,12 +431,12 @@ class Store:
                 os.rename(path, dying)
             except FileNotFoundError:
                 return False
-            self._bury(fd, dying, message_id, attempts, error)
+            self.bury(fd, dying, message_id, attempts, error)
             return True
         finally:
             os.close(fd)
 
-    def _bury(self, fd: int, dying: str, message_id: str, attempts: int, error: str) -> None:
+    def bury(self, fd: int, dying: str, message_id: str, attempts: int, error: str) -> None:
         assert self.graveyard is not None
         raw = os.pread(fd, os.fstat(fd).st_size, 0)
         meta: dict[str, Any]
@@ -558,7 +555,7 @@ class Store:
             self._next_reap_ns = now + REAP_INTERVAL_NS
             returned = self._reap_tree(self.inflight, now, max_attempts)
             returned |= self._reap_tree(self.delayed, now, None)
-            self.clean_tmp()
+            clean_tmp(self)
         finally:
             self._reaping.release()
         if returned:
@@ -587,49 +584,6 @@ class Store:
                 returned |= place(path, self.ready.leaf_dir(timed.id), str(back), durable=False)
             tree.prune(leaf, now)
         return returned
-
-    def leftovers(self) -> Iterator[tuple[str, str]]:
-        """What crashed writers left in tmp/, as (name, path): only entries nobody holds."""
-        for name in listdir(self.tmp):
-            path = os.path.join(self.tmp, name)
-            # .dying and commit- were locked before they got these names, so a free lock means
-            # the owner is gone; the rest could be caught between creation and locking.
-            promised = name.endswith(".dying") or name.startswith("commit-")
-            scrap = name.endswith((".w", SCRUB_SUFFIX)) or name.startswith(("batch-", "purge-"))
-            if (promised or (scrap and _older_than_grace(path))) and owner_is_gone(path):
-                yield name, path
-
-    def clean_tmp(self) -> list[str]:
-        """Finish what crashed writers had committed to, remove the rest; the names dealt with.
-
-        A dying message is dead-lettered and a committed batch placed, since both were promised;
-        a half-written message or batch was never acknowledged to anyone and is removed.
-        """
-        handled: list[str] = []
-        for name, path in self.leftovers():
-            if name.endswith(".dying"):
-                if not self._finish_dying(path, name):
-                    continue
-            elif name.startswith("commit-"):
-                self._install(path)
-            else:
-                _remove_tree_or_file(path)
-            handled.append(name)
-        return handled
-
-    def _finish_dying(self, path: str, name: str) -> bool:
-        message_id, attempts = name.split(".")[:2]
-        fd = try_lock(path)
-        if fd is None:
-            return False
-        try:
-            if not os.path.exists(path):
-                return False
-            why = "the process dead-lettering it stopped before it finished"
-            self._bury(fd, path, message_id, int(attempts), why)
-            return True
-        finally:
-            os.close(fd)
 
     # -- look without taking ---------------------------------------------------------------
 
@@ -693,18 +647,3 @@ class Store:
             os.utime(self.bell)
         except FileNotFoundError:
             pass
-
-
-def _older_than_grace(path: str) -> bool:
-    try:
-        changed = os.stat(path).st_ctime_ns
-    except FileNotFoundError:
-        return False
-    return time.time_ns() - changed > TMP_GRACE_NS
-
-
-def _remove_tree_or_file(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        unlink_quietly(path)
