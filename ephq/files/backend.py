@@ -53,9 +53,11 @@ class FileBackend:
         self, stream: str, count: int, visibility_ns: int | None, dead: bool
     ) -> list[Message]:
         owner = self._stream(stream)
+        config = owner.config()  # once: each look is a stat
         if visibility_ns is None:
-            visibility_ns = round(owner.config().visibility * NS)
-        return owner.store(dead).claim(count, visibility_ns, owner.max_attempts(dead))
+            visibility_ns = round(config.visibility * NS)
+        max_attempts = None if dead else config.max_attempts
+        return owner.store(dead).claim(count, visibility_ns, max_attempts)
 
     def ack(self, stream: str, receipt: str) -> None:
         _, store, parsed = self._settle(stream, receipt)
