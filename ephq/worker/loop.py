@@ -5,7 +5,7 @@ One implementation for Python and the shell: `Worker(queue, stream, handler)` ta
 
 - Up to `concurrency` handlers run at once, each in a thread; the loop never leases more messages
   than it has free slots.
-- A keeper thread extends each running lease when a third of it is left, so a handler may run far
+- A keeper thread extends each running lease when half of it is left, so a handler may run far
   longer than `visibility`. If the worker dies, its leases expire and another worker takes over.
 - Outcomes: return -> ack; PermanentFailure -> dead-letter now; Cancelled -> release (the attempt
   does not count); anything else -> nack with exponential backoff, dead-lettered by the queue
@@ -29,6 +29,8 @@ from ..queue import Queue
 from .outcomes import Cancelled, PermanentFailure
 
 Handler = Callable[[Message, threading.Event], object]
+# The part of a lease that passes before the keeper extends it.
+EXTEND_AFTER = 0.5
 # How long one long-poll lasts before the loop looks at its stop flag again.
 POLL_SLICE_S = 0.5
 
@@ -165,7 +167,7 @@ class Worker:
         return max(0, free)
 
     def _start(self, message: Message) -> None:
-        job = _Job(message, extend_at=time.monotonic() + self.visibility * 2 / 3)
+        job = _Job(message, extend_at=time.monotonic() + self.visibility * EXTEND_AFTER)
         with self._changed:
             self._jobs[message.id] = job
         self._started += 1
@@ -245,7 +247,7 @@ class Worker:
     # -- leases ----------------------------------------------------------------------------
 
     def _keep_leases(self) -> None:
-        """Extend each running lease when a third of it is left."""
+        """Extend each running lease when half of it is left: a busy machine has time to spare."""
         while not self._done.is_set():
             now = time.monotonic()
             with self._changed:
@@ -253,7 +255,7 @@ class Worker:
             for job in due:
                 try:
                     self.queue.extend(self.stream, job.message.receipt or "", self.visibility)
-                    job.extend_at = time.monotonic() + self.visibility * 2 / 3
+                    job.extend_at = time.monotonic() + self.visibility * EXTEND_AFTER
                 except LeaseLost:
                     job.lost = True  # settling it will say so
-            self._done.wait(min(0.1, self.visibility / 10))
+            self._done.wait(min(0.1, self.visibility / 20))
