@@ -10,7 +10,9 @@ Phases, for every system (see systems.py), repeated --reps times:
 - drain N with 4 consumer processes, counting duplicates and losses;
 - steady state: put+get+ack one at a time over a backlog of 10;
 - depth (ephq, the floor, SQLite): get+ack at depth 1,000 and D, in a long-lived process and as
-  a fresh process (the CLI case).
+  a fresh process (the CLI case);
+- the command line's start-up against `python -c "import typer"` (cli.py), and the worker's
+  throughput and pick-up latency (worker.py).
 Rates are messages per second, median (min-max) over repetitions; latencies are median, P90 and
 P99 over all repetitions; "x ephq" is this system's time per message divided by ephq's (durable)
 — below 1 is faster than ephq.
@@ -37,6 +39,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cli
+import worker
 from systems import available, number, open_client, payload
 
 Result = dict[str, Any]
@@ -313,7 +317,14 @@ def main() -> None:
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     parser.add_argument("--only", nargs="*", help="just these systems")
     args = parser.parse_args()
-    print(report(run(args.workdir, args.quick, args.reps, args.only)))
+    start = time.perf_counter()
+    print(report(run(args.workdir, args.quick, args.reps, args.only)), flush=True)
+    print("\n### the command line\n")
+    print(cli.table(cli.measure(10 if args.quick else 30)), flush=True)
+    print("\n### the worker (`ephq worker --exec true --drain`)\n")
+    messages, pickups = (200, 30) if args.quick else (400, 60)
+    print(worker.table(*worker.measure(messages, args.reps, pickups, args.workdir)))
+    print(f"\n(the whole run took {time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

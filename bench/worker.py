@@ -77,6 +77,39 @@ def pickup(home: str, count: int) -> list[float]:
     return latencies
 
 
+def measure(
+    messages: int, reps: int, pickups: int, workdir: str
+) -> tuple[dict[int, list[float]], list[float]]:
+    """Rates at each concurrency over reps, and pick-up latencies in milliseconds."""
+    base = tempfile.mkdtemp(prefix="ephq-bench-worker-", dir=workdir)
+    try:
+        rates: dict[int, list[float]] = {1: [], 2: [], 4: []}
+        for rep in range(reps):
+            for concurrency, found in rates.items():
+                home = os.path.join(base, f"t{rep}-{concurrency}")
+                found.append(throughput(home, messages, concurrency))
+        latencies = pickup(os.path.join(base, "pickup"), pickups)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return rates, latencies
+
+
+def table(rates: dict[int, list[float]], latencies: list[float]) -> str:
+    lines = ["| concurrency | msgs/s median (min-max) |", "|---|---|"]
+    for concurrency, values in rates.items():
+        lines.append(
+            f"| {concurrency} | {statistics.median(values):.0f} "
+            f"({min(values):.0f}-{max(values):.0f}) |"
+        )
+    lines += [
+        "",
+        f"pick-up latency, enqueue to handler start, {len(latencies)} messages: "
+        f"p50 {statistics.median(latencies):.1f} ms, p90 {percentile(latencies, 90):.1f} ms, "
+        f"p99 {percentile(latencies, 99):.1f} ms, max {max(latencies):.1f} ms",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=400)
@@ -84,34 +117,13 @@ def main() -> None:
     parser.add_argument("--pickups", type=int, default=60)
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     args = parser.parse_args()
-    base = tempfile.mkdtemp(prefix="ephq-bench-worker-", dir=args.workdir)
-    try:
-        rates: dict[int, list[float]] = {1: [], 2: [], 4: []}
-        for rep in range(args.reps):
-            for concurrency, found in rates.items():
-                home = os.path.join(base, f"t{rep}-{concurrency}")
-                found.append(throughput(home, args.messages, concurrency))
-        latencies = pickup(os.path.join(base, "pickup"), args.pickups)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    rates, latencies = measure(args.messages, args.reps, args.pickups, args.workdir)
     print(
         f"ephq worker, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
         f"{args.messages} messages, {args.reps} repetitions"
     )
     print()
-    print("| concurrency | msgs/s median (min-max) |")
-    print("|---|---|")
-    for concurrency, values in rates.items():
-        print(
-            f"| {concurrency} | {statistics.median(values):.0f} "
-            f"({min(values):.0f}-{max(values):.0f}) |"
-        )
-    print()
-    print(
-        f"pick-up latency, enqueue to handler start, {len(latencies)} messages: "
-        f"p50 {statistics.median(latencies):.1f} ms, p90 {percentile(latencies, 90):.1f} ms, "
-        f"p99 {percentile(latencies, 99):.1f} ms, max {max(latencies):.1f} ms"
-    )
+    print(table(rates, latencies))
 
 
 if __name__ == "__main__":
