@@ -84,9 +84,6 @@ class Tree:
         while path != self.root and self._rmdir(path):
             path = os.path.dirname(path)
 
-    def names(self, leaf: Leaf) -> list[str]:
-        return listdir(leaf.path)
-
     def all_names(self, now_ns: int) -> Iterator[tuple[Leaf, str]]:
         for leaf in self.leaves(now_ns):
             for name in sorted(listdir(leaf.path)):
