@@ -45,6 +45,17 @@ def script(tmp_path: Path, body: str) -> str:
     return str(path)
 
 
+def worker_with_running_handler(
+    home: Path, tmp_path: Path, seconds: int, *args: str
+) -> subprocess.Popen[str]:
+    """A worker on stream s whose handler has started and sleeps for seconds."""
+    started = tmp_path / "started"
+    handler = script(tmp_path, f"touch {started}\nsleep {seconds}\n")
+    worker = start_worker(home, "s", "--exec", handler, *args)
+    wait_for(started.exists)
+    return worker
+
+
 def alive(pid: int) -> bool:
     """Running, as opposed to gone or a zombie nobody has reaped yet (as in a container)."""
     try:
@@ -138,10 +149,7 @@ def test_two_workers_short_leases_long_handlers_each_message_once(
 def test_sigterm_lets_the_running_handler_finish(home: Path, tmp_path: Path) -> None:
     q = Queue(home)
     q.enqueue("s", "job")
-    started = tmp_path / "started"
-    handler = script(tmp_path, f"touch {started}\nsleep 1\n")
-    worker = start_worker(home, "s", "--exec", handler, "--grace", "20s")
-    wait_for(started.exists)
+    worker = worker_with_running_handler(home, tmp_path, 1, "--grace", "20s")
     worker.send_signal(signal.SIGTERM)
     code, err = finish(worker)
     assert code == 0, err
@@ -153,29 +161,21 @@ def test_sigterm_lets_the_running_handler_finish(home: Path, tmp_path: Path) -> 
 def test_after_grace_handlers_are_stopped_and_messages_released(home: Path, tmp_path: Path) -> None:
     q = Queue(home)
     mid = q.enqueue("s", "job")
-    started = tmp_path / "started"
-    handler = script(tmp_path, f"touch {started}\nsleep 60\n")
-    worker = start_worker(home, "s", "--exec", handler, "--grace", "300ms")
-    wait_for(started.exists)
+    worker = worker_with_running_handler(home, tmp_path, 60, "--grace", "300ms")
     worker.send_signal(signal.SIGINT)
     code, err = finish(worker)
     assert code == 0, err
     assert "released 1" in err
     m = q.dequeue("s")
-    assert m is not None and (m.id, m.attempts) == (
-        mid,
-        1,
-    )  # the interrupted attempt is not counted
+    # The interrupted attempt is not counted.
+    assert m is not None and (m.id, m.attempts) == (mid, 1)
 
 
 @pytest.mark.timeout(60)
 def test_second_sigint_stops_at_once(home: Path, tmp_path: Path) -> None:
     q = Queue(home)
     q.enqueue("s", "job")
-    started = tmp_path / "started"
-    handler = script(tmp_path, f"touch {started}\nsleep 60\n")
-    worker = start_worker(home, "s", "--exec", handler, "--grace", "60s")
-    wait_for(started.exists)
+    worker = worker_with_running_handler(home, tmp_path, 60, "--grace", "60s")
     worker.send_signal(signal.SIGINT)
     time.sleep(0.3)
     worker.send_signal(signal.SIGINT)
@@ -189,10 +189,7 @@ def test_second_sigint_stops_at_once(home: Path, tmp_path: Path) -> None:
 def test_sigkilled_worker_message_comes_back_after_its_lease(home: Path, tmp_path: Path) -> None:
     q = Queue(home)
     mid = q.enqueue("s", "job")
-    started = tmp_path / "started"
-    handler = script(tmp_path, f"touch {started}\nsleep 60\n")
-    worker = start_worker(home, "s", "--exec", handler, "--visibility", "1s")
-    wait_for(started.exists)
+    worker = worker_with_running_handler(home, tmp_path, 60, "--visibility", "1s")
     os.killpg(worker.pid, signal.SIGKILL)  # the worker and its handler die together
     worker.wait(timeout=10)
     assert q.dequeue("s") is None  # still leased...
