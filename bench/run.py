@@ -80,8 +80,9 @@ def phase_enqueue_drain(system: str, path: str, n: int) -> tuple[list[float], li
 
 def _consume(system: str, path: str, out: Any) -> None:
     client = open_client(system, path)
-    seen, idle = [], 0
+    seen, times, idle = [], [], 0
     while idle < 5:
+        start = time.perf_counter()
         got = client.get()
         if got is None:
             idle += 1
@@ -89,13 +90,14 @@ def _consume(system: str, path: str, out: Any) -> None:
             continue
         idle = 0
         client.ack(got[0])
+        times.append(time.perf_counter() - start)
         seen.append(number(got[1]))
     client.close()
-    out.put(seen)
+    out.put((seen, times))
 
 
-def phase_four_consumers(system: str, path: str, n: int) -> tuple[float, int, int]:
-    """Rate, duplicates and losses when four processes drain n messages."""
+def phase_four_consumers(system: str, path: str, n: int) -> tuple[float, int, int, list[float]]:
+    """Rate, duplicates, losses and per-message latencies when four processes drain n."""
     client = open_client(system, path)
     for i in range(n):
         client.put(payload(i))
@@ -106,13 +108,14 @@ def phase_four_consumers(system: str, path: str, n: int) -> tuple[float, int, in
     start = time.perf_counter()
     for p in procs:
         p.start()
-    seen = Counter(x for _ in procs for x in out.get(timeout=600))
+    reports = [out.get(timeout=600) for _ in procs]
     elapsed = time.perf_counter() - start - 5 * 0.05  # the consumers' closing idle polls
     for p in procs:
         p.join(timeout=60)
+    seen = Counter(x for numbers, _ in reports for x in numbers)
     duplicates = sum(c - 1 for c in seen.values() if c > 1)
     lost = sum(1 for i in range(n) if i not in seen)
-    return n / max(elapsed, 1e-9), duplicates, lost
+    return n / max(elapsed, 1e-9), duplicates, lost, [t for _, ts in reports for t in ts]
 
 
 def phase_steady(system: str, path: str, m: int) -> list[float]:
@@ -274,17 +277,20 @@ def report(r: Result) -> str:
         out += ["", f"### {phase}", ""]
         if phase == "drain, 4 consumers":
             out += [
-                "| system | msgs/s median (min-max) | duplicates | lost | x ephq |",
-                "|---|---|---|---|---|",
+                "| system | msgs/s median (min-max) | P50 µs | P90 µs | P99 µs | duplicates | lost"
+                " | x ephq |",
+                "|---|---|---|---|---|---|---|---|",
             ]
-            base = statistics.median(v[0] for v in by_system.get("ephq", [(1.0, 0, 0)]))
+            base = statistics.median(v[0] for v in by_system.get("ephq", [(1.0, 0, 0, [])]))
             for system, runs in by_system.items():
                 rates = [v[0] for v in runs]
                 dup, lost = sum(v[1] for v in runs), sum(v[2] for v in runs)
+                pooled = [t * 1e6 for v in runs for t in v[3]] or [0.0]
                 out.append(
                     f"| {system}{_no_ack(system)} | {statistics.median(rates):,.0f} "
-                    f"({min(rates):,.0f}-{max(rates):,.0f}) | {dup} | {lost} | "
-                    f"{base / statistics.median(rates):.2f} |"
+                    f"({min(rates):,.0f}-{max(rates):,.0f}) | {statistics.median(pooled):,.0f} | "
+                    f"{percentile(pooled, 90):,.0f} | {percentile(pooled, 99):,.0f} | {dup} | "
+                    f"{lost} | {base / statistics.median(rates):.2f} |"
                 )
             continue
         out += [

@@ -101,6 +101,49 @@ class FloorClient(Client):
         os.unlink(handle)
 
 
+class ReuseFloorClient(FloorClient):
+    """The floor, recycling files: ack renames the file aside, enqueue overwrites one.
+
+    The sequence the issue measured at ~57 µs against ~880 µs on this file system: no inode is
+    created or freed in the steady state. (No scrubbing: the floor keeps no privacy promise.)
+    """
+
+    def __init__(self, path: str, fsync: bool) -> None:
+        super().__init__(path, fsync)
+        self.free = os.path.join(path, "free")
+        os.makedirs(self.free, exist_ok=True)
+        self.spare: list[str] = []
+
+    def put(self, payload: bytes) -> None:
+        self.last = max(time.time_ns(), self.last + 1)
+        name = f"{self.last:016x}{os.getpid():08x}"
+        tmp = os.path.join(self.tmp, name)
+        fd = -1
+        while self.spare and fd < 0:
+            try:
+                os.rename(os.path.join(self.free, self.spare.pop()), tmp)
+                fd = os.open(tmp, os.O_WRONLY)
+            except FileNotFoundError:
+                continue
+        if fd < 0:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, payload)
+        os.ftruncate(fd, len(payload))
+        if self.fsync:
+            os.fsync(fd)
+        os.close(fd)
+        os.rename(tmp, os.path.join(self.ready, name))
+        if self.fsync:
+            dfd = os.open(self.ready, os.O_RDONLY)
+            os.fsync(dfd)
+            os.close(dfd)
+
+    def ack(self, handle: Handle) -> None:
+        name = os.path.basename(handle)
+        os.rename(handle, os.path.join(self.free, name))
+        self.spare.append(name)
+
+
 class SqliteClient(Client):
     """The table queue many users would write: claim by UPDATE in an immediate transaction."""
 
@@ -227,6 +270,7 @@ SYSTEMS: dict[str, tuple[Callable[[str], Client], str | None]] = {
     "ephq no-fsync": (lambda p: EphqClient(p, False), None),
     "floor": (lambda p: FloorClient(p, True), None),
     "floor no-fsync": (lambda p: FloorClient(p, False), None),
+    "floor+reuse": (lambda p: ReuseFloorClient(p, True), None),
     "sqlite FULL": (lambda p: SqliteClient(p, "FULL"), None),
     "sqlite NORMAL": (lambda p: SqliteClient(p, "NORMAL"), None),
     "persist-queue": (PersistQueueClient, "persistqueue"),
