@@ -206,7 +206,7 @@ def dequeue(
         typer.Option("--wait", "-w", metavar="D", help="Wait up to D for a message to arrive."),
     ] = "0",
     max_messages: Annotated[
-        int, typer.Option("--max", "-n", min=1, help="Lease up to N messages at once.")
+        int, typer.Option("--max", "-n", min=1, metavar="N", help="Lease up to N messages at once.")
     ] = 1,
     dlq: DeadLetters = False,
 ) -> None:
@@ -298,7 +298,9 @@ def extend(
 def peek(
     ctx: typer.Context,
     stream: Stream,
-    max_messages: Annotated[int, typer.Option("--max", "-n", min=1, help="Show up to N.")] = 10,
+    max_messages: Annotated[
+        int, typer.Option("--max", "-n", min=1, metavar="N", help="Show up to N.")
+    ] = 10,
     dlq: DeadLetters = False,
 ) -> None:
     """Show the next visible messages without leasing them (receipt is null)."""
@@ -368,7 +370,8 @@ def worker(
         ),
     ],
     concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", min=1, help="Handlers running at once.")
+        int,
+        typer.Option("--concurrency", "-c", min=1, metavar="N", help="Handlers running at once."),
     ] = 1,
     visibility: Visibility = None,
     timeout: Annotated[
@@ -386,7 +389,8 @@ def worker(
         typer.Option("--drain", help="Exit once nothing is visible and no handler is running."),
     ] = False,
     max_messages: Annotated[
-        int | None, typer.Option("--max-messages", min=1, help="Exit after handling N.")
+        int | None,
+        typer.Option("--max-messages", min=1, metavar="N", help="Exit after handling N."),
     ] = None,
     dlq: DeadLetters = False,
     grace: Annotated[
@@ -438,7 +442,12 @@ def config(
     stream: Stream,
     max_attempts: Annotated[
         int | None,
-        typer.Option("--max-attempts", min=1, help="Deliveries before a message is dead-lettered."),
+        typer.Option(
+            "--max-attempts",
+            min=1,
+            metavar="N",
+            help="Deliveries before a message is dead-lettered.",
+        ),
     ] = None,
     visibility: Annotated[
         str | None,
@@ -494,7 +503,9 @@ def dlq_list(
     ctx: typer.Context,
     stream: Stream,
     as_json: AsJson = False,
-    max_messages: Annotated[int, typer.Option("--max", "-n", min=1, help="Show up to N.")] = 100,
+    max_messages: Annotated[
+        int, typer.Option("--max", "-n", min=1, metavar="N", help="Show up to N.")
+    ] = 100,
 ) -> None:
     """List dead letters, oldest first: id, attempts, time of death and last error."""
     dead = _settings(ctx).queue().dead_letters(stream, max_messages)
