@@ -72,8 +72,9 @@ class FloorClient(Client):
         self.last = max(time.time_ns(), self.last + 1)
         name = f"{self.last:016x}{os.getpid():08x}"
         tmp = os.path.join(self.tmp, name)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = self._open_tmp(tmp)
         os.write(fd, payload)
+        os.ftruncate(fd, len(payload))  # a recycled file may have held more
         if self.fsync:
             os.fsync(fd)
         os.close(fd)
@@ -82,6 +83,9 @@ class FloorClient(Client):
             dfd = os.open(self.ready, os.O_RDONLY)
             os.fsync(dfd)
             os.close(dfd)
+
+    def _open_tmp(self, tmp: str) -> int:
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
     def get(self) -> tuple[Handle, bytes] | None:
         for _ in range(2):
@@ -114,29 +118,14 @@ class ReuseFloorClient(FloorClient):
         os.makedirs(self.free, exist_ok=True)
         self.spare: list[str] = []
 
-    def put(self, payload: bytes) -> None:
-        self.last = max(time.time_ns(), self.last + 1)
-        name = f"{self.last:016x}{os.getpid():08x}"
-        tmp = os.path.join(self.tmp, name)
-        fd = -1
-        while self.spare and fd < 0:
+    def _open_tmp(self, tmp: str) -> int:
+        while self.spare:
             try:
                 os.rename(os.path.join(self.free, self.spare.pop()), tmp)
-                fd = os.open(tmp, os.O_WRONLY)
+                return os.open(tmp, os.O_WRONLY)
             except FileNotFoundError:
                 continue
-        if fd < 0:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.write(fd, payload)
-        os.ftruncate(fd, len(payload))
-        if self.fsync:
-            os.fsync(fd)
-        os.close(fd)
-        os.rename(tmp, os.path.join(self.ready, name))
-        if self.fsync:
-            dfd = os.open(self.ready, os.O_RDONLY)
-            os.fsync(dfd)
-            os.close(dfd)
+        return super()._open_tmp(tmp)
 
     def ack(self, handle: Handle) -> None:
         name = os.path.basename(handle)

@@ -107,7 +107,7 @@ class Queue:
     def _enqueue(
         self, stream: str, items: list[str], delay: Duration, progress: Progress = None
     ) -> list[str]:
-        check_stream_name(stream)
+        """Store already-validated items; every caller has checked the stream's name first."""
         delay_ns = to_ns(delay, "delay")
         if not items:
             return []

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -338,20 +338,18 @@ def stats(
         print(render.plain_table(render.STATS_COLUMNS, rows))
 
 
-def _watch_stats(collect: object) -> None:
+def _watch_stats(collect: Callable[[], list[StreamStats]]) -> None:
     from rich.live import Live
 
-    assert callable(collect)
-
-    def table() -> object:
+    def table() -> Any:
         rows = render.stats_rows(collect())
         return render.rich_table(time.strftime("%H:%M:%S"), render.STATS_COLUMNS, rows)
 
     try:
-        with Live(table(), console=render.console(), auto_refresh=False) as live:  # type: ignore[arg-type]
+        with Live(table(), console=render.console(), auto_refresh=False) as live:
             while True:
                 time.sleep(1)
-                live.update(table(), refresh=True)  # type: ignore[arg-type]
+                live.update(table(), refresh=True)
     except KeyboardInterrupt:
         pass
 

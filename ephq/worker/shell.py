@@ -116,8 +116,7 @@ def run(
     signal.signal(signal.SIGINT, on_signal)
     log.start()
     try:
-        summary = worker.run()
+        worker.run()
     finally:
         log.finish(worker.summary)
-    del summary
     return INTERRUPTED if interrupts >= 2 else 0
