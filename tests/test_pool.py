@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from ephq import Queue
+from ephq.files import pool
 
 
 def _message_files(home: Path, state: str) -> list[Path]:
@@ -45,3 +48,19 @@ def test_a_big_batch_is_spread_over_many_leaves(q: Queue, home: Path) -> None:
     assert len(leaves) >= 5
     assert max(len(os.listdir(leaf)) for leaf in leaves) <= 1024
     assert [m.id for m in q.dequeue_many("s", 5000)] == ids
+
+
+def test_the_pool_keeps_at_most_its_slots_and_frees_big_files(
+    q: Queue, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool, "SLOTS", 4)
+    q.enqueue_many("s", list(range(20)))
+    q.enqueue("s", "x" * (pool.MAX_KEPT_BYTES + 1))
+    for m in q.dequeue_many("s", 21):
+        assert m.receipt
+        q.ack("s", m.receipt)
+    kept = [p for p in (home / "s" / "tmp").iterdir() if p.name.endswith(pool.FREE_SUFFIX)]
+    assert 1 <= len(kept) <= 4
+    assert all(p.stat().st_size <= pool.MAX_KEPT_BYTES for p in kept)
+    assert all(set(p.read_bytes()) <= {0} for p in kept)
+    assert q.check() == []

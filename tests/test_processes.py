@@ -47,6 +47,7 @@ def _consume(home: str, seed: int, out: str, acked: Any, total: int) -> None:
             "id": m.id,
             "start": time.time(),
             "until": m.visible_until.timestamp(),
+            "data": [m.data["p"], m.data["i"]],  # recycled files hold exactly their message
         }
         roll = rng.random()
         event["settle"] = time.time()  # the lease ends somewhere inside the call that follows
@@ -103,6 +104,8 @@ def test_producers_and_consumers_race_without_loss_or_double_lease(tmp_path: Pat
     acks = Counter(e["id"] for e in events if e["outcome"] == "ack")
     assert set(acks) == set(produced)
     assert all(n == 1 for n in acks.values()), "a message was acked twice"
+    acked_data = {tuple(e["data"]) for e in events if e["outcome"] == "ack"}
+    assert len(acked_data) == total
     assert {e["outcome"] for e in events} >= {"ack", "nack", "dropped"}
 
     # No two leases of one message were valid at once: each began after the last one ended

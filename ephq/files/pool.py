@@ -1,44 +1,40 @@
 """Recycled message files: an acked file is kept in tmp/ and overwritten by a later enqueue.
 
 Why: on ext4 without a journal (these machines' root file system) a new inode is slow to allocate
-for minutes after many were freed, because the allocator skips recently deleted inodes; a queue
-that creates a file per enqueue and unlinks it on ack pays that on every message. Reusing files
-keeps the steady state from allocating or freeing inodes at all.
+for minutes after many were freed, because the allocator skips recently deleted inodes, and
+freeing a file's blocks issues a discard (~70 µs with the discard mount option). A queue that
+creates a file per enqueue and unlinks it on ack pays both on every message. Reusing files keeps
+the steady state, and a drain followed by the next burst, from allocating or freeing anything.
 
-Privacy: an acked message's content must not stay readable, so ack first renames the file to a
-name only it knows (<token>.scrub), overwrites it with zeros there, and only then offers it as
-<slot>.free. Scrubbing it under the shared name would race with a producer taking it. A writer
-of a recycled file truncates it to what it wrote.
-The pool is bounded: a file given to a full slot replaces (frees) the one there.
+Privacy: an acked message's content must not stay readable, so ack overwrites the file with
+zeros (zeros keep the block; truncation would free it and cost a discard). The acker locks the
+file before moving it into its slot and zeroes it under that lock; whoever takes a file from the
+pool locks it before writing, so a producer never writes into a file still being zeroed. (A
+process killed between the move and the zeroing leaves one unscrubbed file in the pool until a
+producer overwrites it.)
+
+The pool is bounded: at most SLOTS files, each of at most MAX_KEPT_BYTES (bigger ones are freed:
+a few large messages must not pin megabytes). bench/pool.py measures the trade-off between the
+pool's size, the disk it keeps and the cost of a drain.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 
 from .fsio import FILE_MODE, listdir
-from .names import new_token
 
-SLOTS = 128
+SLOTS = 4096
+MAX_KEPT_BYTES = 16384
 FREE_SUFFIX = ".free"
-SCRUB_SUFFIX = ".scrub"
+# Slots drawn at random before deciding the pool is full: a nearly full pool still takes files,
+# a full one costs a few stats per ack.
+_DRAWS = 3
 # When the pool was found empty, look again only after this long (a producer-only workload
 # would otherwise list tmp/ on every enqueue for nothing).
 _EMPTY_RETRY_NS = 50_000_000
-
-
-def _zero(path: str) -> None:
-    """Overwrite a file's bytes with zeros in place.
-
-    Zeros rather than truncation: freeing the blocks would make the file system discard them
-    (~70 µs here with the discard mount option) and the next writer allocate them again.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.pwrite(fd, bytes(os.fstat(fd).st_size), 0)
-    finally:
-        os.close(fd)
 
 
 class FilePool:
@@ -48,28 +44,41 @@ class FilePool:
         self._look_after_ns = 0
 
     def give(self, path: str) -> None:
-        """Take an acked file out of its state and keep it for reuse.
+        """Take an acked file out of its state and keep it for reuse (or free it).
 
         Raises FileNotFoundError when the file was not there: someone else moved it first.
         """
-        slot = f"{int.from_bytes(os.urandom(2), 'little') % SLOTS}{FREE_SUFFIX}" if SLOTS else ""
-        if not slot or os.path.exists(os.path.join(self.tmp, slot)):
-            # The pool is full (or off): a drain. Freeing this file costs less than scrubbing
-            # it only to free the one it would displace.
+        slot = self._empty_slot()
+        if slot is None:  # the pool is full (or off): a drain; free the file
             os.unlink(path)
             return
-        private = os.path.join(self.tmp, new_token() + SCRUB_SUFFIX)
-        os.rename(path, private)  # from here on the file is ours alone
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            _zero(private)
-            os.rename(private, os.path.join(self.tmp, slot))
-        except OSError:
-            os.unlink(private)
-            return
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if size > MAX_KEPT_BYTES:
+                os.unlink(path)
+                return
+            # Only the rename makes the file ours: until then a reaper or nack may move it.
+            os.rename(path, os.path.join(self.tmp, slot))
+            os.pwrite(fd, bytes(size), 0)
+        finally:
+            os.close(fd)
         self._hints.append(slot)  # this process's next enqueue can have it at once
 
+    def _empty_slot(self) -> str | None:
+        for _ in range(_DRAWS if SLOTS else 0):
+            slot = f"{int.from_bytes(os.urandom(4), 'little') % SLOTS}{FREE_SUFFIX}"
+            if not os.path.lexists(os.path.join(self.tmp, slot)):
+                return slot
+        return None
+
     def open_new(self, path: str) -> int:
-        """A writable, empty or recycled file at path (which must not exist yet)."""
+        """A writable file at path (which must not exist yet): recycled if the pool has one.
+
+        A recycled file is returned locked (see the module's note on privacy) and may hold
+        zeros: the writer overwrites from the start and truncates to what it wrote.
+        """
         while True:
             free = self._next_free()
             if free is None:
@@ -78,7 +87,9 @@ class FilePool:
                 os.rename(os.path.join(self.tmp, free), path)
             except FileNotFoundError:
                 continue  # another producer took it first
-            return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return fd
 
     def _next_free(self) -> str | None:
         try:

@@ -7,7 +7,7 @@ What a crash can leave, and what becomes of it once nobody holds its lock:
     *.w, batch-<id>/        a message or batch still being written: never acknowledged to
                             anyone, so removed (after TMP_GRACE_NS: a writer locks it just
                             after creating it, and must not lose it in between)
-    *.scrub, purge-*        an acked file being scrubbed, a purged directory: removed
+    purge-*                 a purged state directory: removed
 
 Runs with every reap (so with dequeue), and from check().
 """
@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .fsio import listdir, owner_is_gone, try_lock, unlink_quietly
-from .pool import SCRUB_SUFFIX
 
 if TYPE_CHECKING:
     from .store import Store
@@ -36,7 +35,7 @@ def leftovers(store: Store) -> Iterator[tuple[str, str]]:
         # .dying and commit- were locked before they got these names, so a free lock means
         # the owner is gone; the rest could be caught between creation and locking.
         promised = name.endswith(".dying") or name.startswith("commit-")
-        scrap = name.endswith((".w", SCRUB_SUFFIX)) or name.startswith(("batch-", "purge-"))
+        scrap = name.endswith(".w") or name.startswith(("batch-", "purge-"))
         if (promised or (scrap and _older_than_grace(path))) and owner_is_gone(path):
             yield name, path
 
