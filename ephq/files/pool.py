@@ -29,12 +29,10 @@ from .fsio import FILE_MODE, listdir
 SLOTS = 4096
 MAX_KEPT_BYTES = 16384
 FREE_SUFFIX = ".free"
-# Slots drawn at random before deciding the pool is full: a nearly full pool still takes files,
-# a full one costs a few stats per ack.
-_DRAWS = 3
-# When the pool was found empty, look again only after this long (a producer-only workload
-# would otherwise list tmp/ on every enqueue for nothing).
-_EMPTY_RETRY_NS = 50_000_000
+# When the pool was found empty (full), look again only after this long: a producer-only
+# workload would otherwise list tmp/ on every enqueue, and a long drain draw slots on every ack,
+# for nothing.
+_RETRY_NS = 50_000_000
 
 
 class FilePool:
@@ -42,6 +40,8 @@ class FilePool:
         self.tmp = tmp_dir
         self._hints: list[str] = []
         self._look_after_ns = 0
+        self._full_until_ns = 0
+        self._empties: list[str] = []
 
     def give(self, path: str) -> None:
         """Take an acked file out of its state and keep it for reuse (or free it).
@@ -67,11 +67,25 @@ class FilePool:
         self._hints.append(slot)  # this process's next enqueue can have it at once
 
     def _empty_slot(self) -> str | None:
-        for _ in range(_DRAWS if SLOTS else 0):
-            slot = f"{int.from_bytes(os.urandom(4), 'little') % SLOTS}{FREE_SUFFIX}"
-            if not os.path.lexists(os.path.join(self.tmp, slot)):
-                return slot
-        return None
+        """A slot with no file in it, or None when the pool is full (or off).
+
+        One random draw is usually enough (a lone `ephq ack` should not list tmp/); after a
+        collision the pool is listed once and its empty slots are used up before looking again.
+        """
+        if self._empties:
+            return self._empties.pop()
+        if not SLOTS or time.monotonic_ns() < self._full_until_ns:
+            return None
+        slot = f"{int.from_bytes(os.urandom(4), 'little') % SLOTS}{FREE_SUFFIX}"
+        if not os.path.lexists(os.path.join(self.tmp, slot)):
+            return slot
+        present = set(listdir(self.tmp))
+        empties = [n for n in (f"{i}{FREE_SUFFIX}" for i in range(SLOTS)) if n not in present]
+        if len(empties) < SLOTS // 64:  # (nearly) full: a drain; stop looking for a while
+            self._full_until_ns = time.monotonic_ns() + _RETRY_NS
+        start = int.from_bytes(os.urandom(4), "little") % max(1, len(empties))
+        self._empties = empties[start:] + empties[:start]  # concurrent ackers spread out
+        return self._empties.pop() if self._empties else None
 
     def open_new(self, path: str) -> int:
         """A writable file at path (which must not exist yet): recycled if the pool has one.
@@ -101,7 +115,7 @@ class FilePool:
             return None
         self._hints = [n for n in listdir(self.tmp) if n.endswith(FREE_SUFFIX)]
         if not self._hints:
-            self._look_after_ns = now + _EMPTY_RETRY_NS
+            self._look_after_ns = now + _RETRY_NS
             return None
         try:
             return self._hints.pop()
