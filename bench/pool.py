@@ -44,7 +44,7 @@ def one_size(home: str, slots: int, messages: int) -> tuple[float, int, int, flo
             assert m is not None and m.receipt is not None
             q.ack("s", m.receipt)
             drain.append(time.perf_counter() - start_s)
-        tmp = Path(home, "s", "tmp")
+        tmp = Path(home, "s", "pool")
         kept = [p.stat() for p in tmp.iterdir() if p.name.endswith(pool.FREE_SUFFIX)]
         burst = []
         for _ in range(messages):

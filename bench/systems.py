@@ -37,6 +37,15 @@ class Client:
     def close(self) -> None:
         pass
 
+    def fill(self, count: int) -> None:
+        """Put count messages as fast as the system allows: the depth phase measures after it.
+
+        Systems whose durable put would take many minutes for a million messages fill with
+        their flushing turned off (a benchmark's setup, not a way to run them).
+        """
+        for i in range(count):
+            self.put(payload(i))
+
 
 class EphqClient(Client):
     def __init__(self, path: str, fsync: bool) -> None:
@@ -53,6 +62,15 @@ class EphqClient(Client):
 
     def ack(self, handle: Handle) -> None:
         self.q.ack("bench", handle)
+
+    def fill(self, count: int) -> None:
+        from ephq import Queue
+
+        fast = Queue(self.q.home, fsync=False)
+        for start in range(0, count, 5000):
+            fast.enqueue_many_json(
+                "bench", [payload(i) for i in range(start, min(count, start + 5000))]
+            )
 
 
 class FloorClient(Client):
@@ -86,6 +104,11 @@ class FloorClient(Client):
 
     def _open_tmp(self, tmp: str) -> int:
         return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def fill(self, count: int) -> None:
+        durable, self.fsync = self.fsync, False
+        super().fill(count)
+        self.fsync = durable
 
     def get(self) -> tuple[Handle, bytes] | None:
         for _ in range(2):
@@ -162,6 +185,13 @@ class SqliteClient(Client):
     def ack(self, handle: Handle) -> None:
         self.db.execute("DELETE FROM q WHERE id = ?", (handle,))
 
+    def fill(self, count: int) -> None:
+        self.db.execute("BEGIN")
+        self.db.executemany(
+            "INSERT INTO q (data, visible) VALUES (?, 0)", ((payload(i),) for i in range(count))
+        )
+        self.db.execute("COMMIT")
+
     def close(self) -> None:
         self.db.close()
 
@@ -184,6 +214,11 @@ class PersistQueueClient(Client):
 
     def ack(self, handle: Handle) -> None:
         self.q.ack(handle)
+
+    def fill(self, count: int) -> None:
+        putter: Any = self.q._putter  # its writing connection
+        putter.execute("PRAGMA synchronous=OFF")
+        super().fill(count)
 
 
 class DirqClient(Client):
@@ -226,6 +261,10 @@ class LitequeueClient(Client):
     def ack(self, handle: Handle) -> None:
         self.q.done(handle)
 
+    def fill(self, count: int) -> None:
+        self.q.conn.execute("PRAGMA synchronous=OFF")
+        super().fill(count)
+
 
 class HueyClient(Client):
     acks = False
@@ -248,6 +287,11 @@ class HueyClient(Client):
 
     def ack(self, handle: Handle) -> None:
         pass  # nothing to ack: the message was deleted when it was taken
+
+    def fill(self, count: int) -> None:
+        if hasattr(self.s, "conn"):
+            self.s.conn.execute("pragma synchronous=0")
+        super().fill(count)
 
 
 def _have(module: str) -> bool:

@@ -59,8 +59,19 @@ def test_the_pool_keeps_at_most_its_slots_and_frees_big_files(
     for m in q.dequeue_many("s", 21):
         assert m.receipt
         q.ack("s", m.receipt)
-    kept = [p for p in (home / "s" / "tmp").iterdir() if p.name.endswith(pool.FREE_SUFFIX)]
+    kept = [p for p in (home / "s" / "pool").iterdir() if p.name.endswith(pool.FREE_SUFFIX)]
     assert 1 <= len(kept) <= 4
     assert all(p.stat().st_size <= pool.MAX_KEPT_BYTES for p in kept)
     assert all(set(p.read_bytes()) <= {0} for p in kept)
+    assert q.check() == []
+
+
+def test_ack_without_a_pool_directory_frees_the_file(q: Queue, home: Path) -> None:
+    q.enqueue_many("s", ["a", "b"])
+    (home / "s" / "pool").rmdir()  # as a store made before the pool had a directory
+    for m in q.dequeue_many("s", 2):
+        assert m.receipt
+        q.ack("s", m.receipt)
+    assert _message_files(home, "ready") == _message_files(home, "inflight") == []
+    assert q.stats("s").inflight == 0
     assert q.check() == []

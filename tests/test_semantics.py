@@ -405,3 +405,14 @@ def test_long_operations_report_progress(q: Queue) -> None:
     ticks.clear()
     assert q.redrive("s", progress=ticks.append) == ids
     assert sum(ticks) == 30
+
+
+def test_a_large_message_round_trips_exactly(q: Queue) -> None:
+    big = {"blob": "é" * 150_000, "n": 1}  # larger than one read and than the pool keeps
+    q.enqueue("s", big)
+    m = q.dequeue("s")
+    assert m is not None and m.receipt and m.data == big
+    q.ack("s", m.receipt)
+    q.enqueue("s", "small")
+    again = q.dequeue("s")
+    assert again is not None and again.data == "small"

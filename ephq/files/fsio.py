@@ -131,11 +131,17 @@ def place(
     raise StorageError(f"cannot move {src} into {dest_dir}: the directory keeps disappearing")
 
 
+_READ_SIZE = 65536
+
+
 def read_file(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
+        chunk = os.read(fd, _READ_SIZE)
+        if len(chunk) < _READ_SIZE:  # the usual message: one read, no second one to see EOF
+            return chunk
+        chunks = [chunk]
+        while chunk := os.read(fd, _READ_SIZE):
             chunks.append(chunk)
         return b"".join(chunks)
     finally:

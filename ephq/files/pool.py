@@ -1,4 +1,4 @@
-"""Recycled message files: an acked file is kept in tmp/ and overwritten by a later enqueue.
+"""Recycled message files: an acked file is kept in pool/ and overwritten by a later enqueue.
 
 Why: on ext4 without a journal (these machines' root file system) a new inode is slow to allocate
 for minutes after many were freed, because the allocator skips recently deleted inodes, and
@@ -15,7 +15,8 @@ producer overwrites it.)
 
 The pool is bounded: at most SLOTS files, each of at most MAX_KEPT_BYTES (bigger ones are freed:
 a few large messages must not pin megabytes). bench/pool.py measures the trade-off between the
-pool's size, the disk it keeps and the cost of a drain.
+pool's size, the disk it keeps and the cost of a drain. It has a directory of its own so that
+what lists tmp/ (recovery, on every reap) does not list thousands of pooled files too.
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ SLOTS = 4096
 MAX_KEPT_BYTES = 16384
 FREE_SUFFIX = ".free"
 # When the pool was found empty (full), look again only after this long: a producer-only
-# workload would otherwise list tmp/ on every enqueue, and a long drain draw slots on every ack,
-# for nothing.
+# workload would otherwise list the pool on every enqueue, and a long drain draw slots on every
+# ack, for nothing.
 _RETRY_NS = 50_000_000
 
 
 class FilePool:
-    def __init__(self, tmp_dir: str) -> None:
-        self.tmp = tmp_dir
+    def __init__(self, pool_dir: str) -> None:
+        self.dir = pool_dir
         self._hints: list[str] = []
         self._look_after_ns = 0
         self._full_until_ns = 0
@@ -60,7 +61,13 @@ class FilePool:
                 os.unlink(path)
                 return
             # Only the rename makes the file ours: until then a reaper or nack may move it.
-            os.rename(path, os.path.join(self.tmp, slot))
+            try:
+                os.rename(path, os.path.join(self.dir, slot))
+            except FileNotFoundError:
+                if not os.path.lexists(path):
+                    raise  # someone else moved it first
+                os.unlink(path)  # no pool/ (a store made before it had one): free the file
+                return
             os.pwrite(fd, bytes(size), 0)
         finally:
             os.close(fd)
@@ -69,7 +76,7 @@ class FilePool:
     def _empty_slot(self) -> str | None:
         """A slot with no file in it, or None when the pool is full (or off).
 
-        One random draw is usually enough (a lone `ephq ack` should not list tmp/); after a
+        One random draw is usually enough (a lone `ephq ack` should not list the pool); after a
         collision the pool is listed once and its empty slots are used up before looking again.
         """
         if self._empties:
@@ -77,9 +84,9 @@ class FilePool:
         if not SLOTS or time.monotonic_ns() < self._full_until_ns:
             return None
         slot = f"{int.from_bytes(os.urandom(4), 'little') % SLOTS}{FREE_SUFFIX}"
-        if not os.path.lexists(os.path.join(self.tmp, slot)):
+        if not os.path.lexists(os.path.join(self.dir, slot)):
             return slot
-        present = set(listdir(self.tmp))
+        present = set(listdir(self.dir))
         empties = [n for n in (f"{i}{FREE_SUFFIX}" for i in range(SLOTS)) if n not in present]
         if len(empties) < SLOTS // 64:  # (nearly) full: a drain; stop looking for a while
             self._full_until_ns = time.monotonic_ns() + _RETRY_NS
@@ -98,7 +105,7 @@ class FilePool:
             if free is None:
                 return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
             try:
-                os.rename(os.path.join(self.tmp, free), path)
+                os.rename(os.path.join(self.dir, free), path)
             except FileNotFoundError:
                 continue  # another producer took it first
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -113,7 +120,7 @@ class FilePool:
         now = time.monotonic_ns()
         if now < self._look_after_ns:
             return None
-        self._hints = [n for n in listdir(self.tmp) if n.endswith(FREE_SUFFIX)]
+        self._hints = [n for n in listdir(self.dir) if n.endswith(FREE_SUFFIX)]
         if not self._hints:
             self._look_after_ns = now + _RETRY_NS
             return None

@@ -5,7 +5,9 @@
         bell                 touched when messages become visible (doorbell.py)
         lock                 the filelock for configure, purge and check --repair
         ready/ delayed/ inflight/ tmp/        the stream's messages (store.py)
-        dlq/ready/ dlq/delayed/ dlq/inflight/ dlq/tmp/   its dead letters, consumed like a stream
+        pool/                acked files kept for reuse (pool.py)
+        dlq/ready/ dlq/delayed/ dlq/inflight/ dlq/tmp/ dlq/pool/   its dead letters, consumed like
+                             a stream
 
 Only configure, purge and check(repair) take the lock: each is a read-modify-write of more than
 one file that must not interleave with another of them. Enqueue, dequeue, ack, nack and extend
