@@ -30,6 +30,8 @@ from .fsio import FILE_MODE, listdir
 SLOTS = 4096
 MAX_KEPT_BYTES = 16384
 FREE_SUFFIX = ".free"
+# Random slots tried before the pool is listed or taken for full.
+_DRAWS = 4
 # When the pool was found empty (full), look again only after this long: a producer-only
 # workload would otherwise list the pool on every enqueue, and a long drain draw slots on every
 # ack, for nothing.
@@ -43,6 +45,7 @@ class FilePool:
         self._look_after_ns = 0
         self._full_until_ns = 0
         self._empties: list[str] = []
+        self._gives = 0  # slots this process found by drawing
 
     def give(self, path: str) -> None:
         """Take an acked file out of its state and keep it for reuse (or free it).
@@ -76,16 +79,21 @@ class FilePool:
     def _empty_slot(self) -> str | None:
         """A slot with no file in it, or None when the pool is full (or off).
 
-        One random draw is usually enough (a lone `ephq ack` should not list the pool); after a
-        collision the pool is listed once and its empty slots are used up before looking again.
+        A few random draws serve a process's first acks (a lone `ephq ack` must not list
+        thousands of pooled files: ~1.5 ms); a process that keeps acking lists the pool once
+        after a collision and uses up its empty slots before looking again.
         """
         if self._empties:
             return self._empties.pop()
         if not SLOTS or time.monotonic_ns() < self._full_until_ns:
             return None
-        slot = f"{int.from_bytes(os.urandom(4), 'little') % SLOTS}{FREE_SUFFIX}"
-        if not os.path.lexists(os.path.join(self.dir, slot)):
-            return slot
+        for _ in range(_DRAWS):
+            slot = f"{int.from_bytes(os.urandom(4), 'little') % SLOTS}{FREE_SUFFIX}"
+            if not os.path.lexists(os.path.join(self.dir, slot)):
+                self._gives += 1
+                return slot
+        if self._gives < _DRAWS:  # a short-lived process: free this file, keep the pool as is
+            return None
         present = set(listdir(self.dir))
         empties = [n for n in (f"{i}{FREE_SUFFIX}" for i in range(SLOTS)) if n not in present]
         if len(empties) < SLOTS // 64:  # (nearly) full: a drain; stop looking for a while
