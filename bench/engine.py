@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from placement import spread_out
 
 from ephq import Queue
 from ephq.files import pool
@@ -193,12 +196,14 @@ def run(workdir: str, quick: bool, reps: int) -> dict[str, Any]:
             shutil.rmtree(home, ignore_errors=True)
 
         depths = (1000, deep)
+        os.mkdir(os.path.join(base, "deep"))
+        spread_out(os.path.join(base, "deep"))
         for depth in depths:
-            fill(os.path.join(base, f"depth{depth}"), "d", depth + n * reps + 20 * reps)
+            fill(os.path.join(base, "deep", f"depth{depth}"), "d", depth + n * reps + 20 * reps)
         os.sync()  # measure the queue, not the write-back of the gigabytes the fill just wrote
         for _ in range(reps):
             for depth in depths:  # side by side, so noise falls on both alike
-                home = os.path.join(base, f"depth{depth}")
+                home = os.path.join(base, "deep", f"depth{depth}")
                 lat = drain_loop(home, "d", n)
                 record(
                     f"depth {depth}: dequeue+ack long-lived", (len(lat) / sum(lat), summary(lat))

@@ -16,7 +16,9 @@ on the phases that cause them and not on the ones before):
   whole queue) and as a fresh process (the CLI case);
 - for every system (see systems.py), repeated --reps times: enqueue N; drain N with get+ack by
   one consumer; drain N with 4 consumer processes, counting duplicates and losses; steady
-  state: put+get+ack one at a time over a backlog of 10.
+  state: put+get+ack one at a time over a backlog of 10. In the one-process phases the systems
+  take turns in chunks of 50 operations (see interleaved), so what one leaves behind on the
+  file system falls on all of them alike.
 Rates are messages per second, median (min-max) over repetitions; latencies are median, P90 and
 P99 over all repetitions; "x ephq" is this system's time per message divided by ephq's (durable)
 — below 1 is faster than ephq.
@@ -25,7 +27,6 @@ P99 over all repetitions; "x ephq" is this system's time per message divided by 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import multiprocessing
 import os
@@ -46,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cli
 import worker
+from placement import spread_out
 from systems import available, number, open_client, payload
 
 Result = dict[str, Any]
@@ -75,11 +77,40 @@ def _get_ack_nth(client: Any, _: int) -> None:
     get_ack(client)
 
 
-def phase_enqueue_drain(system: str, path: str, n: int) -> tuple[list[float], list[float]]:
-    client = open_client(system, path)
-    put = timed(n, lambda i: client.put(payload(i)))
-    drain = timed(n, lambda _: get_ack(client))
-    client.close()
+# Systems take turns in chunks of this many operations in the single-process phases.
+CHUNK = 50
+
+
+def interleaved(
+    clients: dict[str, Any], n: int, op: Callable[[Any, int], object]
+) -> dict[str, list[float]]:
+    """Time n calls of op on every client, the systems taking turns in chunks of CHUNK.
+
+    On a shared file system one system's work changes the next one's costs (freed inodes slow
+    creates, queued discards slow flushes); taking turns in small chunks, each chunk starting
+    with another system, spreads that over all of them instead of favouring whoever runs first.
+    """
+    names = list(clients)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for turn, start in enumerate(range(0, n, CHUNK)):
+        k = turn % len(names)
+        for name in names[k:] + names[:k]:
+            client = clients[name]
+            for i in range(start, min(n, start + CHUNK)):
+                began = time.perf_counter()
+                op(client, i)
+                times[name].append(time.perf_counter() - began)
+    return times
+
+
+def phase_enqueue_drain(
+    systems: list[str], base: str, n: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    clients = {s: open_client(s, os.path.join(base, _slug(s))) for s in systems}
+    put = interleaved(clients, n, lambda client, i: client.put(payload(i)))
+    drain = interleaved(clients, n, lambda client, _: get_ack(client))
+    for client in clients.values():
+        client.close()
     return put, drain
 
 
@@ -123,18 +154,24 @@ def phase_four_consumers(system: str, path: str, n: int) -> tuple[float, int, in
     return n / max(elapsed, 1e-9), duplicates, lost, [t for _, ts in reports for t in ts]
 
 
-def phase_steady(system: str, path: str, m: int) -> list[float]:
-    client = open_client(system, path)
-    for i in range(10):
-        client.put(payload(i))
+def phase_steady(systems: list[str], base: str, m: int) -> dict[str, list[float]]:
+    clients = {s: open_client(s, os.path.join(base, _slug(s))) for s in systems}
+    for client in clients.values():
+        for i in range(10):
+            client.put(payload(i))
 
-    def cycle(i: int) -> None:
+    def cycle(client: Any, i: int) -> None:
         client.put(payload(10 + i))
         get_ack(client)
 
-    times = timed(m, cycle)
-    client.close()
+    times = interleaved(clients, m, cycle)
+    for client in clients.values():
+        client.close()
     return times
+
+
+def _slug(system: str) -> str:
+    return system.replace(" ", "_")
 
 
 # One system per kind at depth: the others share its get+ack path.
@@ -259,45 +296,28 @@ def run(workdir: str, quick: bool, reps: int, only: list[str] | None) -> Result:
                     fresh_get_ack(system, path, FRESH_RUNS),
                 )
         # The deep queues stay until the end: freeing millions of inodes now would slow every
-        # file created in the phases below (a few hundred µs each instead of tens).
+        # file created in the phases below (a few hundred µs each instead of tens). So does
+        # everything else a phase leaves (see interleaved).
         for rep in range(reps):
-            # Side by side within each repetition, each starting in turn, and nothing removed
-            # until the end: freed inodes slow the creates of whichever system runs next.
+            put, drain = phase_enqueue_drain(systems, os.path.join(base, f"a{rep}"), n)
+            for system in systems:
+                add("enqueue", system, put[system])
+                add("drain, 1 consumer", system, drain[system])
+            # Four processes per system cannot take turns op by op: the systems take turns
+            # going first instead.
             for system in systems[rep % len(systems) :] + systems[: rep % len(systems)]:
-                slug = system.replace(" ", "_")
-                put, drain = phase_enqueue_drain(system, os.path.join(base, f"{slug}-a{rep}"), n)
-                add("enqueue", system, put)
-                add("drain, 1 consumer", system, drain)
-                add(
-                    "drain, 4 consumers",
-                    system,
-                    phase_four_consumers(system, os.path.join(base, f"{slug}-b{rep}"), n),
-                )
-                add(
-                    "steady put+get+ack",
-                    system,
-                    phase_steady(system, os.path.join(base, f"{slug}-c{rep}"), n),
-                )
+                path = os.path.join(base, f"b{rep}", _slug(system))
+                add("drain, 4 consumers", system, phase_four_consumers(system, path, n))
+            steady = phase_steady(systems, os.path.join(base, f"c{rep}"), n)
+            for system in systems:
+                add("steady put+get+ack", system, steady[system])
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return results
 
 
 def _depth_dir(base: str, system: str, depth: int) -> str:
-    return os.path.join(base, "deep", f"{system.replace(' ', '_')}-{depth}")
-
-
-def spread_out(path: str) -> None:
-    """Have ext4 place the directories made under path in block groups of their own.
-
-    Where many inodes were freed in the last minutes, ext4 without a journal skips them one by
-    one on every create (a few hundred µs per file here), which would make filling a million
-    files take longer than the whole run. With the TOPDIR flag ext4's Orlov allocator spreads
-    the deep queues over groups with the most free inodes: ~40-60 µs per file. Only the fills'
-    speed changes; elsewhere (tmpfs, other file systems) the flag is refused and ignored.
-    """
-    with contextlib.suppress(OSError):  # no chattr here
-        subprocess.run(["chattr", "+T", path], capture_output=True, check=False)
+    return os.path.join(base, "deep", f"{_slug(system)}-{depth}")
 
 
 def machine(workdir: str) -> dict[str, str]:
