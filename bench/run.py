@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import multiprocessing
 import os
 import platform
@@ -391,6 +392,55 @@ def report(r: Result) -> str:
     return "\n".join(out)
 
 
+def summary(r: Result) -> str:
+    """One row per system: its median time per message in each phase divided by ephq's.
+
+    The depth columns are the deepest level; a system that stops earlier is shown at its own
+    deepest level, which the cell names.
+    """
+    phases = r["phases"]
+
+    def level(phase: str) -> int:
+        return int(phase.split()[1].rstrip(",").replace(",", ""))
+
+    depth = sorted((p for p in phases if p.startswith("depth")), key=level)
+    columns = ["enqueue", "drain, 1 consumer", "drain, 4 consumers", "steady put+get+ack"]
+    if depth:
+        deepest = depth[-1].rsplit(",", 1)[0]  # "depth 1,000,000"
+        columns += [f"{deepest}, long-lived", f"{deepest}, fresh process"]
+
+    def median_s(phase: str, system: str) -> float | None:
+        runs = phases.get(phase, {}).get(system)
+        if not runs:
+            return None
+        if phase == "drain, 4 consumers":
+            return 1 / float(statistics.median(v[0] for v in runs))
+        return float(statistics.median(x for run in runs for x in run))
+
+    def cell(phase: str, system: str) -> str:
+        note = ""
+        if phase.startswith("depth") and median_s(phase, system) is None:
+            kind = phase.rsplit(", ", 1)[1]
+            mine = [p for p in depth if p.endswith(kind) and median_s(p, system) is not None]
+            if not mine:
+                return ""
+            phase, note = mine[-1], f" (at {mine[-1].split()[1].rstrip(',')})"
+        value, ephq = median_s(phase, system), median_s(phase, "ephq")
+        if value is None or ephq is None:
+            return ""
+        text = f"{value * 1e6:,.0f} µs" if system == "ephq" else f"{value / ephq:.2f}"
+        if phase == "drain, 4 consumers":
+            duplicates = sum(v[1] for v in phases[phase][system])
+            text += f", {duplicates} dup." if duplicates else ""
+        return text + note
+
+    out = ["| system | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for system in r["systems"]:
+        cells = " | ".join(cell(phase, system) for phase in columns)
+        out.append(f"| {system}{_no_ack(system)} | {cells} |")
+    return "\n".join(out)
+
+
 def _no_ack(system: str) -> str:
     return " (no ack)" if system.startswith("huey") else ""
 
@@ -401,13 +451,19 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     parser.add_argument("--only", nargs="*", help="just these systems")
+    parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args()
     start = time.perf_counter()
     # First, while the file system has freed few inodes (see the module's note on order).
     command_line = cli.table(cli.measure(10 if args.quick else 30))
     messages, pickups = (200, 30) if args.quick else (400, 60)
     workers = worker.table(*worker.measure(messages, args.reps, pickups, args.workdir))
-    print(report(run(args.workdir, args.quick, args.reps, args.only)), flush=True)
+    results = run(args.workdir, args.quick, args.reps, args.only)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results))
+    print(report(results), flush=True)
+    print("\n### summary: ephq's time per message, and each system's as a multiple of it\n")
+    print(summary(results), flush=True)
     print("\n### the command line\n")
     print(command_line)
     print("\n### the worker (`ephq worker --exec true --drain`)\n")

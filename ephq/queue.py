@@ -150,7 +150,8 @@ class Queue:
         visibility_ns = (
             None if visibility is None else to_ns(visibility, "visibility", allow_zero=False)
         )
-        wait_s = to_ns(wait, "wait") / NS_PER_SECOND
+        no_wait = type(wait) in (int, float) and wait == 0  # the usual call: nothing to check
+        wait_s = 0.0 if no_wait else to_ns(wait, "wait") / NS_PER_SECOND
         with translated(f"dequeue from stream {stream!r}"):
             return self._lease(stream, max_messages, visibility_ns, wait_s, dlq)
 

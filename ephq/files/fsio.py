@@ -111,7 +111,7 @@ def place(
     prune the directory before we get to flush it.
     """
     sync = durable if sync_dest is None else sync_dest
-    dest = os.path.join(dest_dir, name)
+    dest = f"{dest_dir}/{name}"
     for _ in range(_PLACE_TRIES):
         dir_fd = -1
         try:

@@ -65,7 +65,7 @@ class FilePool:
                 return
             # Only the rename makes the file ours: until then a reaper or nack may move it.
             try:
-                os.rename(path, os.path.join(self.dir, slot))
+                os.rename(path, f"{self.dir}/{slot}")
             except FileNotFoundError:
                 if not os.path.lexists(path):
                     raise  # someone else moved it first
@@ -89,7 +89,7 @@ class FilePool:
             return None
         for _ in range(_DRAWS):
             slot = f"{int.from_bytes(os.urandom(4), 'little') % SLOTS}{FREE_SUFFIX}"
-            if not os.path.lexists(os.path.join(self.dir, slot)):
+            if not os.path.lexists(f"{self.dir}/{slot}"):
                 self._gives += 1
                 return slot
         if self._gives < _DRAWS:  # a short-lived process: free this file, keep the pool as is
@@ -113,7 +113,7 @@ class FilePool:
             if free is None:
                 return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
             try:
-                os.rename(os.path.join(self.dir, free), path)
+                os.rename(f"{self.dir}/{free}", path)
             except FileNotFoundError:
                 continue  # another producer took it first
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)

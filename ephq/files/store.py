@@ -261,7 +261,7 @@ class Store:
             while not self._head:
                 if not self._refill(now):
                     return None
-            return os.path.join(self._head_dir, heapq.heappop(self._head))
+            return f"{self._head_dir}/{heapq.heappop(self._head)}"
 
     def _refill(self, now: int) -> bool:
         for leaf in self.ready.leaves(now):
@@ -295,7 +295,7 @@ class Store:
         dest_dir = self.inflight.leaf_dir(f"{deadline:016x}")
         if not place(path, dest_dir, str(lease), durable=False):
             return None  # another consumer took it first
-        leased = os.path.join(dest_dir, str(lease))
+        leased = f"{dest_dir}/{lease}"
         try:
             record = decode(read_file(leased))
         except FileNotFoundError:
@@ -330,11 +330,11 @@ class Store:
         receipt = str(lease)
         moved = self._extended.get(receipt)
         if moved is not None:
-            yield os.path.join(self.inflight.leaf_dir(moved), moved)
-        yield os.path.join(self.inflight.leaf_dir(receipt), receipt)
+            yield f"{self.inflight.leaf_dir(moved)}/{moved}"
+        yield f"{self.inflight.leaf_dir(receipt)}/{receipt}"
         # Expired and reaped, but nobody has leased it again: the delivery has not ended.
         expired = ReadyName(lease.id, lease.attempts, lease.token)
-        yield os.path.join(self.ready.leaf_dir(lease.id), str(expired))
+        yield f"{self.ready.leaf_dir(lease.id)}/{expired}"
         # Extended by another process: the same delivery under a later deadline.
         suffix = receipt[16:]
         for leaf, name in self.inflight.all_names(self.clock()):

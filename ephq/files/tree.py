@@ -45,15 +45,22 @@ class Tree:
     def __init__(self, root: str, cuts: tuple[int, ...]) -> None:
         self.root = root
         self.cuts = cuts
+        self._last = ("", root)  # the last key prefix asked for and its leaf: usually the next's
 
     def leaf_dir(self, key: str) -> str:
         """The leaf directory where a name starting with key belongs."""
+        prefix = key[: self.cuts[-1]]
+        last_prefix, last_dir = self._last
+        if prefix == last_prefix:
+            return last_dir
         parts = [self.root]
         start = 0
         for cut in self.cuts:
-            parts.append(key[start:cut])
+            parts.append(prefix[start:cut])
             start = cut
-        return os.path.join(*parts)
+        leaf = "/".join(parts)
+        self._last = (prefix, leaf)
+        return leaf
 
     def leaves(self, now_ns: int) -> Iterator[Leaf]:
         """Existing leaves in key order; empty directories of long-ended slices are pruned."""
