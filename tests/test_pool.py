@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -74,4 +75,32 @@ def test_ack_without_a_pool_directory_frees_the_file(q: Queue, home: Path) -> No
         q.ack("s", m.receipt)
     assert _message_files(home, "ready") == _message_files(home, "inflight") == []
     assert q.stats("s").inflight == 0
+    assert q.check() == []
+
+
+def test_threads_of_one_process_ack_through_one_pool(
+    q: Queue, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool, "SLOTS", 16)  # small, so threads collide and list the pool
+    q.enqueue_many("s", list(range(800)))
+    errors: list[BaseException] = []
+    acked: list[int] = []
+
+    def consume() -> None:
+        try:
+            while (m := q.dequeue("s", visibility=60)) is not None:
+                assert m.receipt
+                q.ack("s", m.receipt)
+                acked.append(m.data)
+        except BaseException as exc:  # reported below, with the thread's own traceback lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=consume) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(acked) == list(range(800))
+    assert len(list((home / "s" / "pool").iterdir())) <= 16
     assert q.check() == []

@@ -83,8 +83,10 @@ class FilePool:
         thousands of pooled files: ~1.5 ms); a process that keeps acking lists the pool once
         after a collision and uses up its empty slots before looking again.
         """
-        if self._empties:
+        try:
             return self._empties.pop()
+        except IndexError:  # none left (or another thread of this process took the last)
+            pass
         if not SLOTS or time.monotonic_ns() < self._full_until_ns:
             return None
         for _ in range(_DRAWS):
@@ -100,7 +102,10 @@ class FilePool:
             self._full_until_ns = time.monotonic_ns() + _RETRY_NS
         start = int.from_bytes(os.urandom(4), "little") % max(1, len(empties))
         self._empties = empties[start:] + empties[:start]  # concurrent ackers spread out
-        return self._empties.pop() if self._empties else None
+        try:
+            return self._empties.pop()
+        except IndexError:
+            return None
 
     def open_new(self, path: str) -> int:
         """A writable file at path (which must not exist yet): recycled if the pool has one.
