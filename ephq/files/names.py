@@ -112,8 +112,9 @@ def parse_receipt(receipt: str) -> Receipt:
     return Receipt(lease, dead)
 
 
-def format_receipt(lease: TimedName, dead: bool) -> str:
-    return (DLQ_RECEIPT_PREFIX if dead else "") + str(lease)
+def format_receipt(lease_name: str, dead: bool) -> str:
+    """The receipt of the lease whose file is named lease_name."""
+    return DLQ_RECEIPT_PREFIX + lease_name if dead else lease_name
 
 
 _STREAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

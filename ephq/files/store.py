@@ -293,9 +293,10 @@ class Store:
         deadline = now + visibility_ns
         lease = TimedName(deadline, ready.id, ready.attempts + 1, new_token())
         dest_dir = self.inflight.leaf_dir(f"{deadline:016x}")
-        if not place(path, dest_dir, str(lease), durable=False):
+        name = str(lease)
+        if not place(path, dest_dir, name, durable=False):
             return None  # another consumer took it first
-        leased = f"{dest_dir}/{lease}"
+        leased = f"{dest_dir}/{name}"
         try:
             record = decode(read_file(leased))
         except FileNotFoundError:
@@ -304,9 +305,8 @@ class Store:
             self.dead_letter(leased, ready.id, lease.attempts, f"unreadable message file: {exc}")
             return None
         self._note_due(deadline)
-        return self._message(
-            record, lease.attempts, format_receipt(lease, self.is_dead_letter_queue), deadline
-        )
+        receipt = format_receipt(name, self.is_dead_letter_queue)
+        return self._message(record, lease.attempts, receipt, deadline)
 
     def _message(
         self, record: Record, attempts: int, receipt: str | None, visible_until: int | None
@@ -354,7 +354,8 @@ class Store:
                 self.pool.give(path)
             except FileNotFoundError:
                 continue
-            self._extended.pop(str(lease), None)
+            if self._extended:
+                self._extended.pop(str(lease), None)
             return
         raise self._lost(lease)
 
