@@ -59,15 +59,6 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def timed(calls: int, op: Callable[[int], object]) -> list[float]:
-    times = []
-    for i in range(calls):
-        start = time.perf_counter()
-        op(i)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def get_ack(client: Any) -> None:
     got = client.get()
     assert got is not None, "the queue ran dry"
@@ -198,7 +189,7 @@ def depth_levels(quick: bool) -> tuple[int, ...]:
 
 
 def timed_for(calls: int, budget_s: float, op: Callable[[int], object]) -> list[float]:
-    """Like timed, but stops after budget_s (having made at least 5 calls)."""
+    """The time of each of up to `calls` calls of op; stops after budget_s (and 5 calls)."""
     times: list[float] = []
     end = time.perf_counter() + budget_s
     for i in range(calls):
