@@ -205,7 +205,10 @@ def test_check_exit_status(home: Path) -> None:
     assert found.stdout.startswith("s: unreadable: ")
     repaired = ephq(home, "check", "--repair")
     assert repaired.returncode == 0 and repaired.stdout.rstrip().endswith("(repaired)")
-    assert ok(home, "check") == ""
+    (kept,) = (home / "s" / "quarantine").iterdir()
+    assert kept.read_text() == "garbage"
+    listed = ok(home, "check")  # the quarantine is listed, and is no problem
+    assert listed.startswith(f"s: quarantined: {kept}: set aside from ready/")
 
 
 def test_global_home_option_wins_over_environment(home: Path, tmp_path: Path) -> None:

@@ -20,30 +20,38 @@ def ready_files(home: Path, stream: str = "s") -> list[Path]:
     return sorted(p for p in (home / stream / "ready").rglob("*") if p.is_file())
 
 
-def test_unparseable_message_goes_to_dlq_and_does_not_wedge(q: Queue, home: Path) -> None:
+def quarantined(q: Queue) -> list[str]:
+    return [p.path for p in q.check() if p.kind == "quarantined"]
+
+
+def test_unparseable_message_is_quarantined_and_does_not_wedge(q: Queue, home: Path) -> None:
     q.enqueue("s", "broken")
     q.enqueue("s", "truncated")
     good = q.enqueue("s", "good")
     broken, truncated, _ = ready_files(home)
     broken.write_bytes(b"this is not json")
-    truncated.write_bytes(truncated.read_bytes()[:20])
+    cut = truncated.read_bytes()[:20]
+    truncated.write_bytes(cut)
     m = q.dequeue("s")
     assert m is not None and m.id == good
-    dead = q.dead_letters("s")
-    assert len(dead) == 2
-    errors = [d.metadata["dead"]["error"] for d in dead]
-    assert all(e.startswith("unreadable message file: not JSON") for e in errors)
-    assert dead[0].metadata["raw"] == "this is not json"
-    assert q.check() == []
+    assert q.dead_letters("s") == []  # a file that holds no message is no message to retry
+    kept = sorted(Path(p).read_bytes() for p in quarantined(q))
+    assert kept == sorted([b"this is not json", cut])  # byte for byte
+    assert [p.kind for p in q.check()] == ["quarantined", "quarantined"]
 
 
-def test_foreign_file_in_ready_is_skipped_and_reported(q: Queue, home: Path) -> None:
+def test_foreign_file_in_ready_is_skipped_reported_and_set_aside(q: Queue, home: Path) -> None:
     q.enqueue("s", 1)
     (home / "s" / "ready" / "notes.txt").write_text("hello")
     m = q.dequeue("s")
     assert m is not None and m.data == 1
+    assert q.dequeue("s") is None
     problems = q.check()
-    assert [p.kind for p in problems] == ["bad-name"]
+    assert [p.kind for p in problems] == ["foreign"]
+    repaired = q.check(repair=True)
+    assert [(p.kind, p.repaired) for p in repaired] == [("foreign", True), ("quarantined", True)]
+    (kept,) = quarantined(q)
+    assert Path(kept).read_text() == "hello"
 
 
 def test_check_repairs_misplaced_unreadable_and_duplicate(q: Queue, home: Path) -> None:
@@ -62,9 +70,9 @@ def test_check_repairs_misplaced_unreadable_and_duplicate(q: Queue, home: Path) 
     assert all(not p.repaired for p in q.check())
     repaired = q.check(repair=True)
     assert all(p.repaired for p in repaired)
-    assert q.check() == []
+    assert [p.kind for p in q.check()] == ["quarantined"]
     s = q.stats("s")
-    assert (s.ready, s.inflight, s.dlq) == (1, 1, 1)
+    assert (s.ready, s.inflight, s.dlq) == (1, 1, 0)
 
 
 def test_stale_tmp_files_are_removed_and_never_delivered(

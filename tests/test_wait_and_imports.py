@@ -111,7 +111,7 @@ def test_engine_imports_no_cli_or_lock_libraries(home: Path) -> None:
         "import sys, json; from ephq import Queue; q = Queue(sys.argv[1]);"
         "q.enqueue('s', 1); m = q.dequeue('s'); q.ack('s', m.receipt);"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "{'typer', 'click', 'rich', 'filelock', 'platformdirs', 'ephq.cli', 'ephq.worker'})))"
+        "{'typer', 'click', 'rich', 'platformdirs', 'ephq.cli', 'ephq.worker'})))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(home)], capture_output=True, text=True, check=True

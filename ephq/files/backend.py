@@ -8,7 +8,7 @@ import threading
 from ..backend import Waiter
 from ..errors import BadInput
 from ..message import CheckProblem, Message, StreamConfig, StreamStats
-from .fsio import listdir
+from .fsio import is_real_dir, listdir
 from .names import IdSource, Receipt, check_stream_name, is_id, parse_receipt
 from .store import Clock, Progress, Store
 from .stream import Stream
@@ -27,14 +27,19 @@ class FileBackend:
         self._lock = threading.Lock()
 
     def _stream(self, name: str) -> Stream:
+        """The stream, its layout checked the first time this process uses it (stream.py)."""
         stream = self._streams.get(name)
         if stream is None:
             with self._lock:
-                stream = self._streams.setdefault(
-                    name,
-                    Stream(self.home, name, durable=self.durable, clock=self.clock, ids=self._ids),
-                )
+                stream = self._streams.get(name)
+                if stream is None:
+                    stream = self._new_stream(name)
+                    stream.verify()
+                    self._streams[name] = stream
         return stream
+
+    def _new_stream(self, name: str) -> Stream:
+        return Stream(self.home, name, durable=self.durable, clock=self.clock, ids=self._ids)
 
     def _settle(self, stream: str, receipt: str) -> tuple[Stream, Store, Receipt]:
         parsed = parse_receipt(receipt)
@@ -99,14 +104,26 @@ class FileBackend:
         return StreamStats(stream, ready, delayed, inflight, dead, age)
 
     def streams(self) -> list[str]:
+        """The streams in the home: real directories (never links) with a stream's tmp/."""
+        return [
+            name
+            for name, is_dir in self._stream_names()
+            if is_dir and is_real_dir(os.path.join(self.home, name, "tmp"))
+        ]
+
+    def _in_the_way(self) -> list[str]:
+        """Names of the home that a stream could have but that are not directories."""
+        return [name for name, is_dir in self._stream_names() if not is_dir]
+
+    def _stream_names(self) -> list[tuple[str, bool]]:
+        """Every entry of the home named as a stream, and whether it is a real directory."""
         found = []
         for name in sorted(listdir(self.home)):
             try:
                 check_stream_name(name)
             except BadInput:
                 continue
-            if os.path.isdir(os.path.join(self.home, name, "tmp")):
-                found.append(name)
+            found.append((name, is_real_dir(os.path.join(self.home, name)) is True))
         return found
 
     def purge(self, stream: str) -> int:
@@ -167,8 +184,9 @@ class FileBackend:
         from .check import check_stream
 
         problems: list[CheckProblem] = []
-        for name in [stream] if stream is not None else self.streams():
-            owner = self._stream(name)
+        names = [stream] if stream is not None else self.streams() + self._in_the_way()
+        for name in names:
+            owner = self._new_stream(name)  # not _stream(): check reports what that sets aside
             if repair and owner.exists():
                 with owner.exclusive():
                     problems += check_stream(owner, repair=True)

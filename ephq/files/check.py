@@ -1,25 +1,33 @@
 """check: verify a stream's files and optionally repair them.
 
 It verifies what store.py's invariants promise: every message is in exactly one state, every
-file under a state directory has a name ephq writes and sits in the leaf its name implies, every
-message file parses, and tmp/ holds nothing a crashed writer left behind.
+entry under the stream is a directory or file of the kind its place calls for and has a name
+ephq gives, every message file sits in the leaf its name implies and holds its own message, and
+tmp/ holds nothing a crashed writer left behind. It never follows a link and reads no file but
+the ones whose names and kinds are ephq's.
+
+Repair moves what is not ephq's into the stream's quarantine (quarantine.py), which check then
+lists: kept byte for byte, for a person to look at and delete.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
+import stat
 from collections import defaultdict
 from collections.abc import Callable
 
 from ..message import CheckProblem
-from .fsio import place, read_file, unlink_quietly
+from .config import MAX_CONFIG_BYTES, parse
+from .fsio import NotOurs, describe_kind, listdir, place, read_regular, unlink_quietly
 from .names import is_id, parse_ready, parse_timed
-from .record import CorruptRecord, decode
+from .pool import MAX_KEPT_BYTES, is_slot
+from .quarantine import HOME_QUARANTINE, QUARANTINE, Quarantine
+from .record import MAX_RECORD_BYTES, CorruptRecord, decode
 from .recovery import clean_tmp, leftovers
 from .store import Store
-from .stream import Stream
+from .stream import LOCK_FILE, STORE_DIRS, STORE_FILES, Stream
 from .tree import Tree
 
 # Where a message found twice is kept: the copy furthest along its life, then the most attempts.
@@ -31,6 +39,7 @@ _RANK = {
     "dlq/delayed": 4,
     "dlq/inflight": 5,
 }
+_HEX = frozenset("0123456789abcdef")
 
 
 class _Walk:
@@ -43,9 +52,42 @@ class _Walk:
     def report(self, kind: str, path: str, detail: str, fix: Callable[[], object] | None) -> None:
         repaired = False
         if self.repair and fix is not None:
-            fix()
-            repaired = True
+            repaired = fix() is not False  # a fix that could not act says False
         self.problems.append(CheckProblem(self.stream.name, kind, path, detail, repaired))
+
+    def foreign(self, path: str, what: str, problem: NotOurs | None = None) -> None:
+        """Something that is not ephq's where ephq keeps its files: set it aside on repair."""
+        setback = problem or NotOurs(what)
+        fix = functools.partial(self.stream.quarantine.set_aside, path, setback)
+        self.report("foreign", path, what, fix)
+
+    def unreadable(self, path: str, why: str, problem: NotOurs) -> None:
+        """A file named as a message that holds none: set it aside on repair."""
+        fix = functools.partial(self.stream.quarantine.set_aside, path, problem)
+        self.report("unreadable", path, why, fix)
+
+    # -- the stream's own directories ------------------------------------------------------
+
+    def layout(self, store: Store, extra: dict[str, bool]) -> None:
+        """The entries of a store's directory: each known one of its kind, nothing else."""
+        known = {sub: True for sub in STORE_DIRS} | dict.fromkeys(STORE_FILES, False) | extra
+        for name in sorted(listdir(store.path)):
+            path = os.path.join(store.path, name)
+            mode = os.lstat(path).st_mode
+            want_dir = known.get(name)
+            if want_dir is None:
+                if name.startswith("stream.json.") and name.endswith(".tmp"):
+                    self.report(
+                        "stale-tmp",
+                        path,
+                        "left by a configure that stopped",
+                        functools.partial(unlink_quietly, path),
+                    )
+                    continue
+                self.foreign(path, f"{describe_kind(mode)} that is not part of a stream")
+            elif want_dir != stat.S_ISDIR(mode) or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                expected = "a directory" if want_dir else "a file"
+                self.foreign(path, f"{describe_kind(mode)} where ephq keeps {expected}")
 
     def store(self, store: Store, label: str) -> None:
         for state, tree in (
@@ -53,25 +95,62 @@ class _Walk:
             ("delayed", store.delayed),
             ("inflight", store.inflight),
         ):
-            self.tree(store, f"{label}{state}", tree)
-        for name, path in list(leftovers(store)):
-            self.report(
-                "stale-tmp",
-                path,
-                f"left in tmp/ by a writer that stopped: {name}",
-                functools.partial(clean_tmp, store),
-            )
+            if stat.S_ISDIR(_mode(tree.root)):
+                self.level(store, f"{label}{state}", tree, tree.root, "", 0)
+        if stat.S_ISDIR(_mode(store.tmp)):
+            self.tmp(store)
+        if stat.S_ISDIR(_mode(store.pool.dir)):
+            self.pool(store)
 
-    def tree(self, store: Store, state: str, tree: Tree) -> None:
-        for dirpath, _, files in os.walk(tree.root):
-            for name in sorted(files):
-                self.file(store, state, tree, os.path.join(dirpath, name))
+    def tmp(self, store: Store) -> None:
+        stale = {name for name, _ in leftovers(store)}
+        for name in sorted(listdir(store.tmp)):
+            path = os.path.join(store.tmp, name)
+            if name in stale:
+                self.report(
+                    "stale-tmp",
+                    path,
+                    f"left in tmp/ by a writer that stopped: {name}",
+                    functools.partial(clean_tmp, store),
+                )
+            elif not _tmp_name(name, _mode(path)):
+                self.foreign(path, f"{describe_kind(_mode(path))} that ephq does not write in tmp/")
 
-    def file(self, store: Store, state: str, tree: Tree, path: str) -> None:
+    def pool(self, store: Store) -> None:
+        for name in sorted(listdir(store.pool.dir)):
+            path = os.path.join(store.pool.dir, name)
+            st = os.lstat(path)
+            if not is_slot(name) or not stat.S_ISREG(st.st_mode):
+                self.foreign(path, f"{describe_kind(st.st_mode)} that is not a pooled file")
+            elif st.st_nlink > 1 or st.st_size > MAX_KEPT_BYTES:
+                why = "a pooled file with another name" if st.st_nlink > 1 else "too big to pool"
+                self.foreign(path, why, NotOurs(why, shared=st.st_nlink > 1))
+
+    # -- the state trees -------------------------------------------------------------------
+
+    def level(
+        self, store: Store, state: str, tree: Tree, path: str, prefix: str, depth: int
+    ) -> None:
+        leaf = depth == len(tree.cuts)
+        width = 0 if leaf else tree.cuts[depth] - len(prefix)
+        for name in sorted(listdir(path)):
+            child = os.path.join(path, name)
+            mode = _mode(child)
+            if leaf:
+                self.file(store, state, tree, child, mode)
+            elif stat.S_ISDIR(mode) and len(name) == width and _HEX.issuperset(name):
+                self.level(store, state, tree, child, prefix + name, depth + 1)
+            else:
+                self.foreign(child, f"{describe_kind(mode)} where ephq keeps {state}/ directories")
+
+    def file(self, store: Store, state: str, tree: Tree, path: str, mode: int) -> None:
         name = os.path.basename(path)
         fields = _fields(state, name)
         if fields is None:
-            self.report("bad-name", path, f"not a name ephq gives a {state} message", None)
+            self.foreign(path, f"{describe_kind(mode)} not named as ephq names a {state} message")
+            return
+        if not stat.S_ISREG(mode):
+            self.foreign(path, f"{describe_kind(mode)} named as a message")
             return
         key, message_id, attempts = fields
         leaf = tree.leaf_dir(key)
@@ -84,17 +163,28 @@ class _Walk:
             )
             path = os.path.join(leaf, name) if self.repair else path
         try:
-            record = decode(read_file(path))
+            raw, links = read_regular(path, MAX_RECORD_BYTES)
         except FileNotFoundError:
             return  # moved on by a consumer while we looked
+        except NotOurs as exc:
+            self.unreadable(path, str(exc), exc)
+            return
+        try:
+            record = decode(raw)
         except CorruptRecord as exc:
-            bury = functools.partial(
-                store.dead_letter, path, message_id, attempts, f"unreadable message file: {exc}"
-            )
-            self.report("unreadable", path, str(exc), None if store.graveyard is None else bury)
+            self.unreadable(path, str(exc), NotOurs(str(exc), shared=links > 1))
             return
         if record.id != message_id:
-            self.report("id-mismatch", path, f"the file says its id is {record.id!r}", None)
+            why = f"the file holds message {record.id}"
+            self.report(
+                "id-mismatch",
+                path,
+                why + (" (a stale second name)" if links > 1 else ""),
+                functools.partial(
+                    self.stream.quarantine.set_aside, path, NotOurs(why, shared=links > 1)
+                ),
+            )
+            return
         self.places[message_id].append((_RANK[state], attempts, path))
 
     def duplicates(self) -> None:
@@ -113,14 +203,11 @@ class _Walk:
 
     def config(self) -> None:
         path = self.stream.config_file.path
-        if not os.path.exists(path):
-            return
+        if not stat.S_ISREG(_mode(path)):
+            return  # absent (defaults apply), or reported with the stream's entries
         try:
-            with open(path, "rb") as handle:
-                doc = json.load(handle)
-            int(doc["max_attempts"])
-            float(doc["visibility"])
-        except (ValueError, KeyError, TypeError) as exc:
+            parse(read_regular(path, MAX_CONFIG_BYTES)[0])
+        except (NotOurs, ValueError, KeyError, TypeError) as exc:
             self.report(
                 "bad-config",
                 path,
@@ -129,6 +216,30 @@ class _Walk:
                     self.stream.config(), durable=self.stream.main.durable
                 ),
             )
+
+    def quarantined(self) -> None:
+        for name in self.stream.quarantine.entries():
+            path = os.path.join(self.stream.quarantine.dir, name)
+            detail = "set aside from " + name.split(".", 2)[-1].replace("%", "/")
+            self.problems.append(
+                CheckProblem(self.stream.name, "quarantined", path, detail, repaired=True)
+            )
+
+
+def _mode(path: str) -> int:
+    try:
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
+        return 0
+
+
+def _tmp_name(name: str, mode: int) -> bool:
+    """Whether an entry of tmp/ is one ephq writes there (of its kind)."""
+    if name.endswith((".w", ".dying")):
+        return stat.S_ISREG(mode)
+    if name.startswith(("batch-", "commit-", "purge-")):
+        return stat.S_ISDIR(mode) or (name.startswith("purge-") and stat.S_ISLNK(mode))
+    return False
 
 
 def _fields(state: str, name: str) -> tuple[str, str, int] | None:
@@ -144,10 +255,26 @@ def _fields(state: str, name: str) -> tuple[str, str, int] | None:
 
 def check_stream(stream: Stream, repair: bool) -> list[CheckProblem]:
     walk = _Walk(stream, repair)
+    kind = stream.foreign_self()
+    if kind is not None:
+        home = Quarantine(os.path.dirname(stream.path), HOME_QUARANTINE)
+        walk.report(
+            "foreign",
+            stream.path,
+            f"{kind} where the stream's directory belongs",
+            functools.partial(home.take, stream.path),
+        )
+        return walk.problems
     if not stream.exists():
         return []
+    walk.layout(
+        stream.main, {"dlq": True, QUARANTINE: True, "stream.json": False, LOCK_FILE: False}
+    )
+    if stat.S_ISDIR(_mode(stream.dead.path)):
+        walk.layout(stream.dead, {})
     walk.store(stream.main, "")
     walk.store(stream.dead, "dlq/")
     walk.duplicates()
     walk.config()
+    walk.quarantined()
     return walk.problems

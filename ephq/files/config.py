@@ -7,12 +7,16 @@ file and renames it over the old one, so a changed inode means changed settings)
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 
 from ..message import StreamConfig
-from .fsio import FILE_MODE, fsync_dir, unlink_quietly, write_all
+from .fsio import FILE_MODE, NotOurs, fsync_dir, read_regular, unlink_quietly, write_all
+from .names import new_token
 
 CONFIG_FILE = "stream.json"
+MAX_CONFIG_BYTES = 65536
 
 
 class ConfigFile:
@@ -23,8 +27,10 @@ class ConfigFile:
 
     def load(self) -> StreamConfig:
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):  # absent, or not ours: check reports it
             self._seen, self._config = None, StreamConfig()
             return self._config
         stamp = (st.st_ino, st.st_mtime_ns)
@@ -35,17 +41,15 @@ class ConfigFile:
 
     def _parse(self) -> StreamConfig:
         try:
-            with open(self.path, "rb") as handle:
-                doc = json.load(handle)
-            return StreamConfig(int(doc["max_attempts"]), float(doc["visibility"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            return parse(read_regular(self.path, MAX_CONFIG_BYTES)[0])
+        except (OSError, NotOurs, ValueError, KeyError, TypeError):
             # A damaged settings file must not stop the stream; check() reports it.
             return StreamConfig()
 
     def save(self, config: StreamConfig, *, durable: bool) -> None:
         doc = {"format": 1, "max_attempts": config.max_attempts, "visibility": config.visibility}
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        tmp = f"{self.path}.{new_token()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
             write_all(fd, (json.dumps(doc) + "\n").encode())
             if durable:
@@ -59,3 +63,12 @@ class ConfigFile:
             raise
         if durable:
             fsync_dir(os.path.dirname(self.path))
+
+
+def parse(raw: bytes) -> StreamConfig:
+    """Settings from stream.json's bytes; ValueError, KeyError or TypeError if they do not parse."""
+    doc = json.loads(raw)
+    max_attempts, visibility = int(doc["max_attempts"]), float(doc["visibility"])
+    if max_attempts < 1 or not (visibility > 0 and math.isfinite(visibility)):
+        raise ValueError("max_attempts and visibility must be positive")
+    return StreamConfig(max_attempts, visibility)

@@ -17,6 +17,7 @@ _IN_ATTRIB = 0x00000004
 _IN_CLOSE_WRITE = 0x00000008
 _IN_DELETE_SELF = 0x00000400
 _IN_MOVE_SELF = 0x00000800
+_IN_DONT_FOLLOW = 0x02000000  # a link in the bell's place is never followed out of the home
 _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
 _FALLBACK_POLL_S = 0.05
@@ -42,7 +43,7 @@ class Doorbell:
         fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             return
-        mask = _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_DELETE_SELF | _IN_MOVE_SELF
+        mask = _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_DONT_FOLLOW
         if libc.inotify_add_watch(fd, os.fsencode(bell_path), mask) < 0:
             os.close(fd)
             return

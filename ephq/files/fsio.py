@@ -4,6 +4,11 @@ A new file is written under tmp/, flushed, then renamed into place: a reader nev
 file under a final name (maildir's rule). A writer holds a flock on what it is writing, so a
 cleaner can tell a crashed writer's leftovers (lock free) from a live writer's (lock held): the
 kernel drops the lock of a dead process, as in nq.
+
+Nothing read from the store is trusted: files are opened with O_NOFOLLOW (a link is never
+followed out of the home) and O_NONBLOCK (a FIFO never hangs a reader), and what fstat says is
+checked before a byte is read or written. A file with a second name (st_nlink > 1) is never
+written into: its other name may be outside the home, or, after a power loss, another message.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 
 from ..errors import DiskFull, EphqError, StorageError, StoragePermissionDenied
 
@@ -52,6 +58,86 @@ class translated:  # noqa: N801 (used as a function: `with translated("ack"):`)
     ) -> None:
         if isinstance(exc, OSError):
             raise storage_error(exc, self.doing) from exc
+
+
+class NotOurs(Exception):
+    """Something in a place of the store that ephq did not put there: a link, a directory, a
+    device, a file too large or unreadable. ``shared`` is set for a regular file with another
+    name, which can be dropped from the store without losing a byte."""
+
+    def __init__(self, why: str, *, shared: bool = False) -> None:
+        super().__init__(why)
+        self.shared = shared
+
+
+_SAFE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_READ_SIZE = 65536
+_NOT_A_FILE = {errno.ELOOP: "a symbolic link", errno.EISDIR: "a directory", errno.ENXIO: "a socket"}
+
+
+def open_regular(path: str, flags: int) -> tuple[int, os.stat_result]:
+    """An fd on the regular file at path, and its stat; NotOurs for anything else.
+
+    FileNotFoundError passes through: the file was moved on by someone else.
+    """
+    try:
+        fd = os.open(path, flags | _SAFE, FILE_MODE)
+    except OSError as exc:
+        if exc.errno in _NOT_A_FILE:
+            raise NotOurs(_NOT_A_FILE[exc.errno]) from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise NotOurs("a file ephq may not open") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotOurs(describe_kind(st.st_mode))
+    return fd, st
+
+
+def describe_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISREG(mode):
+        return "a file"
+    return "a device"
+
+
+def read_regular(path: str, limit: int) -> tuple[bytes, int]:
+    """The bytes of the regular file at path, and its link count; NotOurs past limit bytes."""
+    fd, st = open_regular(path, os.O_RDONLY)
+    try:
+        if st.st_size > limit:
+            raise NotOurs(
+                f"{st.st_size} bytes, more than a message file holds", shared=st.st_nlink > 1
+            )
+        chunk = os.read(fd, _READ_SIZE)
+        if len(chunk) < _READ_SIZE:  # the usual message: one read, no second one to see EOF
+            return chunk, st.st_nlink
+        chunks = [chunk]
+        total = len(chunk)
+        while chunk := os.read(fd, _READ_SIZE):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:  # it grew while we read: not a file ephq is writing
+                raise NotOurs("a file that keeps growing", shared=st.st_nlink > 1)
+        return b"".join(chunks), st.st_nlink
+    finally:
+        os.close(fd)
+
+
+def is_real_dir(path: str) -> bool | None:
+    """True for a directory (not a link to one), False for anything else, None if absent."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def fsync_dir(path: str) -> None:
@@ -140,23 +226,6 @@ def place(
     raise StorageError(f"cannot move {src} into {dest_dir}: the directory keeps disappearing")
 
 
-_READ_SIZE = 65536
-
-
-def read_file(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunk = os.read(fd, _READ_SIZE)
-        if len(chunk) < _READ_SIZE:  # the usual message: one read, no second one to see EOF
-            return chunk
-        chunks = [chunk]
-        while chunk := os.read(fd, _READ_SIZE):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
 def unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -172,12 +241,33 @@ def listdir(path: str) -> list[str]:
         return []
 
 
-def try_lock(path: str) -> int | None:
-    """An fd on path holding our exclusive flock, or None if path is gone or someone holds it."""
+def real_subdirs(path: str) -> list[str]:
+    """The names of the directories in path, links to directories left out."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with os.scandir(path) as entries:
+            return [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def try_lock(path: str) -> int | None:
+    """An fd on path holding our exclusive flock, or None if path is gone or someone holds it.
+
+    Only for what ephq made itself (a file or a directory, never through a link); anything else
+    raises NotOurs.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | _SAFE)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno in _NOT_A_FILE or exc.errno in (errno.EACCES, errno.EPERM):
+            raise NotOurs(_NOT_A_FILE.get(exc.errno, "a file ephq may not open")) from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        os.close(fd)
+        raise NotOurs(describe_kind(mode))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -17,15 +17,27 @@ The pool is bounded: at most SLOTS files, each of at most MAX_KEPT_BYTES (bigger
 a few large messages must not pin megabytes). bench/pool.py measures the trade-off between the
 pool's size, the disk it keeps and the cost of a drain. It has a directory of its own so that
 what lists tmp/ (recovery, on every reap) does not list thousands of pooled files too.
+
+Space: when the file system runs low (LOW_SPACE_FRACTION of its blocks or inodes left, checked at
+most once a second), ack frees files instead of keeping them and the pool gives back what it
+holds, so consumers make room on a full disk; purge empties it.
+
+Trust: a file taken from the pool is used only if it is a regular file with no other name and no
+bigger than the pool keeps; anything else is set aside (see quarantine.py). A file with a second
+name is what a power loss can leave when the pool's directory was not flushed after a producer
+took the file (the producer's message keeps the other name), so writing into it would overwrite
+that message: it is dropped from the pool instead.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
+from collections.abc import Callable
 
-from .fsio import FILE_MODE, listdir
+from .fsio import FILE_MODE, NotOurs, listdir, open_regular, unlink_quietly
 
 SLOTS = 4096
 MAX_KEPT_BYTES = 16384
@@ -36,11 +48,24 @@ _DRAWS = 4
 # workload would otherwise list the pool on every enqueue, and a long drain draw slots on every
 # ack, for nothing.
 _RETRY_NS = 50_000_000
+# Below this share of free blocks or inodes the pool stops keeping files and gives its own back.
+LOW_SPACE_FRACTION = 0.05
+_LOW_SPACE_CAP_BYTES = 1 << 30  # on a large disk, 1 GiB free is not low
+_SPACE_CHECK_NS = 1_000_000_000
+# How long a producer waits for an acker to finish zeroing a file it took (microseconds, as a
+# rule); past it the file is someone else's and is left.
+_LOCK_TRIES = 1000
+_LOCK_PAUSE_S = 0.001
+
+SetAside = Callable[[str, NotOurs], bool]
 
 
 class FilePool:
-    def __init__(self, pool_dir: str) -> None:
+    def __init__(self, pool_dir: str, set_aside: SetAside) -> None:
         self.dir = pool_dir
+        self._set_aside = set_aside
+        self._space_checked_ns = 0
+        self._low = False
         self._hints: list[str] = []
         self._look_after_ns = 0
         self._full_until_ns = 0
@@ -50,17 +75,18 @@ class FilePool:
     def give(self, path: str) -> None:
         """Take an acked file out of its state and keep it for reuse (or free it).
 
-        Raises FileNotFoundError when the file was not there: someone else moved it first.
+        Raises FileNotFoundError when the file was not there: someone else moved it first, and
+        NotOurs when what is there is not a file ephq wrote.
         """
-        slot = self._empty_slot()
-        if slot is None:  # the pool is full (or off): a drain; free the file
+        slot = None if self.low_on_space() else self._empty_slot()
+        if slot is None:  # the pool is full (or off, or the disk low): free the file
             os.unlink(path)
             return
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        fd, st = open_regular(path, os.O_WRONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
-            if size > MAX_KEPT_BYTES:
+            # A second name keeps the bytes (zeroing would zero it too); a big file is freed.
+            if st.st_size > MAX_KEPT_BYTES or st.st_nlink > 1:
                 os.unlink(path)
                 return
             # Only the rename makes the file ours: until then a reaper or nack may move it.
@@ -71,10 +97,47 @@ class FilePool:
                     raise  # someone else moved it first
                 os.unlink(path)  # no pool/ (a store made before it had one): free the file
                 return
-            os.pwrite(fd, bytes(size), 0)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                os.unlink(path)  # the pool's directory cannot grow: free the file
+                return
+            os.pwrite(fd, bytes(st.st_size), 0)
         finally:
             os.close(fd)
         self._hints.append(slot)  # this process's next enqueue can have it at once
+
+    def low_on_space(self) -> bool:
+        """Whether the file system is low on blocks or inodes (looked at once a second)."""
+        now = time.monotonic_ns()
+        if now - self._space_checked_ns < _SPACE_CHECK_NS:
+            return self._low
+        self._space_checked_ns = now
+        try:
+            fs = os.statvfs(self.dir)
+        except OSError:
+            return self._low
+        block_floor = min(fs.f_blocks * fs.f_frsize * LOW_SPACE_FRACTION, _LOW_SPACE_CAP_BYTES)
+        low = fs.f_bavail * fs.f_frsize < block_floor
+        if fs.f_files:  # 0 where the file system has no fixed number of inodes
+            low = low or fs.f_favail < fs.f_files * LOW_SPACE_FRACTION
+        if low and not self._low:
+            self.free_all()
+        self._low = low
+        return low
+
+    def free_all(self) -> int:
+        """Free every pooled file (purge; a disk running low); how many were freed."""
+        self._hints.clear()
+        freed = 0
+        for name in listdir(self.dir):
+            if is_slot(name):
+                try:
+                    os.unlink(f"{self.dir}/{name}")
+                except FileNotFoundError:
+                    continue
+                freed += 1
+        return freed
 
     def _empty_slot(self) -> str | None:
         """A slot with no file in it, or None when the pool is full (or off).
@@ -121,9 +184,36 @@ class FilePool:
                 os.rename(f"{self.dir}/{free}", path)
             except FileNotFoundError:
                 continue  # another producer took it first
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            return fd
+            fd = self._claimed(path)
+            if fd is not None:
+                return fd
+
+    def _claimed(self, path: str) -> int | None:
+        """The locked fd of a file just taken from the pool, or None if it must not be used."""
+        try:
+            fd, st = open_regular(path, os.O_WRONLY)
+        except FileNotFoundError:
+            return None
+        except NotOurs as exc:
+            self._set_aside(path, exc)
+            return None
+        if st.st_nlink > 1:  # named elsewhere too (see the module's note): leave the bytes
+            os.close(fd)
+            unlink_quietly(path)
+            return None
+        if st.st_size > MAX_KEPT_BYTES:
+            os.close(fd)
+            self._set_aside(path, NotOurs(f"{st.st_size} bytes, more than the pool keeps"))
+            return None
+        for _ in range(_LOCK_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                time.sleep(_LOCK_PAUSE_S)  # an acker is zeroing it
+        os.close(fd)
+        unlink_quietly(path)
+        return None
 
     def _next_free(self) -> str | None:
         try:
@@ -133,7 +223,7 @@ class FilePool:
         now = time.monotonic_ns()
         if now < self._look_after_ns:
             return None
-        self._hints = [n for n in listdir(self.dir) if n.endswith(FREE_SUFFIX)]
+        self._hints = [n for n in listdir(self.dir) if is_slot(n)]
         if not self._hints:
             self._look_after_ns = now + _RETRY_NS
             return None
@@ -141,3 +231,10 @@ class FilePool:
             return self._hints.pop()
         except IndexError:  # another thread emptied it
             return None
+
+
+def is_slot(name: str) -> bool:
+    number = name[: -len(FREE_SUFFIX)]
+    return (
+        name.endswith(FREE_SUFFIX) and number.isascii() and number.isdigit() and int(number) < SLOTS
+    )

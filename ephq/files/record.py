@@ -14,6 +14,12 @@ from typing import Any, NamedTuple
 
 FORMAT_VERSION = 1
 _COMPACT = (",", ":")
+# The largest data a message may carry (the Queue refuses more), and the largest file a reader
+# accepts as a message: the data, its header, and a dead letter's metadata.
+MAX_DATA_BYTES = 64 << 20
+MAX_RECORD_BYTES = MAX_DATA_BYTES + (1 << 20)
+# A dead letter's error is cut to this many characters: a handler's stderr can be anything.
+MAX_ERROR_CHARS = 16384
 
 
 class CorruptRecord(ValueError):

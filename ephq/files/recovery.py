@@ -9,6 +9,9 @@ What a crash can leave, and what becomes of it once nobody holds its lock:
                             after creating it, and must not lose it in between)
     purge-*                 a purged state directory: removed
 
+Only entries of the kind their name says are touched (a dying file is a regular file, a commit a
+real directory); anything else in tmp/ is foreign, left for check to report and set aside.
+
 Runs with every reap (so with dequeue), and from check().
 """
 
@@ -16,31 +19,65 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from .fsio import listdir, owner_is_gone, try_lock, unlink_quietly
-
-if TYPE_CHECKING:
-    from .store import Store
+from .fsio import NotOurs, listdir, owner_is_gone, try_lock, unlink_quietly
+from .names import is_id
 
 TMP_GRACE_NS = 60 * 1_000_000_000
 
 
-def leftovers(store: Store) -> Iterator[tuple[str, str]]:
+class Finisher(Protocol):
+    """What recovery needs of a store: where its tmp/ is, and how to finish a promise."""
+
+    tmp: str
+
+    def install_batch(self, commit: str) -> None: ...
+    def bury(self, fd: int, dying: str, message_id: str, attempts: int, error: str) -> None: ...
+
+
+def _kind_fits(name: str, mode: int) -> bool:
+    if name.endswith((".dying", ".w")):
+        return stat.S_ISREG(mode)
+    if name.startswith(("commit-", "batch-")):
+        return stat.S_ISDIR(mode)
+    return name.startswith("purge-")  # a purged tree, or a link that stood in for one
+
+
+def leftovers(store: Finisher) -> Iterator[tuple[str, str]]:
     """What crashed writers left in tmp/, as (name, path): only entries nobody holds."""
+    now = time.time_ns()  # the real time: a file's ctime is real, whatever the store's clock
     for name in listdir(store.tmp):
         path = os.path.join(store.tmp, name)
         # .dying and commit- were locked before they got these names, so a free lock means
         # the owner is gone; the rest could be caught between creation and locking.
         promised = name.endswith(".dying") or name.startswith("commit-")
         scrap = name.endswith(".w") or name.startswith(("batch-", "purge-"))
-        if (promised or (scrap and _older_than_grace(path))) and owner_is_gone(path):
+        if not (promised or scrap):
+            continue
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not _kind_fits(name, st.st_mode):
+            continue  # foreign: check reports it
+        if scrap and now - st.st_ctime_ns <= TMP_GRACE_NS:
+            continue
+        if stat.S_ISLNK(st.st_mode) or _owner_is_gone(path):
             yield name, path
 
 
-def clean_tmp(store: Store) -> list[str]:
+def _owner_is_gone(path: str) -> bool:
+    try:
+        return owner_is_gone(path)
+    except NotOurs:
+        return False
+
+
+def clean_tmp(store: Finisher) -> list[str]:
     """Finish what crashed writers had committed to, remove the rest; the names dealt with."""
     handled: list[str] = []
     for name, path in leftovers(store):
@@ -55,31 +92,33 @@ def clean_tmp(store: Store) -> list[str]:
     return handled
 
 
-def _finish_dying(store: Store, path: str, name: str) -> bool:
-    message_id, attempts = name.split(".")[:2]
-    fd = try_lock(path)
+def _finish_dying(store: Finisher, path: str, name: str) -> bool:
+    fields = name.split(".")
+    if len(fields) != 3 or not is_id(fields[0]) or not fields[1].isdigit():
+        return False
+    try:
+        fd = try_lock(path)
+    except NotOurs:
+        return False
     if fd is None:
         return False
     try:
         if not os.path.exists(path):
             return False
         why = "the process dead-lettering it stopped before it finished"
-        store.bury(fd, path, message_id, int(attempts), why)
+        store.bury(fd, path, fields[0], int(fields[1]), why)
         return True
     finally:
         os.close(fd)
 
 
-def _older_than_grace(path: str) -> bool:
-    try:
-        changed = os.stat(path).st_ctime_ns
-    except FileNotFoundError:
-        return False
-    return time.time_ns() - changed > TMP_GRACE_NS
-
-
 def _remove_tree_or_file(path: str) -> None:
-    if os.path.isdir(path):
+    """Remove a leftover; a link is removed itself, never what it points to."""
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if is_dir:
         shutil.rmtree(path, ignore_errors=True)
     else:
         unlink_quietly(path)

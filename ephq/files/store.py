@@ -24,30 +24,40 @@ Invariants:
   no daemon. A process remembers when the next one can be due and does not scan before then
   (at most REAP_INTERVAL later), and the trees keep every scan to the slices that are due.
 
-Durability: enqueue and dead-lettering flush file and directory before returning (when durable).
-Leases, acks and nacks are not flushed: a power loss can only undo them, and an undone lease or
-ack means a redelivery, which at-least-once delivery allows.
+- Nothing read is trusted (fsio.py): a file is a message only if it is a regular file under a
+  message's name, holding that message's record. Anything else a consumer meets is set aside
+  (quarantine.py) and the consumer goes on; a name that is not a message's is skipped.
+
+Durability: enqueue, dead-lettering and redrive flush file and directory before returning (when
+durable). Leases, acks and nacks are not flushed: a power loss can only undo them, and an undone
+lease or ack means a redelivery, which at-least-once delivery allows. After a power loss a
+directory that was not flushed can still name a file that was since acked and recycled for
+another message; the reader finds the other message's id in it and drops that stale name
+(tests/test_crash_states.py explores every such state).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import heapq
 import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
 
-from ..errors import LeaseLost, NotFound
+from ..errors import EphqError, LeaseLost, NotFound
 from ..message import Message, utc_from_ns
 from .fsio import (
+    NotOurs,
     ensure_dir,
     fill_locked,
     fsync_dir,
+    is_real_dir,
     listdir,
+    open_regular,
     place,
-    read_file,
+    read_regular,
     try_lock,
     unlink_quietly,
     write_all,
@@ -63,7 +73,16 @@ from .names import (
     parse_timed,
 )
 from .pool import FilePool
-from .record import CorruptRecord, Record, decode, encode, iso_utc
+from .quarantine import Quarantine
+from .record import (
+    MAX_ERROR_CHARS,
+    MAX_RECORD_BYTES,
+    CorruptRecord,
+    Record,
+    decode,
+    encode,
+    iso_utc,
+)
 from .recovery import clean_tmp
 from .tree import BATCH_SPACING_NS, READY_CUTS, TIMED_CUTS, Tree
 
@@ -71,6 +90,10 @@ Clock = Callable[[], int]
 Progress = Callable[[int], None] | None  # told how many more messages are done
 REAP_INTERVAL_NS = 1_000_000_000
 STATES = ("ready", "delayed", "inflight")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# Names in ready/ that this process found are not messages, skipped from then on; forgotten
+# wholesale past this many (a store full of junk costs a re-parse, never a hang).
+_FOREIGN_NAMES = 4096
 
 
 class Store:
@@ -85,15 +108,17 @@ class Store:
         clock: Clock,
         ids: IdSource,
         graveyard: Store | None,
+        quarantine: Quarantine,
     ) -> None:
         self.path = path
         self.stream = stream
         self.durable = durable
         self.clock = clock
         self.graveyard = graveyard  # where dead letters go; None for a dead-letter queue itself
-        self.ready = Tree(os.path.join(path, "ready"), READY_CUTS)
-        self.delayed = Tree(os.path.join(path, "delayed"), TIMED_CUTS)
-        self.inflight = Tree(os.path.join(path, "inflight"), TIMED_CUTS)
+        self.quarantine = quarantine
+        self.ready = Tree(os.path.join(path, "ready"), READY_CUTS, self._set_aside_dir)
+        self.delayed = Tree(os.path.join(path, "delayed"), TIMED_CUTS, self._set_aside_dir)
+        self.inflight = Tree(os.path.join(path, "inflight"), TIMED_CUTS, self._set_aside_dir)
         self.tmp = os.path.join(path, "tmp")
         self.bell = os.path.join(path, "bell")
         self._ids = ids
@@ -103,7 +128,8 @@ class Store:
         self._head_dir = ""
         self._next_reap_ns = 0
         self._extended: dict[str, str] = {}  # receipt -> current inflight name, for this process
-        self.pool = FilePool(os.path.join(path, "pool"))
+        self._foreign: set[str] = set()
+        self.pool = FilePool(os.path.join(path, "pool"), self.set_aside)
 
     @property
     def is_dead_letter_queue(self) -> bool:
@@ -112,11 +138,51 @@ class Store:
     def create(self) -> None:
         for sub in ("ready", "delayed", "inflight", "tmp", "pool"):
             ensure_dir(os.path.join(self.path, sub), durable=self.durable)
-        if not os.path.exists(self.bell):
-            os.close(os.open(self.bell, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for _ in range(2):
+            try:
+                fd, _ = open_regular(self.bell, os.O_WRONLY | os.O_CREAT)
+            except NotOurs as exc:
+                self.set_aside(self.bell, exc)
+                continue
+            os.close(fd)
+            return
 
     def exists(self) -> bool:
-        return os.path.isdir(self.tmp)
+        return is_real_dir(self.tmp) is True
+
+    # -- what is not ours ------------------------------------------------------------------
+
+    def set_aside(self, path: str, problem: NotOurs) -> bool:
+        """Get something that is not a message out of every reader's way (quarantine.py)."""
+        return self.quarantine.set_aside(path, problem)
+
+    def _set_aside_dir(self, path: str, why: str) -> None:
+        self.quarantine.take(path)
+
+    def _load(self, path: str, message_id: str, *, taken: bool = True) -> Record | None:
+        """The record of message_id in the file at path, or None: it is gone, or was not it.
+
+        When the caller has taken the file (leased it), what is not that message's record is
+        set aside: a link, a directory, a file of the wrong size or content, or a stale name
+        that a power loss left on a recycled file now holding another message (a second name,
+        dropped without losing a byte). A caller only looking leaves it for check.
+        """
+        try:
+            raw, links = read_regular(path, MAX_RECORD_BYTES)
+            record = decode(raw)
+            if record.id != message_id:
+                raise NotOurs(f"holds message {record.id}", shared=links > 1)
+        except FileNotFoundError:
+            return None
+        except CorruptRecord as exc:
+            problem = NotOurs(str(exc), shared=links > 1)
+        except NotOurs as exc:
+            problem = exc
+        else:
+            return record
+        if taken:
+            self.set_aside(path, problem)
+        return None
 
     # -- enqueue ---------------------------------------------------------------------------
 
@@ -183,25 +249,25 @@ class Store:
 
     def install_batch(self, commit: str) -> None:
         """Move every file of a committed batch into place; also how recovery finishes one."""
-        touched: set[str] = set()
+        touched: dict[str, str] = {}  # file name -> the directory it went to
         for name in sorted(listdir(commit)):
             ready = parse_ready(name)
-            if ready is not None:
+            if ready is not None and ready.token is None:
                 dest = self.ready.leaf_dir(ready.id)
             else:
                 timed = parse_timed(name)
-                if timed is None:
-                    continue
+                if timed is None or timed.token is not None:
+                    continue  # not a file a batch writes: check reports it
                 dest = self.delayed.leaf_dir(f"{timed.at_ns:016x}")
             if place(os.path.join(commit, name), dest, name, durable=self.durable, sync_dest=False):
-                touched.add(dest)
+                touched[name] = dest
         if self.durable:
-            for dest in touched:
+            for dest in set(touched.values()):
                 fsync_dir(dest)
         try:
             os.rmdir(commit)
-        except OSError:  # a concurrent recovery of the same batch is still at it, or done
-            pass
+        except OSError:  # a concurrent recovery is still at it, or a rename did nothing
+            _drop_second_names(commit, touched)
 
     def _arrival(self, message_id: str, now: int, delay_ns: int) -> tuple[str, str]:
         if delay_ns <= 0:
@@ -221,6 +287,15 @@ class Store:
         self.ring()
 
     def _write_in(self, content: bytes, dest_dir: str, name: str) -> None:
+        try:
+            self._write_once(content, dest_dir, name)
+        except OSError as exc:
+            # A full disk: the pool's files are the room there is. Free them and try once more.
+            if exc.errno not in _DISK_FULL or not self.pool.free_all():
+                raise
+            self._write_once(content, dest_dir, name)
+
+    def _write_once(self, content: bytes, dest_dir: str, name: str) -> None:
         tmp = os.path.join(self.tmp, f"{name}.{new_token()}.w")
         try:
             fd = self.pool.open_new(tmp)
@@ -246,26 +321,36 @@ class Store:
             candidate = self._next_candidate(now)
             if candidate is None:
                 break
-            message = self._claim_one(candidate, now, visibility_ns, max_attempts)
+            message = self._claim_one(*candidate, now, visibility_ns, max_attempts)
             if message is not None:
                 got.append(message)
         return got
 
-    def _next_candidate(self, now: int) -> str | None:
-        """The path of the next ready file in FIFO order, from a per-process cache of one leaf.
+    def _next_candidate(self, now: int) -> tuple[str, ReadyName] | None:
+        """The next ready file in FIFO order and its parsed name, from a per-process cache of
+        one leaf; names that are not a ready message's are skipped, and remembered as such.
 
         The cache is refilled from the top of the tree, so messages that came back into earlier
         slices are seen at the latest when the current slice is used up.
         """
         with self._lock:
-            while not self._head:
-                if not self._refill(now):
-                    return None
-            return f"{self._head_dir}/{heapq.heappop(self._head)}"
+            while True:
+                while not self._head:
+                    if not self._refill(now):
+                        return None
+                path = f"{self._head_dir}/{heapq.heappop(self._head)}"
+                ready = parse_ready(path[len(self._head_dir) + 1 :])
+                if ready is not None:
+                    return path, ready
+                if len(self._foreign) >= _FOREIGN_NAMES:
+                    self._foreign.clear()
+                self._foreign.add(path)
 
     def _refill(self, now: int) -> bool:
         for leaf in self.ready.leaves(now):
             names = listdir(leaf.path)
+            if self._foreign and names:
+                names = [n for n in names if f"{leaf.path}/{n}" not in self._foreign]
             if names:
                 # A heap, not a sort: a fresh process (every CLI dequeue) takes one name of up
                 # to a thousand, and heapify costs a third of sorting them.
@@ -281,32 +366,45 @@ class Store:
             self._head.clear()
 
     def _claim_one(
-        self, path: str, now: int, visibility_ns: int, max_attempts: int | None
+        self, path: str, ready: ReadyName, now: int, visibility_ns: int, max_attempts: int | None
     ) -> Message | None:
-        ready = parse_ready(os.path.basename(path))
-        if ready is None:
-            return None  # not a message file; check() reports it
         if max_attempts is not None and ready.attempts >= max_attempts:
             why = f"delivered {ready.attempts} times; max_attempts is {max_attempts}"
-            self.dead_letter(path, ready.id, ready.attempts, why)
+            self._dead_letter_if_room(path, ready.id, ready.attempts, why)
             return None
         deadline = now + visibility_ns
         lease = TimedName(deadline, ready.id, ready.attempts + 1, new_token())
         dest_dir = self.inflight.leaf_dir(f"{deadline:016x}")
         name = str(lease)
-        if not place(path, dest_dir, name, durable=False):
+        if not self._lease_move(path, dest_dir, name):
             return None  # another consumer took it first
         leased = f"{dest_dir}/{name}"
-        try:
-            record = decode(read_file(leased))
-        except FileNotFoundError:
-            return None  # its lease already expired and someone else reaped it
-        except CorruptRecord as exc:
-            self.dead_letter(leased, ready.id, lease.attempts, f"unreadable message file: {exc}")
+        # None: gone (its lease already expired and someone else reaped it) or set aside.
+        record = self._load(leased, ready.id)
+        if record is None:
             return None
         self._note_due(deadline)
         receipt = format_receipt(name, self.is_dead_letter_queue)
         return self._message(record, lease.attempts, receipt, deadline)
+
+    def _lease_move(self, path: str, dest_dir: str, name: str) -> bool:
+        try:
+            return place(path, dest_dir, name, durable=False)
+        except OSError as exc:
+            # A full disk may have no room for a new inflight directory: the pool's files are
+            # the room there is.
+            if exc.errno not in _DISK_FULL or not self.pool.free_all():
+                raise
+            return place(path, dest_dir, name, durable=False)
+
+    def _dead_letter_if_room(self, path: str, message_id: str, attempts: int, why: str) -> None:
+        """Dead-letter, unless the disk is full: then the message waits (in ready/, or as a
+        dying file that recovery finishes) and consumers go on with the others."""
+        try:
+            self.dead_letter(path, message_id, attempts, why)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
 
     def _message(
         self, record: Record, attempts: int, receipt: str | None, visible_until: int | None
@@ -354,6 +452,8 @@ class Store:
                 self.pool.give(path)
             except FileNotFoundError:
                 continue
+            except NotOurs as exc:  # what the receipt names is not a message: the lease ends
+                self.set_aside(path, exc)
             if self._extended:
                 self._extended.pop(str(lease), None)
             return
@@ -422,10 +522,12 @@ class Store:
 
         The file is locked, then renamed into tmp/ (which makes it ours), then written anew with
         the reason into the dead-letter queue. A crash in between leaves tmp/*.dying, locked by
-        nobody, which recovery.py finishes.
+        nobody, which recovery.py finishes. What is not a message file is set aside instead.
         """
-        assert self.graveyard is not None
-        fd = try_lock(path)
+        try:
+            fd = try_lock(path)
+        except NotOurs as exc:
+            return self.set_aside(path, exc)
         if fd is None:
             return False
         try:
@@ -440,23 +542,38 @@ class Store:
             os.close(fd)
 
     def bury(self, fd: int, dying: str, message_id: str, attempts: int, error: str) -> None:
-        assert self.graveyard is not None
-        raw = os.pread(fd, os.fstat(fd).st_size, 0)
-        meta: dict[str, Any]
-        try:
-            record = decode(raw)
-            meta, data_json = dict(record.meta), record.data_json
-        except CorruptRecord:
-            meta, data_json = {"raw": raw.decode("utf-8", "replace")}, "null"
+        """Write the dead letter of the locked dying file fd, then remove the dying file.
+
+        A dying file that is not that message's file is set aside instead.
+        """
+        found = self._dying_record(fd, dying, message_id)
+        if isinstance(found, NotOurs) or self.graveyard is None:
+            self.set_aside(dying, found if isinstance(found, NotOurs) else NotOurs("a dead letter"))
+            return
+        meta = dict(found.meta)
         meta["dead"] = {
             "stream": self.stream,
-            "error": error,
+            "error": error[:MAX_ERROR_CHARS],
             "attempts": attempts,
             "died_at": iso_utc(self.clock()),
         }
-        content = encode(message_id, self.stream, id_time_ns(message_id), data_json, meta)
+        content = encode(message_id, self.stream, id_time_ns(message_id), found.data_json, meta)
         self.graveyard.receive(message_id, content)
         os.unlink(dying)
+
+    @staticmethod
+    def _dying_record(fd: int, dying: str, message_id: str) -> Record | NotOurs:
+        st = os.fstat(fd)
+        shared = st.st_nlink > 1
+        if not os.path.samestat(st, os.lstat(dying)) or st.st_size > MAX_RECORD_BYTES:
+            return NotOurs("not a message file", shared=shared)
+        try:
+            record = decode(os.pread(fd, st.st_size, 0))
+        except CorruptRecord as exc:
+            return NotOurs(str(exc), shared=shared)
+        if record.id != message_id:
+            return NotOurs(f"holds message {record.id}", shared=shared)
+        return record
 
     def redrive_into(
         self, target: Store, ids: list[str] | None, progress: Progress = None
@@ -464,6 +581,7 @@ class Store:
         """Move dead letters (all, or those with the given ids) back into target's ready/."""
         now = self.clock()
         moved: list[str] = []
+        emptied: set[str] = set()
         for path, ready in self._ready_files(ids, now):
             if place(
                 path,
@@ -472,8 +590,10 @@ class Store:
                 durable=target.durable,
             ):
                 moved.append(ready.id)
+                emptied.add(os.path.dirname(path))
                 if progress is not None:
                     progress(1)
+        self._flush_dirs(emptied)  # or a power loss could leave a redriven message dead too
         if moved:
             target.ring()
             target._forget_head()
@@ -481,13 +601,25 @@ class Store:
 
     def remove(self, ids: list[str] | None) -> list[str]:
         removed: list[str] = []
+        emptied: set[str] = set()
         for path, ready in self._ready_files(ids, self.clock()):
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 continue
             removed.append(ready.id)
+            emptied.add(os.path.dirname(path))
+        self._flush_dirs(emptied)  # or a power loss could bring them back
         return removed
+
+    def _flush_dirs(self, dirs: set[str]) -> None:
+        if not self.durable:
+            return
+        for path in dirs:
+            try:
+                fsync_dir(path)
+            except FileNotFoundError:
+                continue  # pruned: its removal is what a crash keeps or undoes
 
     def _ready_files(self, ids: list[str] | None, now: int) -> Iterator[tuple[str, ReadyName]]:
         if ids is None:
@@ -498,17 +630,16 @@ class Store:
             return
         for message_id in ids:
             found = self.find(message_id)
-            if found is None or found[1] != "ready":
+            ready = None if found is None else parse_ready(os.path.basename(found[0]))
+            if found is None or found[1] != "ready" or ready is None:
                 raise NotFound(f"no dead letter with id {message_id} in stream {self.stream!r}")
-            ready = parse_ready(os.path.basename(found[0]))
-            assert ready is not None
             yield found[0], ready
 
     def find(self, message_id: str) -> tuple[str, str] | None:
         """The path and state of the message with this id, if it is in this store."""
         leaf = self.ready.leaf_dir(message_id)
         for name in listdir(leaf):
-            if name.startswith(message_id + "."):
+            if name.startswith(message_id + ".") and parse_ready(name) is not None:
                 return os.path.join(leaf, name), "ready"
         for state, tree in (("delayed", self.delayed), ("inflight", self.inflight)):
             for found_leaf, name in tree.all_names(self.clock()):
@@ -520,11 +651,8 @@ class Store:
         found = self.find(message_id)
         if found is not None:
             path, state = found
-            try:
-                record = decode(read_file(path))
-            except (FileNotFoundError, CorruptRecord):
-                pass
-            else:
+            record = self._load(path, message_id, taken=False)
+            if record is not None:
                 name = os.path.basename(path)
                 parsed = parse_ready(name) if state == "ready" else parse_timed(name)
                 attempts = parsed.attempts if parsed is not None else 0
@@ -558,7 +686,10 @@ class Store:
             self._next_reap_ns = now + REAP_INTERVAL_NS
             returned = self._reap_tree(self.inflight, now, max_attempts)
             returned |= self._reap_tree(self.delayed, now, None)
-            clean_tmp(self)
+            try:
+                clean_tmp(self)
+            except (OSError, EphqError):
+                pass  # best effort here (a full disk, say); check() runs it and reports
         finally:
             self._reaping.release()
         if returned:
@@ -581,10 +712,15 @@ class Store:
                     continue
                 path = os.path.join(leaf.path, name)
                 if max_attempts is not None and timed.attempts >= max_attempts:
-                    self.dead_letter(path, timed.id, timed.attempts, "lease expired")
+                    self._dead_letter_if_room(path, timed.id, timed.attempts, "lease expired")
                     continue
                 back = ReadyName(timed.id, timed.attempts, timed.token)
-                returned |= place(path, self.ready.leaf_dir(timed.id), str(back), durable=False)
+                try:
+                    returned |= place(path, self.ready.leaf_dir(timed.id), str(back), durable=False)
+                except OSError as exc:
+                    if exc.errno not in _DISK_FULL:
+                        raise
+                    self._note_due(now)  # no room for its ready/ directory yet: look again soon
             tree.prune(leaf, now)
         return returned
 
@@ -600,9 +736,8 @@ class Store:
             ready = parse_ready(name)
             if ready is None:
                 continue
-            try:
-                record = decode(read_file(os.path.join(leaf.path, name)))
-            except (FileNotFoundError, CorruptRecord):
+            record = self._load(os.path.join(leaf.path, name), ready.id, taken=False)
+            if record is None:
                 continue
             found.append(self._message(record, ready.attempts, None, None))
         return found
@@ -624,7 +759,8 @@ class Store:
         """Remove every message in ready/, delayed/ and inflight/; how many there were.
 
         Each state directory is renamed aside in one step, so consumers see it empty at once and
-        the deleting happens out of sight.
+        the deleting happens out of sight. The pool is emptied too: purge is how a full disk is
+        given room.
         """
         token = new_token()
         aside: list[str] = []
@@ -635,18 +771,51 @@ class Store:
             except FileNotFoundError:
                 continue
             aside.append(out)
-            ensure_dir(tree.root, durable=self.durable)
         self._forget_head()
+        if self.durable and aside:
+            fsync_dir(self.path)  # what was purged stays purged after a power loss
+        for tree in (self.ready, self.delayed, self.inflight):
+            try:
+                ensure_dir(tree.root, durable=False)
+            except OSError as exc:  # no room: the next writer makes it
+                if exc.errno not in _DISK_FULL:
+                    raise
         removed = 0
         for out in aside:
-            for _, _, files in os.walk(out):
-                removed += len(files)
-            shutil.rmtree(out, ignore_errors=True)
+            if is_real_dir(out):
+                for _, _, files in os.walk(out):
+                    removed += len(files)
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                unlink_quietly(out)  # a link that stood in for the directory
+        self.pool.free_all()
         return removed
 
     def ring(self) -> None:
         """Wake consumers long-polling this store (they watch the bell with inotify)."""
         try:
-            os.utime(self.bell)
+            os.utime(self.bell, follow_symlinks=False)
         except FileNotFoundError:
             pass
+
+
+def _drop_second_names(commit: str, placed: dict[str, str]) -> None:
+    """Unlink the names left in a committed batch that are the same file as the placed ones.
+
+    After a power loss a batch can be both committed and placed (its directory was not flushed
+    after the moves); moving a file onto another name of itself does nothing (rename(2)), so
+    those names stay behind and would keep the batch directory from ever being removed.
+    """
+    for name in listdir(commit):
+        dest = placed.get(name)
+        if dest is None:
+            continue
+        try:
+            if os.path.samestat(os.lstat(f"{commit}/{name}"), os.lstat(f"{dest}/{name}")):
+                os.unlink(f"{commit}/{name}")
+        except FileNotFoundError:
+            continue
+    try:
+        os.rmdir(commit)
+    except OSError:
+        pass

@@ -5,15 +5,20 @@ level is a longer prefix of the key, so walking the levels in sorted order visit
 order, and no directory holds more than a slice of time's worth of names. That is what lets a
 fresh process find the head of a million-message queue by listing four small directories instead
 of one huge one. Empty directories of past slices are pruned as they are found.
+
+A tree never goes through a link: walks descend only into real directories (a link or a file
+where a directory belongs is skipped, for check to report), and before a process first uses a
+leaf it checks each directory on the way with lstat, setting aside anything else it finds there,
+so a stray link cannot send a message out of the home.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-from .fsio import listdir
+from .fsio import is_real_dir, listdir, real_subdirs
 from .names import TIME_HEX
 
 # Ready: by enqueue time in slices of ~4.9 h / ~4.3 s / ~17 ms, so a leaf holds ~1,000 names at
@@ -28,6 +33,11 @@ _HEX = frozenset("0123456789abcdef")
 # An empty directory is pruned only this long after its slice ended, so a producer placing a
 # message stamped a moment ago rarely finds its directory removed under it (it retries if so).
 PRUNE_AFTER_NS = 1_000_000_000
+# Leaves whose path a process has checked; forgotten wholesale past this many.
+_CHECKED_LEAVES = 256
+
+# Told the path of something that is in the way of a directory; moves it aside.
+SetAside = Callable[[str, str], None]
 
 
 class Leaf(NamedTuple):
@@ -42,25 +52,46 @@ class Leaf(NamedTuple):
 
 
 class Tree:
-    def __init__(self, root: str, cuts: tuple[int, ...]) -> None:
+    def __init__(self, root: str, cuts: tuple[int, ...], set_aside: SetAside) -> None:
         self.root = root
         self.cuts = cuts
+        self._set_aside = set_aside
         self._last = ("", root)  # the last key prefix asked for and its leaf: usually the next's
+        self._checked: dict[str, str] = {}  # key prefix -> leaf path, checked by this process
 
     def leaf_dir(self, key: str) -> str:
-        """The leaf directory where a name starting with key belongs."""
+        """The leaf directory where a name starting with key belongs (it may not exist yet).
+
+        The first time a process asks for a leaf, each directory on its way is checked: a link
+        or a file there is set aside, so what the caller puts in or takes out stays in the home.
+        """
         prefix = key[: self.cuts[-1]]
         last_prefix, last_dir = self._last
         if prefix == last_prefix:
             return last_dir
-        parts = [self.root]
-        start = 0
-        for cut in self.cuts:
-            parts.append(prefix[start:cut])
-            start = cut
-        leaf = "/".join(parts)
+        leaf = self._checked.get(prefix)
+        if leaf is None:
+            leaf = self._check_path(prefix)
         self._last = (prefix, leaf)
         return leaf
+
+    def _check_path(self, prefix: str) -> str:
+        if len(self._checked) >= _CHECKED_LEAVES:
+            self._checked.clear()
+        path = self.root
+        start = 0
+        checking = True
+        for cut in self.cuts:
+            path = f"{path}/{prefix[start:cut]}"
+            start = cut
+            if checking:
+                real = is_real_dir(path)
+                if real is False:
+                    self._set_aside(path, "is where a directory of the store belongs")
+                # Absent: whoever needs it creates it, a real directory, and all below it.
+                checking = real is True
+        self._checked[prefix] = path
+        return path
 
     def leaves(self, now_ns: int) -> Iterator[Leaf]:
         """Existing leaves in key order; empty directories of long-ended slices are pruned."""
@@ -69,7 +100,7 @@ class Tree:
     def _walk(self, path: str, prefix: str, level: int, now_ns: int) -> Iterator[Leaf]:
         start = len(prefix)
         width = self.cuts[level] - start
-        children = sorted(n for n in listdir(path) if len(n) == width and _HEX.issuperset(n))
+        children = sorted(n for n in real_subdirs(path) if len(n) == width and _HEX.issuperset(n))
         last_level = level == len(self.cuts) - 1
         for child in children:
             child_path = os.path.join(path, child)

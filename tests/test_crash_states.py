@@ -1,0 +1,352 @@
+"""Every state a crash can leave keeps ephq's promises (the explorer is tests/crashstates.py).
+
+Each scenario sets a stream up (taken as synced to disk), then records one operation or a short
+sequence. For every distinct state a crash after any of its calls can leave, under the process,
+data-loss and strict power-loss models, a fresh Queue runs `check`, drains the stream and its
+dead letters (its clock a day later, so every lease and delay has run out), repairs, and checks
+again. Before draining it enqueues three messages of its own, which reuse any recycled file a
+crash left named twice. Invariants:
+
+- every message whose enqueue had returned, and that nothing had begun to remove, is drained;
+- every drained message carries its own data (never another message's);
+- a batch is drained whole or not at all, until its enqueue_many returned;
+- the drain ends, nothing raises, and after `check --repair` the store is clean (it may list
+  what it set aside: a stale name a power loss left on a recycled file that now holds a message
+  whose enqueue had not returned is quarantined, not delivered).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ephq import Message, Queue
+from tests.conftest import START_NS, FakeClock
+from tests.crashstates import Explorer, Image, Recorder
+
+S = "s"
+DAY_NS = 86_400 * 1_000_000_000
+
+
+class Scenario:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.clock = FakeClock()
+        self.q = Queue(home, clock=self.clock)
+        self.data_of: dict[str, Any] = {}  # every message's data by id
+        self.kept: set[str] = set()  # promised before recording began
+        self.recorder: Recorder | None = None
+        self._serial = itertools.count(1)
+
+    # -- what the scenario does ------------------------------------------------------------
+
+    def _payload(self) -> dict[str, Any]:
+        n = next(self._serial)
+        return {"n": n, "pad": "x" * (n % 5 * 40)}  # sizes vary, so a file is reused unevenly
+
+    def _mark(self, *info: Any) -> None:
+        if self.recorder is not None:
+            self.recorder.mark(*info)
+
+    def _promise(self, ids: list[str], items: list[Any]) -> None:
+        for message_id, item in zip(ids, items, strict=True):
+            self.data_of[message_id] = item
+        if self.recorder is None:
+            self.kept.update(ids)
+        else:
+            self._mark("promised", ids)
+
+    def put(self, delay: float = 0) -> str:
+        item = self._payload()
+        self._mark("sending", [item])
+        message_id = self.q.enqueue(S, item, delay=delay)
+        self._promise([message_id], [item])
+        return message_id
+
+    def put_many(self, n: int) -> list[str]:
+        items = [self._payload() for _ in range(n)]
+        self._mark("sending", items)
+        self._mark("batch", items)
+        ids = self.q.enqueue_many(S, items)
+        self._promise(ids, items)
+        return ids
+
+    def take(self, n: int = 1, *, dlq: bool = False) -> list[Message]:
+        got = self.q.dequeue_many(S, n, visibility=30, dlq=dlq)
+        assert len(got) == n, f"the scenario expected {n} messages, got {len(got)}"
+        return got
+
+    def ack(self, m: Message, *, dlq: bool = False) -> None:
+        assert m.receipt is not None
+        self._released([m.id])
+        self.q.ack(S, m.receipt)
+
+    def _released(self, ids: list[str]) -> None:
+        if self.recorder is None:
+            self.kept.difference_update(ids)
+        else:
+            self._mark("released", ids)
+
+    def purge(self, ids: list[str]) -> None:
+        self._released(ids)
+        self.q.purge(S)
+
+    def purge_dead(self, ids: list[str]) -> None:
+        self._released(ids)
+        self.q.purge_dead_letters(S)
+
+    def fresh(self) -> None:
+        """From here on, act as a new process would: nothing cached in memory."""
+        self.q.close()
+        self.q = Queue(self.home, clock=self.clock)
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        self.recorder = Recorder(str(self.home))
+        with self.recorder.recording():
+            yield
+
+    # -- checking every state --------------------------------------------------------------
+
+    def explore(self, workdir: str) -> int:
+        assert self.recorder is not None
+        explorer = Explorer(self.recorder)
+        checked = 0
+        for step, model, image in explorer.states():
+            promised, sending, batches = self._book(step)
+            dest = os.path.join(workdir, f"state-{checked}")
+            explorer.materialise(image, dest)
+            try:
+                self._verify(dest, promised, sending, batches)
+            except AssertionError as exc:
+                raise AssertionError(
+                    f"after call {step} of {len(self.recorder.events)} under the {model} "
+                    f"model: {exc}\n{_describe(self.recorder.events, step, image)}"
+                ) from exc
+            shutil.rmtree(dest)
+            checked += 1
+        explorer.assert_complete()
+        return checked
+
+    def _book(self, step: int) -> tuple[set[str], list[Any], list[list[Any]]]:
+        """What the log up to step promised: ids that must be there, data being sent, and
+        batches that had not returned."""
+        assert self.recorder is not None
+        promised = set(self.kept)
+        sending: list[Any] = []
+        batches: list[list[Any]] = []
+        for event in self.recorder.events[:step]:
+            if event[0] != "mark":
+                continue
+            what, value = event[1], event[2]
+            if what == "promised":
+                promised.update(value)
+                done = [self.data_of[i] for i in value]
+                batches = [b for b in batches if b != done]
+            elif what == "released":
+                promised.difference_update(value)
+            elif what == "sending":
+                sending.extend(value)
+            elif what == "batch":
+                batches.append(value)
+        return promised, sending, batches
+
+    def _verify(
+        self, home: str, promised: set[str], sending: list[Any], batches: list[list[Any]]
+    ) -> None:
+        drained: dict[str, Any] = {}
+        with Queue(home, clock=lambda: self.clock.now_ns + DAY_NS) as q:
+            q.check()
+            # Producers come first: a recycled file still named elsewhere would be overwritten.
+            after = {q.enqueue(S, {"after": i}): {"after": i} for i in range(3)}
+            for dlq in (False, True):
+                for _ in range(1000):
+                    got = q.dequeue_many(S, 100, dlq=dlq)
+                    if not got:
+                        break
+                    for m in got:
+                        if m.id in after:
+                            assert m.data == after.pop(m.id), f"{m.id} came back changed"
+                            continue
+                        self._delivered(m, drained, sending)
+                        assert m.receipt is not None
+                        q.ack(S, m.receipt)
+                else:
+                    raise AssertionError("the drain did not end")
+            q.check(repair=True)
+            left = [p for p in q.check() if p.kind != "quarantined"]  # listed, settled
+            assert left == [], f"check --repair left problems: {left}"
+        assert not after, f"enqueued after the crash, then lost: {sorted(after)}"
+        missing = promised - set(drained)
+        assert not missing, f"promised messages lost: {sorted(missing)}"
+        values = list(drained.values())
+        for batch in batches:
+            found = sum(1 for item in batch if item in values)
+            assert found in (0, len(batch)), f"a batch came back partial: {found} of {len(batch)}"
+
+    def _delivered(self, m: Message, drained: dict[str, Any], sending: list[Any]) -> None:
+        expected = self.data_of.get(m.id)
+        if expected is not None:
+            assert m.data == expected, f"message {m.id} was delivered with {m.data!r}"
+        else:  # an enqueue that had not returned: its data, not anyone else's
+            assert m.data in sending, f"unknown message {m.id} delivered with {m.data!r}"
+            owner = [i for i, d in self.data_of.items() if d == m.data]
+            assert not owner, f"message {m.id} was delivered with the data of {owner}"
+        drained[m.id] = m.data
+
+
+def _describe(events: list[Any], step: int, image: Image) -> str:
+    calls = [
+        " ".join(str(part)[-70:] if isinstance(part, str) else repr(part)[:40] for part in e)
+        for e in events[max(0, step - 6) : step]
+    ]
+    files = [f"  {path}" for path, kind, _, group in image if kind == "f"]
+    return "last calls:\n  " + "\n  ".join(calls) + "\nfiles left:\n" + "\n".join(files)
+
+
+# -- the scenarios -------------------------------------------------------------------------
+
+
+def _with_pool(s: Scenario, n: int) -> None:
+    """Acked files in the pool, so the next enqueues reuse them (the usual steady state)."""
+    for _ in range(n):
+        s.put()
+    for m in s.take(n):
+        s.ack(m)
+
+
+def enqueue_new_file(s: Scenario) -> None:
+    s.put()
+    s.fresh()
+    with s.recording():
+        s.put()
+
+
+def enqueue_reused_file(s: Scenario) -> None:
+    _with_pool(s, 3)
+    s.put()
+    with s.recording():
+        s.put()
+        s.put()
+
+
+def enqueue_delayed(s: Scenario) -> None:
+    _with_pool(s, 1)
+    with s.recording():
+        s.put(delay=5)
+
+
+def enqueue_batch(s: Scenario) -> None:
+    _with_pool(s, 2)
+    s.put()
+    with s.recording():
+        s.put_many(4)
+
+
+def dequeue_ack(s: Scenario) -> None:
+    for _ in range(3):
+        s.put()
+    s.fresh()
+    with s.recording():
+        (m,) = s.take()
+        s.ack(m)
+
+
+def nack_and_extend(s: Scenario) -> None:
+    for _ in range(3):
+        s.put()
+    with s.recording():
+        first, second = s.take(2)
+        s.q.nack(S, first.receipt or "")
+        s.q.nack(S, second.receipt or "", delay=10)
+        (again,) = s.take()
+        s.q.extend(S, again.receipt or "", 60)
+        s.q.release(S, again.receipt or "")
+
+
+def dead_lettering(s: Scenario) -> None:
+    s.q.configure(S, max_attempts=1)
+    s.put()
+    s.put()
+    with s.recording():
+        first, second = s.take(2)
+        s.q.nack(S, first.receipt or "", reason="failed")
+        s.q.reject(S, second.receipt or "", "hopeless")
+
+
+def dead_letter_consumed_and_redriven(s: Scenario) -> None:
+    s.q.configure(S, max_attempts=1)
+    for _ in range(3):
+        s.put()
+    for m in s.take(3):
+        s.q.nack(S, m.receipt or "")
+    _with_pool(s, 2)
+    with s.recording():
+        (dead,) = s.take(dlq=True)
+        s.ack(dead)
+        s.q.redrive(S)
+
+
+def purges(s: Scenario) -> None:
+    s.q.configure(S, max_attempts=1)
+    dead = s.put()
+    (m,) = s.take()
+    s.q.nack(S, m.receipt or "")
+    live = [s.put() for _ in range(3)]
+    s.take()  # one in flight
+    with s.recording():
+        s.purge(live)
+        s.purge_dead([dead])
+        s.put()
+
+
+def steady_state(s: Scenario) -> None:
+    _with_pool(s, 2)
+    with s.recording():
+        for _ in range(4):
+            s.put()
+            (m,) = s.take()
+            s.ack(m)
+
+
+SCENARIOS: dict[str, Callable[[Scenario], None]] = {
+    f.__name__: f
+    for f in (
+        enqueue_new_file,
+        enqueue_reused_file,
+        enqueue_delayed,
+        enqueue_batch,
+        dequeue_ack,
+        nack_and_extend,
+        dead_lettering,
+        dead_letter_consumed_and_redriven,
+        purges,
+        steady_state,
+    )
+}
+
+
+@pytest.fixture
+def workdir() -> Iterator[str]:
+    """Where crash states are laid out: memory if the machine has a tmpfs for it."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    path = tempfile.mkdtemp(prefix="ephq-crash-", dir=base)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_every_crash_state_keeps_the_promises(name: str, tmp_path: Path, workdir: str) -> None:
+    s = Scenario(tmp_path / "home")
+    s.clock.now_ns = START_NS
+    SCENARIOS[name](s)
+    checked = s.explore(workdir)
+    assert checked > 3  # the recording saw the operation's calls
