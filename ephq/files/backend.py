@@ -190,8 +190,8 @@ class FileBackend:
             if repair and owner.exists():
                 with owner.exclusive():
                     problems += check_stream(owner, repair=True)
-            else:
-                problems += check_stream(owner, repair=False)
+            else:  # nothing to lock: no stream there, or something else in its place
+                problems += check_stream(owner, repair=repair)
         return problems
 
     def close(self) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Callable
 
@@ -56,6 +57,10 @@ _SPACE_CHECK_NS = 1_000_000_000
 # rule); past it the file is someone else's and is left.
 _LOCK_TRIES = 1000
 _LOCK_PAUSE_S = 0.001
+
+# Pooled files a producer tries before it makes a new one (others may take them first, or they
+# may have to be set aside).
+_TAKE_TRIES = 64
 
 SetAside = Callable[[str, NotOurs], bool]
 
@@ -131,12 +136,16 @@ class FilePool:
         self._hints.clear()
         freed = 0
         for name in listdir(self.dir):
-            if is_slot(name):
-                try:
-                    os.unlink(f"{self.dir}/{name}")
-                except FileNotFoundError:
+            path = f"{self.dir}/{name}"
+            try:
+                st = os.lstat(path)
+                # What the pool never keeps is not its own to delete: check reports it.
+                if not is_slot(name) or not stat.S_ISREG(st.st_mode) or st.st_size > MAX_KEPT_BYTES:
                     continue
-                freed += 1
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            freed += 1
         return freed
 
     def _empty_slot(self) -> str | None:
@@ -176,17 +185,21 @@ class FilePool:
         A recycled file is returned locked (see the module's note on privacy) and may hold
         zeros: the writer overwrites from the start and truncates to what it wrote.
         """
-        while True:
+        for _ in range(_TAKE_TRIES):
             free = self._next_free()
             if free is None:
-                return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+                break
+            source = f"{self.dir}/{free}"
             try:
-                os.rename(f"{self.dir}/{free}", path)
+                os.rename(source, path)
             except FileNotFoundError:
+                if os.path.lexists(source):
+                    raise  # path's directory is missing: the caller makes it and asks again
                 continue  # another producer took it first
             fd = self._claimed(path)
             if fd is not None:
                 return fd
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
 
     def _claimed(self, path: str) -> int | None:
         """The locked fd of a file just taken from the pool, or None if it must not be used."""

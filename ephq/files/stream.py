@@ -76,7 +76,7 @@ class Stream:
         return None if dead else self.config().max_attempts
 
     def exists(self) -> bool:
-        return self.main.exists()
+        return self.foreign_self() is None and self.main.exists()
 
     def create(self) -> None:
         self.main.create()
@@ -98,8 +98,8 @@ class Stream:
         kind = self.foreign_self()
         if kind is not None:
             raise StorageError(
-                f"{self.path} is {kind}, not a stream's directory, and ephq does not follow "
-                "links in its home: move it away, or let `ephq check --repair` set it aside"
+                f"{self.path} is {kind}, not a stream's directory (ephq follows no link in its "
+                "home): move it away, or let `ephq check --repair` set it aside"
             )
         if is_real_dir(self.path) is None:
             return
