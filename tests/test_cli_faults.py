@@ -6,6 +6,7 @@ mounts; where the sandbox does not allow it, these tests are skipped.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -72,3 +73,82 @@ def test_read_only_file_system_is_exit_5(tmp_path: Path) -> None:
         f"ephq: cannot dequeue from stream 's': the file system is read-only ({tmp_path}/fs/"
     )
     assert result.stderr.count("\n") == 1
+
+
+FULL_DISK_DRIVER = r"""
+import json, os, subprocess, sys
+from ephq import DiskFull, Queue
+
+ephq, mount = sys.argv[1], sys.argv[2]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", mount], check=True)
+home = os.path.join(mount, "home")
+env = {**os.environ, "EPHQ_HOME": home}
+out = {}
+
+def cli(*args, stdin=""):
+    done = subprocess.run([ephq, *args], input=stdin, capture_output=True, text=True, env=env)
+    return done.returncode, done.stdout, done.stderr
+
+def free():
+    fs = os.statvfs(home)
+    return fs.f_bavail * fs.f_frsize
+
+with Queue(home) as q:
+    q.configure("d", max_attempts=1)
+    q.enqueue("d", "doomed")
+    lease = q.dequeue("d")
+    payload = "x" * 3000
+    stored = 0
+    try:
+        while True:  # until the disk is full
+            q.enqueue("s", payload)
+            stored += 1
+    except DiskFull:
+        pass
+out["stored"] = stored
+out["free_when_full"] = free()
+out["enqueue"] = cli("enqueue", "s", stdin='"one more"')
+out["nack"] = cli("nack", "d", lease.receipt)  # its dead letter has no room: it waits in tmp/
+out["dying"] = sorted(os.listdir(os.path.join(home, "d", "tmp")))
+acked = 0
+for _ in range(5):
+    code, line, _ = cli("dequeue", "s")
+    if code == 0 and cli("ack", "s", json.loads(line)["receipt"])[0] == 0:
+        acked += 1
+out["acked"] = acked
+out["free_after_acks"] = free()
+out["purge"] = cli("purge", "s", "--yes")
+out["free_after_purge"] = free()
+out["enqueue_after"] = cli("enqueue", "s", stdin='"room again"')[0]
+out["stats_d"] = json.loads(cli("stats", "d", "--json")[1])
+out["check"] = cli("check")
+print(json.dumps(out))
+"""
+
+
+def test_a_full_disk_keeps_consumers_going_and_recovers_by_itself(tmp_path: Path) -> None:
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    driver = tmp_path / "driver.py"
+    driver.write_text(FULL_DISK_DRIVER)
+    done = subprocess.run(
+        ["unshare", "-m", sys.executable, str(driver), EPHQ, str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["stored"] > 50
+    code, _, err = out["enqueue"]
+    assert code == 6 and err.startswith("ephq: cannot enqueue to stream 's': the disk is full")
+    assert out["nack"] == [0, "", ""]  # the delivery ended; the dead letter waits for room
+    assert [n for n in out["dying"] if n.endswith(".dying")], out["dying"]
+    assert out["acked"] == 5  # consumers consume and ack on a full disk
+    assert out["free_after_acks"] > out["free_when_full"]  # and acking gave space back
+    assert out["purge"][0] == 0 and out["purge"][1].strip() == str(out["stored"] - 5)
+    assert out["free_after_purge"] > 512 * 1024  # purge freed the messages and the pool
+    assert out["enqueue_after"] == 0
+    assert out["stats_d"]["dlq"] == 1  # the waiting dead letter was finished once there was room
+    assert out["check"] == [0, "", ""]

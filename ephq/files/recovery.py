@@ -105,7 +105,7 @@ def _finish_dying(store: Finisher, path: str, name: str) -> bool:
     try:
         if not os.path.exists(path):
             return False
-        why = "the process dead-lettering it stopped before it finished"
+        why = "its dead-lettering was interrupted (a crash, or a full disk) and finished later"
         store.bury(fd, path, fields[0], int(fields[1]), why)
         return True
     finally:

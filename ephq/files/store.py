@@ -524,7 +524,9 @@ class Store:
 
         The file is locked, then renamed into tmp/ (which makes it ours), then written anew with
         the reason into the dead-letter queue. A crash in between leaves tmp/*.dying, locked by
-        nobody, which recovery.py finishes. What is not a message file is set aside instead.
+        nobody, which recovery.py finishes; so does a full disk, which leaves the dying file for
+        recovery to finish once there is room (the delivery has ended either way). What is not a
+        message file is set aside instead.
         """
         try:
             fd = try_lock(path)
@@ -538,7 +540,11 @@ class Store:
                 os.rename(path, dying)
             except FileNotFoundError:
                 return False
-            self.bury(fd, dying, message_id, attempts, error)
+            try:
+                self.bury(fd, dying, message_id, attempts, error)
+            except OSError as exc:
+                if exc.errno not in _DISK_FULL:
+                    raise
             return True
         finally:
             os.close(fd)
