@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -287,3 +288,70 @@ def test_idle_worker_wakes_for_a_new_message(home: Path, tmp_path: Path) -> None
     code, err = finish(worker)
     assert code == 0, err
     assert done.read_text() == '"wake up"'
+
+
+def _strace_attach(pid: int) -> subprocess.Popen[str] | None:
+    """Delay every rename and unlink of process pid by two minutes: a disk that does not answer.
+
+    None where strace is missing or may not attach.
+    """
+    if shutil.which("strace") is None:
+        return None
+    calls = "rename,renameat,renameat2,unlink,unlinkat"
+    tracer = subprocess.Popen(
+        [
+            *("strace", "-f", "-qq", "-o", "/dev/null", "-p", str(pid)),
+            *("-e", f"trace={calls}", "-e", f"inject={calls}:delay_enter=120s"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Attached once the tracer shows up as the worker's TracerPid.
+    end = time.monotonic() + 10
+    while time.monotonic() < end and tracer.poll() is None:
+        status = Path(f"/proc/{pid}/status").read_text()
+        if f"TracerPid:\t{tracer.pid}" in status:
+            return tracer
+        time.sleep(0.02)
+    tracer.kill()
+    tracer.wait()
+    return None
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_ends_the_worker_even_when_storage_hangs(home: Path, tmp_path: Path) -> None:
+    """A rename that takes two minutes holds the main thread, where Python runs its signal
+    handlers; the worker still ends within --grace and a few seconds."""
+    q = Queue(home)
+    q.enqueue("s", "first")
+    done, log = tmp_path / "done", tmp_path / "stderr"
+    handler = script(tmp_path, f"touch {done}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPHQ_")}
+    with open(log, "w") as err:
+        worker = subprocess.Popen(
+            [EPHQ, "worker", "s", "--exec", handler, "--grace", "1"],
+            env={**env, "EPHQ_HOME": str(home)},
+            stderr=err,
+            start_new_session=True,
+        )
+    wait_for(done.exists)  # one message handled: the worker is up and long-polling
+    tracer = _strace_attach(worker.pid)
+    if tracer is None:
+        worker.kill()
+        pytest.skip("needs strace, allowed to attach to a process")
+    try:
+        q.enqueue("s", "second")  # its lease, a rename, now takes two minutes
+        time.sleep(1)
+        sent = time.monotonic()
+        os.kill(worker.pid, signal.SIGTERM)
+        wait_for(lambda: "not stopped within --grace; exiting now" in log.read_text(), 60)
+        took = time.monotonic() - sent
+    finally:
+        # The thread strace holds in its delay stays stopped until the tracer lets go.
+        tracer.kill()
+        tracer.wait()
+    assert worker.wait(timeout=30) == 130
+    assert took < 60  # well before the stuck call would have returned (120 s)
+    m = q.dequeue("s")  # the lease never happened: the message is there for the next worker
+    assert m is not None and m.data == "second"
+    assert q.check() == []

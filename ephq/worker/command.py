@@ -44,6 +44,15 @@ class CommandHandler:
         self.command = command
         self.home = home
         self.timeout = timeout
+        self._running: set[subprocess.Popen[bytes]] = set()
+
+    def kill_all(self) -> None:
+        """SIGKILL every running handler's process group at once (the worker is ending)."""
+        for proc in list(self._running):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
 
     def __call__(self, message: Message, cancelled: threading.Event) -> None:
         proc = subprocess.Popen(
@@ -53,6 +62,15 @@ class CommandHandler:
             env=self._environment(message),
             start_new_session=True,
         )
+        self._running.add(proc)
+        try:
+            self._supervise(proc, message, cancelled)
+        finally:
+            self._running.discard(proc)
+
+    def _supervise(
+        self, proc: subprocess.Popen[bytes], message: Message, cancelled: threading.Event
+    ) -> None:
         tail: collections.deque[bytes] = collections.deque()
         data = message.data_json.encode()
         threads = [threading.Thread(target=_drain, args=(proc, tail), daemon=True)]

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import threading
 import time
-from types import FrameType
 from typing import Any
 
 from ..queue import Queue
 from .command import CommandHandler
 from .loop import Outcome, Summary, Worker
-
-INTERRUPTED = 130
+from .stopping import INTERRUPTED, StopWatch
 
 
 class Log:
@@ -73,6 +70,12 @@ class Log:
             sys.stderr.write(line + "\n")
             sys.stderr.flush()
 
+    def overdue(self, running: int) -> None:
+        self._write(
+            "ephq worker: not stopped within --grace; exiting now "
+            f"({running} handlers stopped: their messages will be delivered again)"
+        )
+
     def finish(self, summary: Summary) -> None:
         if self.status is not None:
             self.status.stop()
@@ -104,19 +107,16 @@ def run(
     log = Log(stream, json_logs)
     worker = Worker(queue, stream, handler, **options)
     worker.on_outcome = lambda o: log.outcome(o, worker.summary, worker.running)
-    interrupts = 0
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal interrupts
-        if signum == signal.SIGINT:
-            interrupts += 1
-        worker.stop(now=interrupts >= 2)
+    def overdue() -> None:
+        log.overdue(worker.running)
+        handler.kill_all()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    watch = StopWatch(lambda now: worker.stop(now=now), worker.grace, overdue)
     log.start()
     try:
         worker.run()
     finally:
+        watch.close()
         log.finish(worker.summary)
-    return INTERRUPTED if interrupts >= 2 else 0
+    return INTERRUPTED if watch.interrupts >= 2 else 0
