@@ -2,10 +2,10 @@
 
 Each scenario sets a stream up (taken as synced to disk), then records one operation or a short
 sequence. For every distinct state a crash after any of its calls can leave, under the process,
-data-loss and strict power-loss models, a fresh Queue runs `check`, drains the stream and its
-dead letters (its clock a day later, so every lease and delay has run out), repairs, and checks
-again. Before draining it enqueues three messages of its own, which reuse any recycled file a
-crash left named twice. Invariants:
+data-loss and strict power-loss models, a fresh process (tests/crash_drain.py) runs `check`,
+drains the stream and its dead letters (its clock a day later, so every lease and delay has run
+out), repairs, and checks again. Before draining it enqueues three messages of its own, which
+reuse any recycled file a crash left named twice. Invariants:
 
 - every message whose enqueue had returned, and that nothing had begun to remove, is drained;
 - every drained message carries its own data (never another message's);
@@ -18,8 +18,11 @@ crash left named twice. Invariants:
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +37,7 @@ from tests.crashstates import Explorer, Image, Recorder
 
 S = "s"
 DAY_NS = 86_400 * 1_000_000_000
+ROOT = str(Path(__file__).resolve().parent.parent)  # where `python -m tests.crash_drain` runs
 
 
 class Scenario:
@@ -162,28 +166,25 @@ class Scenario:
     def _verify(
         self, home: str, promised: set[str], sending: list[Any], batches: list[list[Any]]
     ) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.crash_drain", home, str(self.clock.now_ns + DAY_NS)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert "error" not in result, result["error"]
+        assert result["left"] == [], f"check --repair left problems: {result['left']}"
+        after = {mid: data for mid, data in result["after"]}
         drained: dict[str, Any] = {}
-        with Queue(home, clock=lambda: self.clock.now_ns + DAY_NS) as q:
-            q.check()
-            # Producers come first: a recycled file still named elsewhere would be overwritten.
-            after = {q.enqueue(S, {"after": i}): {"after": i} for i in range(3)}
-            for dlq in (False, True):
-                for _ in range(1000):
-                    got = q.dequeue_many(S, 100, dlq=dlq)
-                    if not got:
-                        break
-                    for m in got:
-                        if m.id in after:
-                            assert m.data == after.pop(m.id), f"{m.id} came back changed"
-                            continue
-                        self._delivered(m, drained, sending)
-                        assert m.receipt is not None
-                        q.ack(S, m.receipt)
-                else:
-                    raise AssertionError("the drain did not end")
-            q.check(repair=True)
-            left = [p for p in q.check() if p.kind != "quarantined"]  # listed, settled
-            assert left == [], f"check --repair left problems: {left}"
+        for mid, data in result["drained"]:
+            if mid in after:
+                assert data == after.pop(mid), f"{mid} came back changed"
+                continue
+            self._delivered(mid, data, drained, sending)
         assert not after, f"enqueued after the crash, then lost: {sorted(after)}"
         missing = promised - set(drained)
         assert not missing, f"promised messages lost: {sorted(missing)}"
@@ -192,15 +193,15 @@ class Scenario:
             found = sum(1 for item in batch if item in values)
             assert found in (0, len(batch)), f"a batch came back partial: {found} of {len(batch)}"
 
-    def _delivered(self, m: Message, drained: dict[str, Any], sending: list[Any]) -> None:
-        expected = self.data_of.get(m.id)
+    def _delivered(self, mid: str, data: Any, drained: dict[str, Any], sending: list[Any]) -> None:
+        expected = self.data_of.get(mid)
         if expected is not None:
-            assert m.data == expected, f"message {m.id} was delivered with {m.data!r}"
+            assert data == expected, f"message {mid} was delivered with {data!r}"
         else:  # an enqueue that had not returned: its data, not anyone else's
-            assert m.data in sending, f"unknown message {m.id} delivered with {m.data!r}"
-            owner = [i for i, d in self.data_of.items() if d == m.data]
-            assert not owner, f"message {m.id} was delivered with the data of {owner}"
-        drained[m.id] = m.data
+            assert data in sending, f"unknown message {mid} delivered with {data!r}"
+            owner = [i for i, d in self.data_of.items() if d == data]
+            assert not owner, f"message {mid} was delivered with the data of {owner}"
+        drained[mid] = data
 
 
 def _describe(events: list[Any], step: int, image: Image) -> str:

@@ -1,0 +1,53 @@
+"""Run by the crash-state explorer in a fresh process for each state it checks.
+
+    python -m tests.crash_drain HOME CLOCK_NS
+
+With a clock at CLOCK_NS: check, enqueue three messages, drain the stream and its dead letters
+(acking all), check --repair, check again. Prints one JSON object: what check found first, the
+messages drained ([id, data] in order), the ids and data of the three it enqueued, and what the
+last check left besides the quarantine. An exception is printed as {"error": ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from typing import Any
+
+from ephq import Queue
+
+STREAM = "s"
+DRAIN_ROUNDS = 1000
+
+
+def drain(home: str, clock_ns: int) -> dict[str, Any]:
+    with Queue(home, clock=lambda: clock_ns) as q:
+        first = [p.kind for p in q.check()]
+        after = [[q.enqueue(STREAM, {"after": i}), {"after": i}] for i in range(3)]
+        drained: list[list[Any]] = []
+        for dlq in (False, True):
+            for _ in range(DRAIN_ROUNDS):
+                got = q.dequeue_many(STREAM, 100, dlq=dlq)
+                if not got:
+                    break
+                for m in got:
+                    drained.append([m.id, m.data])
+                    q.ack(STREAM, m.receipt or "")
+            else:
+                return {"error": "the drain did not end"}
+        q.check(repair=True)
+        left = [repr(p) for p in q.check() if p.kind != "quarantined"]
+    return {"first": first, "drained": drained, "after": after, "left": left}
+
+
+def main() -> None:
+    try:
+        result = drain(sys.argv[1], int(sys.argv[2]))
+    except Exception:
+        result = {"error": traceback.format_exc()}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
