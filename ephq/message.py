@@ -9,6 +9,10 @@ from typing import Any, NamedTuple
 # `ephq` command pays start-up.
 
 
+# The most data one message may carry, in bytes of its JSON text (UTF-8), in every backend.
+MAX_MESSAGE_BYTES = 64 << 20
+
+
 def utc_from_ns(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
 

@@ -27,7 +27,14 @@ from .errors import BadInput, InvalidJSON
 from .files.backend import FileBackend
 from .files.fsio import translated
 from .files.names import check_stream_name
-from .message import CheckProblem, Message, StreamConfig, StreamStats, utc_from_ns
+from .message import (
+    MAX_MESSAGE_BYTES,
+    CheckProblem,
+    Message,
+    StreamConfig,
+    StreamStats,
+    utc_from_ns,
+)
 
 _COMPACT = (",", ":")
 
@@ -111,6 +118,13 @@ class Queue:
         delay_ns = to_ns(delay, "delay")
         if not items:
             return []
+        for item in items:
+            # A character is at most 4 bytes: only a long text is measured.
+            if len(item) > MAX_MESSAGE_BYTES // 4 and len(item.encode()) > MAX_MESSAGE_BYTES:
+                raise BadInput(
+                    f"a message is at most {MAX_MESSAGE_BYTES >> 20} MiB of JSON; "
+                    f"this one is {len(item.encode()):,} bytes"
+                )
         with translated(f"enqueue to stream {stream!r}"):
             return self._backend.enqueue(stream, items, delay_ns, progress)
 

@@ -62,6 +62,8 @@ BAD_CALLS: list[tuple[str, Callable[[Queue, str], object], str]] = [
     ("peek-n", lambda q, r: q.peek("s", 0), "n must be"),
     ("dlq-id", lambda q, r: q.dead_letter("s", "xyz"), "is not a message id"),
     ("redrive-id", lambda q, r: q.redrive("s", ["../../etc"]), "is not a message id"),
+    ("too-big", lambda q, r: q.enqueue("s", "x" * (64 << 20)), "at most 64 MiB of JSON; this"),
+    ("too-big-batch", lambda q, r: q.enqueue_many("s", [1, "é" * (32 << 20)]), "at most 64 MiB"),
 ]
 
 

@@ -480,11 +480,14 @@ def purge(
 def check(
     ctx: typer.Context,
     stream: Annotated[str | None, typer.Argument(help="One stream; default: all.")] = None,
-    repair: Annotated[bool, typer.Option("--repair", help="Fix what can be fixed.")] = False,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Fix what can be fixed; quarantine what is not ephq's.")
+    ] = False,
 ) -> None:
     """Verify the store: every message in one state, every file readable, no stale leftovers.
 
-    Prints one line per problem; exit status 8 if any is left unrepaired.
+    Prints one line per problem, and one per entry of the quarantine (where repair and consumers
+    set aside what is not ephq's, byte for byte); exit status 8 if a problem is left unrepaired.
     """
     problems = _settings(ctx).queue().check(stream, repair=repair)
     for p in problems:

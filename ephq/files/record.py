@@ -12,12 +12,13 @@ import json
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
+from ..message import MAX_MESSAGE_BYTES
+
 FORMAT_VERSION = 1
 _COMPACT = (",", ":")
-# The largest data a message may carry (the Queue refuses more), and the largest file a reader
-# accepts as a message: the data, its header, and a dead letter's metadata.
-MAX_DATA_BYTES = 64 << 20
-MAX_RECORD_BYTES = MAX_DATA_BYTES + (1 << 20)
+# The largest file a reader accepts as a message: the most data a message may carry (the Queue
+# refuses more), its header, and a dead letter's metadata.
+MAX_RECORD_BYTES = MAX_MESSAGE_BYTES + (1 << 20)
 # A dead letter's error is cut to this many characters: a handler's stderr can be anything.
 MAX_ERROR_CHARS = 16384
 
