@@ -526,8 +526,11 @@ class Store:
         the reason into the dead-letter queue. A crash in between leaves tmp/*.dying, locked by
         nobody, which recovery.py finishes; so does a full disk, which leaves the dying file for
         recovery to finish once there is room (the delivery has ended either way). What is not a
-        message file is set aside instead.
+        message file is set aside instead. A dead letter never dies again: in a dead-letter
+        queue this leaves the file where it is and returns False.
         """
+        if self.graveyard is None:
+            return False
         try:
             fd = try_lock(path)
         except NotOurs as exc:
@@ -552,7 +555,8 @@ class Store:
     def bury(self, fd: int, dying: str, message_id: str, attempts: int, error: str) -> None:
         """Write the dead letter of the locked dying file fd, then remove the dying file.
 
-        A dying file that is not that message's file is set aside instead.
+        A dying file that is not that message's file is set aside instead, as is one in a
+        dead-letter queue's tmp/ (ephq never makes one there).
         """
         found = self._dying_record(fd, dying, message_id)
         if isinstance(found, NotOurs) or self.graveyard is None:
