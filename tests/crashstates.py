@@ -1,8 +1,9 @@
 """A crash-state explorer: every state a crash can leave a store in, under three models.
 
 `Recorder.recording()` wraps the os functions the engine changes files with (open, write, pwrite,
-ftruncate, fsync, rename, unlink, mkdir, rmdir, close) while an operation runs: each real call is
-made, then logged with absolute paths. `Model` replays the log over a copy of the tree as it was
+ftruncate, fsync, rename, unlink, mkdir, rmdir, close), and ephq's one call that is not in os
+(syncfs(2), in ephq.files.fsio), while an operation runs: each real call is made, then logged
+with absolute paths. `Model` replays the log over a copy of the tree as it was
 before (taken as fully synced) and after every call can say what a crash at that instant leaves:
 
 - PROCESS: the process died; the kernel kept everything it was told.
@@ -25,6 +26,8 @@ import os
 import stat
 from collections.abc import Iterator
 from typing import Any
+
+from ephq.files import fsio
 
 PROCESS = "process"
 DATA_LOSS = "data-loss"
@@ -69,6 +72,7 @@ class Recorder:
         "link",
         "symlink",
         "truncate",
+        "sync",
     )
 
     def __init__(self, root: str) -> None:
@@ -97,13 +101,21 @@ class Recorder:
             self.start = Model(self.root)
         real = {name: getattr(os, name) for name in self._WRAPPED}
         wrappers = {**self._fd_calls(real), **self._path_calls(real)}
-        for name in ("link", "symlink", "truncate"):
+        for name in ("link", "symlink", "truncate", "sync"):
             wrappers[name] = _unsupported(name)
         for name, wrapper in wrappers.items():
             setattr(os, name, wrapper)
+        real_syncfs = fsio.sync_file_system
+
+        def syncfs(fd: int) -> None:
+            real_syncfs(fd)
+            self.events.append(("syncfs",))
+
+        fsio.sync_file_system = syncfs
         try:
             yield
         finally:
+            fsio.sync_file_system = real_syncfs
             for name, function in real.items():
                 setattr(os, name, function)
 
@@ -320,6 +332,19 @@ class Model:
 
     _rmdir = _unlink
 
+    def _syncfs(self) -> None:
+        """Everything the kernel holds for the file system reaches the disk."""
+        seen: set[int] = set()
+        todo = [self.root]
+        while todo:
+            node = todo.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            node.synced_data = node.data
+            node.synced_entries = dict(node.entries)
+            todo.extend(node.entries.values())
+
     def _mkdir(self, path: str) -> None:
         parent, name = self._split(path)
         parent.entries[name] = Node(True)
@@ -404,18 +429,24 @@ class Explorer:
         self.model = recorder.start
 
     def states(self) -> Iterator[tuple[int, str, Image]]:
-        """(events applied, model, image) after every call, and before the first."""
-        seen: set[Image] = set()
+        """(events applied, model, image) after every call, and before the first.
+
+        Equal images in a row are given once; the caller dedupes further by what it checks
+        (the same image must be checked again where more had been promised).
+        """
+        last: dict[str, Image] = {}
         for step in range(len(self.events) + 1):
             if step:
                 event = self.events[step - 1]
                 self.model.apply(event)
-                if event[0] == "mark":
+                if event[0] == "mark":  # nothing changed on disk, but more may be owed now
+                    for kind in MODELS:
+                        yield step, kind, last[kind]
                     continue
             for kind in MODELS:
                 image = self.model.image(kind)
-                if image not in seen:
-                    seen.add(image)
+                if last.get(kind) != image:
+                    last[kind] = image
                     yield step, kind, image
 
     def materialise(self, image: Image, dest: str) -> None:

@@ -159,7 +159,7 @@ class _Walk:
                 "misplaced",
                 path,
                 f"belongs in {leaf}",
-                lambda: place(path, leaf, name, durable=store.durable),
+                lambda: place(path, leaf, name, durable_dirs=store.durable, flush=store.durable),
             )
             path = os.path.join(leaf, name) if self.repair else path
         try:

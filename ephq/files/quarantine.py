@@ -47,7 +47,7 @@ class Quarantine:
         if is_real_dir(self.dir) is False:
             return False
         try:
-            return place(path, self.dir, self.entry_name(path), durable=False)
+            return place(path, self.dir, self.entry_name(path), durable_dirs=False, flush=False)
         except (OSError, StorageError):
             return False
 

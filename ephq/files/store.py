@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterator
 
 from ..errors import EphqError, LeaseLost, NotFound
 from ..message import Message, utc_from_ns
+from . import fsio
 from .fsio import (
     NotOurs,
     ensure_dir,
@@ -212,13 +213,13 @@ class Store:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 self._stage(batch, ids, items, now, delay_ns, progress)
+                if self.durable:  # every file's bytes, before anything names them as committed
+                    fsio.sync_file_system(lock)
                 commit = os.path.join(self.tmp, f"commit-{ids[0]}")
                 os.rename(batch, commit)
             except BaseException:
                 shutil.rmtree(batch, ignore_errors=True)
                 raise
-            if self.durable:
-                fsync_dir(self.tmp)
             self.install_batch(commit)
         finally:
             os.close(lock)
@@ -240,17 +241,17 @@ class Store:
             fd = self.pool.open_new(os.path.join(batch, name))
             try:
                 write_all(fd, content)
-                if self.durable:
-                    os.fsync(fd)
             finally:
                 os.close(fd)
             if progress is not None:
                 progress(1)
-        if self.durable:
-            fsync_dir(batch)
 
     def install_batch(self, commit: str) -> None:
-        """Move every file of a committed batch into place; also how recovery finishes one."""
+        """Move every file of a committed batch into place; also how recovery finishes one.
+
+        When durable, one flush of the file system after the moves makes the commit and every
+        placement stick at once (the batch's bytes were flushed before its commit).
+        """
         touched: dict[str, str] = {}  # file name -> the directory it went to
         for name in sorted(listdir(commit)):
             ready = parse_ready(name)
@@ -261,11 +262,17 @@ class Store:
                 if timed is None or timed.token is not None:
                     continue  # not a file a batch writes: check reports it
                 dest = self.delayed.leaf_dir(f"{timed.at_ns:016x}")
-            if place(os.path.join(commit, name), dest, name, durable=self.durable, sync_dest=False):
+            # Not durable one by one: the flush below covers every move and new directory.
+            if place(
+                os.path.join(commit, name), dest, name, durable_dirs=self.durable, flush=False
+            ):
                 touched[name] = dest
         if self.durable:
-            for dest in set(touched.values()):
-                fsync_dir(dest)
+            fd = os.open(self.tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fsio.sync_file_system(fd)
+            finally:
+                os.close(fd)
         try:
             os.rmdir(commit)
         except OSError:  # a concurrent recovery is still at it, or a rename did nothing
@@ -306,7 +313,7 @@ class Store:
             fd = self.pool.open_new(tmp)
         fill_locked(fd, tmp, content, durable=self.durable)
         try:
-            place(tmp, dest_dir, name, durable=self.durable)
+            place(tmp, dest_dir, name, durable_dirs=self.durable, flush=self.durable)
         except BaseException:
             unlink_quietly(tmp)
             raise
@@ -391,13 +398,13 @@ class Store:
 
     def _lease_move(self, path: str, dest_dir: str, name: str) -> bool:
         try:
-            return place(path, dest_dir, name, durable=False)
+            return place(path, dest_dir, name, durable_dirs=self.durable, flush=False)
         except OSError as exc:
             # A full disk may have no room for a new inflight directory: the pool's files are
             # the room there is.
             if exc.errno not in _DISK_FULL or not self.pool.free_all():
                 raise
-            return place(path, dest_dir, name, durable=False)
+            return place(path, dest_dir, name, durable_dirs=self.durable, flush=False)
 
     def _dead_letter_if_room(self, path: str, message_id: str, attempts: int, why: str) -> None:
         """Dead-letter, unless the disk is full: then the message waits (in ready/, or as a
@@ -489,7 +496,7 @@ class Store:
                 )
             else:
                 dest, name = self.ready.leaf_dir(lease.id), str(ReadyName(lease.id, attempts))
-            if place(path, dest, name, durable=False):
+            if place(path, dest, name, durable_dirs=self.durable, flush=False):
                 self._arrived(now, delay_ns)
                 if delay_ns <= 0:
                     self._forget_head()
@@ -511,7 +518,7 @@ class Store:
         moved = TimedName(deadline, lease.id, lease.attempts, lease.token)
         dest = self.inflight.leaf_dir(f"{deadline:016x}")
         for path in self._delivery_paths(lease):
-            if place(path, dest, str(moved), durable=False):
+            if place(path, dest, str(moved), durable_dirs=self.durable, flush=False):
                 self._extended[str(lease)] = str(moved)
                 self._note_due(deadline)
                 return deadline
@@ -599,7 +606,8 @@ class Store:
                 path,
                 target.ready.leaf_dir(ready.id),
                 str(ReadyName(ready.id, 0)),
-                durable=target.durable,
+                durable_dirs=target.durable,
+                flush=target.durable,
             ):
                 moved.append(ready.id)
                 emptied.add(os.path.dirname(path))
@@ -696,12 +704,14 @@ class Store:
             return  # another thread of this process is at it
         try:
             self._next_reap_ns = now + REAP_INTERVAL_NS
-            returned = self._reap_tree(self.inflight, now, max_attempts)
-            returned |= self._reap_tree(self.delayed, now, None)
+            # First: a crashed batch or dead-lettering it finishes may place messages that are
+            # due now, which the trees' reap below then moves like any other.
             try:
-                clean_tmp(self)
+                returned = bool(clean_tmp(self))
             except (OSError, EphqError):
-                pass  # best effort here (a full disk, say); check() runs it and reports
+                returned = False  # best effort here (a full disk, say); check() runs it too
+            returned |= self._reap_tree(self.inflight, now, max_attempts)
+            returned |= self._reap_tree(self.delayed, now, None)
         finally:
             self._reaping.release()
         if returned:
@@ -728,7 +738,10 @@ class Store:
                     continue
                 back = ReadyName(timed.id, timed.attempts, timed.token)
                 try:
-                    returned |= place(path, self.ready.leaf_dir(timed.id), str(back), durable=False)
+                    back_dir = self.ready.leaf_dir(timed.id)
+                    returned |= place(
+                        path, back_dir, str(back), durable_dirs=self.durable, flush=False
+                    )
                 except OSError as exc:
                     if exc.errno not in _DISK_FULL:
                         raise
@@ -784,14 +797,16 @@ class Store:
                 continue
             aside.append(out)
         self._forget_head()
-        if self.durable and aside:
-            fsync_dir(self.path)  # what was purged stays purged after a power loss
         for tree in (self.ready, self.delayed, self.inflight):
             try:
-                ensure_dir(tree.root, durable=False)
+                ensure_dir(tree.root, durable=False)  # flushed with the purge, just below
             except OSError as exc:  # no room: the next writer makes it
                 if exc.errno not in _DISK_FULL:
                     raise
+        if self.durable:
+            # What was purged stays purged after a power loss, and the new state directories
+            # are there for the durable writes that follow.
+            fsync_dir(self.path)
         removed = sum(self._clear(out) for out in aside)
         self.pool.free_all()
         return removed
