@@ -18,7 +18,9 @@ on the phases that cause them and not on the ones before):
   one consumer; drain N with 4 consumer processes, counting duplicates and losses; steady
   state: put+get+ack one at a time over a backlog of 10. In the one-process phases the systems
   take turns in chunks of 50 operations (see interleaved), so what one leaves behind on the
-  file system falls on all of them alike.
+  file system falls on all of them alike. Then a batch of 1,000 (--quick: 300) in one call, for
+  the systems that have one (ephq's enqueue_many, SQLite's executemany in a transaction), and
+  `ephq enqueue --lines` of 100,000 lines (--quick: 10,000), durable and --no-fsync.
 Rates are messages per second, median (min-max) over repetitions; latencies are median, P90 and
 P99 over all repetitions; "x ephq" is this system's time per message divided by ephq's (durable)
 — below 1 is faster than ephq.
@@ -162,6 +164,43 @@ def phase_steady(systems: list[str], base: str, m: int) -> dict[str, list[float]
     return times
 
 
+BATCH_SYSTEMS = ("ephq", "ephq no-fsync", "sqlite FULL", "sqlite NORMAL")
+
+
+def phase_batch(systems: list[str], base: str, size: int) -> dict[str, float]:
+    """One batch of size messages per system, in one call: seconds per message."""
+    seconds: dict[str, float] = {}
+    for system in (s for s in systems if s in BATCH_SYSTEMS):
+        client = open_client(system, os.path.join(base, _slug(system)))
+        client.put(payload(0))  # the queue exists: the batch measures the batch
+        batch = [payload(i) for i in range(1, size + 1)]
+        start = time.perf_counter()
+        client.put_many(batch)
+        seconds[system] = (time.perf_counter() - start) / size
+        client.close()
+    return seconds
+
+
+def phase_lines(base: str, size: int) -> dict[str, float]:
+    """`ephq enqueue --lines` of size lines, durable and --no-fsync: seconds per message."""
+    lines = os.path.join(base, "lines.jsonl")
+    Path(lines).write_bytes(b"\n".join(payload(i) for i in range(size)) + b"\n")
+    ephq = str(Path(sys.executable).parent / "ephq")
+    seconds: dict[str, float] = {}
+    for label, flags in (("ephq --lines", []), ("ephq --lines --no-fsync", ["--no-fsync"])):
+        home = os.path.join(base, _slug(label))
+        env = {**os.environ, "EPHQ_HOME": home}
+        start = time.perf_counter()
+        subprocess.run(
+            [ephq, *flags, "enqueue", "bench", lines, "--lines"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        seconds[label] = (time.perf_counter() - start) / size
+    return seconds
+
+
 def _slug(system: str) -> str:
     return system.replace(" ", "_")
 
@@ -303,6 +342,15 @@ def run(workdir: str, quick: bool, reps: int, only: list[str] | None) -> Result:
             steady = phase_steady(systems, os.path.join(base, f"c{rep}"), n)
             for system in systems:
                 add("steady put+get+ack", system, steady[system])
+            batch_dir = os.path.join(base, f"d{rep}")
+            os.mkdir(batch_dir)
+            batch_size = 300 if quick else 1000
+            for system, per_message in phase_batch(systems, batch_dir, batch_size).items():
+                add(f"batch of {batch_size:,}", system, per_message)
+            if "ephq" in systems:
+                lines_size = 10_000 if quick else 100_000
+                for label, per_message in phase_lines(batch_dir, lines_size).items():
+                    add(f"--lines of {lines_size:,}", label, per_message)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return results
@@ -346,6 +394,9 @@ def report(r: Result) -> str:
     ordered = sorted(r["phases"].items(), key=lambda item: item[0].startswith("depth"))
     for phase, by_system in ordered:
         out += ["", f"### {phase}", ""]
+        if phase.startswith(("batch of", "--lines of")):
+            out += _batch_table(by_system)
+            continue
         if phase == "drain, 4 consumers":
             out += [
                 "| system | msgs/s median (min-max) | P50 µs | P90 µs | P99 µs | duplicates | lost"
@@ -381,6 +432,29 @@ def report(r: Result) -> str:
                 f"{percentile(pooled, 99) * 1e6:,.0f} | {ratio} |"
             )
     return "\n".join(out)
+
+
+def _batch_table(by_system: dict[str, list[float]]) -> list[str]:
+    """Seconds per message of one batch a repetition; against ephq's and its no-fsync twin."""
+    rows = [
+        "| system | µs per message, median (min-max) | x ephq | x the same without fsync |",
+        "|---|---|---|---|",
+    ]
+    medians = {system: statistics.median(runs) for system, runs in by_system.items()}
+    ephq = medians.get("ephq") or medians.get("ephq --lines")
+    for system, runs in by_system.items():
+        twin = {
+            "ephq": "ephq no-fsync",
+            "sqlite FULL": "sqlite NORMAL",
+            "ephq --lines": "ephq --lines --no-fsync",
+        }.get(system)
+        against = f"{medians[system] / medians[twin]:.2f}" if twin in medians else ""
+        ratio = "" if ephq is None else f"{medians[system] / ephq:.2f}"
+        rows.append(
+            f"| {system} | {medians[system] * 1e6:,.1f} ({min(runs) * 1e6:,.1f}-"
+            f"{max(runs) * 1e6:,.1f}) | {ratio} | {against} |"
+        )
+    return rows
 
 
 def summary(r: Result) -> str:

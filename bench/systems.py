@@ -37,6 +37,11 @@ class Client:
     def close(self) -> None:
         pass
 
+    def put_many(self, payloads: list[bytes]) -> None:
+        """Put a batch at once, all or nothing where the system can; else one by one."""
+        for data in payloads:
+            self.put(data)
+
     def fill(self, count: int) -> None:
         """Put count messages as fast as the system allows: the depth phase measures after it.
 
@@ -55,6 +60,9 @@ class EphqClient(Client):
 
     def put(self, payload: bytes) -> None:
         self.q.enqueue_json("bench", payload)
+
+    def put_many(self, payloads: list[bytes]) -> None:
+        self.q.enqueue_many_json("bench", payloads)
 
     def get(self) -> tuple[Handle, bytes] | None:
         m = self.q.dequeue("bench", visibility=600)
@@ -170,6 +178,11 @@ class SqliteClient(Client):
 
     def put(self, payload: bytes) -> None:
         self.db.execute("INSERT INTO q (data, visible) VALUES (?, 0)", (payload,))
+
+    def put_many(self, payloads: list[bytes]) -> None:
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT INTO q (data, visible) VALUES (?, 0)", ((p,) for p in payloads))
+        self.db.execute("COMMIT")
 
     def get(self) -> tuple[Handle, bytes] | None:
         now = time.time()

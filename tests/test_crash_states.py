@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from ephq import Message, Queue
+from ephq.files import sweep
 from tests.conftest import START_NS, FakeClock
 from tests.crashstates import Explorer, Image, Recorder
 
@@ -100,8 +101,15 @@ class Scenario:
             self._mark("released", ids)
 
     def purge(self, ids: list[str]) -> None:
+        """Purge, sweeping in this process: a detached sweeper's calls would not be recorded,
+        and sweeping here explores the states a crash mid-sweep leaves too."""
         self._released(ids)
-        self.q.purge(S)
+        real = sweep.spawn
+        sweep.spawn = lambda stream_dir, trees: False
+        try:
+            self.q.purge(S)
+        finally:
+            sweep.spawn = real
 
     def purge_dead(self, ids: list[str]) -> None:
         self._released(ids)

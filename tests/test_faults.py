@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +208,44 @@ def test_hand_edited_file_with_reordered_keys_still_gives_its_data(q: Queue, hom
     m = q.dequeue("s")
     assert m is not None and m.data == {"k": [1, 2]}
     assert json.loads(m.data_json) == {"k": [1, 2]}
+
+
+def test_purge_empties_at_once_and_a_sweeper_deletes_in_the_background(
+    realq: Queue, home: Path
+) -> None:
+    ids = realq.enqueue_many("s", list(range(300)))
+    realq.dequeue_many("s", 10)  # some in flight
+    realq.enqueue("s", "later", delay=3600)
+    leaf = ready_files(home)[0].parent
+    (leaf / "notes.txt").write_text("not a message")
+    assert realq.purge("s") == len(ids) + 1
+    assert realq.stats("s")[1:4] == (0, 0, 0)  # empty at once
+    fresh = realq.enqueue("s", "after")  # and usable at once
+    m = realq.dequeue("s")
+    assert m is not None and m.id == fresh
+    tmp = home / "s" / "tmp"
+    deadline = time.monotonic() + 60
+    while any(p.name.startswith("purge-") for p in tmp.iterdir()):
+        assert time.monotonic() < deadline, "the sweeper did not finish"
+        time.sleep(0.02)
+    kept = [p for p in realq.check() if p.kind == "quarantined"]
+    assert [Path(p.path).read_text() for p in kept] == ["not a message"]
+
+
+def test_a_purge_whose_sweeper_died_is_finished_a_share_at_a_time(
+    q: Queue, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ephq.files import sweep
+
+    q.enqueue_many("s", list(range(600)))
+    monkeypatch.setattr(sweep, "spawn", lambda stream_dir, trees: True)  # started, then died
+    assert q.purge("s") == 600
+    (aside,) = [p for p in (home / "s" / "tmp").iterdir() if p.name.endswith("-ready")]
+    monkeypatch.setattr(recovery, "TMP_GRACE_NS", 0)
+    looks = 0
+    while aside.exists():
+        q.stats("s")  # each look deletes a share
+        looks += 1
+        assert looks < 10
+    assert looks >= 2  # shared out: 600 files, 256 a look
+    assert q.check() == []

@@ -22,6 +22,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,7 +177,16 @@ def run_everything(home: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         q.dequeue(S, dlq=True)
         q.purge_dead_letters(S)
         q.purge(S)
+    wait_for_sweeper(home / S)
     return delivered, enqueued
+
+
+def wait_for_sweeper(stream: Path) -> None:
+    """Until purge's sweeper (a detached process) has deleted what purge set aside."""
+    end = time.monotonic() + 60
+    while any(p.name.startswith("purge-") for p in (stream / "tmp").iterdir()):
+        assert time.monotonic() < end, "the sweeper did not finish"
+        time.sleep(0.02)
 
 
 def in_quarantine(stream: Path) -> list[Path]:

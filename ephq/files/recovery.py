@@ -7,7 +7,8 @@ What a crash can leave, and what becomes of it once nobody holds its lock:
     *.w, batch-<id>/        a message or batch still being written: never acknowledged to
                             anyone, so removed (after TMP_GRACE_NS: a writer locks it just
                             after creating it, and must not lose it in between)
-    purge-*                 a purged state directory: removed
+    purge-*                 a purged state directory: its messages deleted, anything else
+                            quarantined (sweep.py), a bounded share on each look
 
 Only entries of the kind their name says are touched (a dying file is a regular file, a commit a
 real directory); anything else in tmp/ is foreign, left for check to report and set aside.
@@ -24,16 +25,24 @@ import time
 from collections.abc import Iterator
 from typing import Protocol
 
+from . import sweep
 from .fsio import NotOurs, listdir, owner_is_gone, try_lock, unlink_quietly
 from .names import is_id
+from .quarantine import Quarantine
 
 TMP_GRACE_NS = 60 * 1_000_000_000
+
+
+# Entries of a purged tree that one look deletes, when its sweeper died: a dequeue must not wait
+# for a purge's deletions (which can take milliseconds each).
+PURGE_SHARE = 256
 
 
 class Finisher(Protocol):
     """What recovery needs of a store: where its tmp/ is, and how to finish a promise."""
 
     tmp: str
+    quarantine: Quarantine
 
     def install_batch(self, commit: str) -> None: ...
     def bury(self, fd: int, dying: str, message_id: str, attempts: int, error: str) -> None: ...
@@ -86,6 +95,9 @@ def clean_tmp(store: Finisher) -> list[str]:
                 continue
         elif name.startswith("commit-"):
             store.install_batch(path)
+        elif name.startswith("purge-"):
+            if not sweep.clear(path, store.quarantine, PURGE_SHARE):
+                continue
         else:
             _remove_tree_or_file(path)
         handled.append(name)

@@ -43,13 +43,12 @@ import fcntl
 import heapq
 import os
 import shutil
-import stat
 import threading
 from collections.abc import Callable, Iterator
 
 from ..errors import EphqError, LeaseLost, NotFound
 from ..message import Message, utc_from_ns
-from . import fsio
+from . import fsio, sweep
 from .fsio import (
     NotOurs,
     ensure_dir,
@@ -93,7 +92,6 @@ Progress = Callable[[int], None] | None  # told how many more messages are done
 REAP_INTERVAL_NS = 1_000_000_000
 STATES = ("ready", "delayed", "inflight")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-_HEX = frozenset("0123456789abcdef")
 # Names in ready/ that this process found are not messages, skipped from then on; forgotten
 # wholesale past this many (a store full of junk costs a re-parse, never a hang).
 _FOREIGN_NAMES = 4096
@@ -807,32 +805,13 @@ class Store:
             # What was purged stays purged after a power loss, and the new state directories
             # are there for the durable writes that follow.
             fsync_dir(self.path)
-        removed = sum(self._clear(out) for out in aside)
+        removed = sum(sweep.count(out) for out in aside)
+        # Deleting can take minutes (a discard for each file): a sweeper does it, unless the
+        # disk is low on space, where freeing it is what the caller is waiting for.
+        if aside and (self.pool.low_on_space() or not sweep.spawn(self.quarantine.base, aside)):
+            for out in aside:
+                sweep.clear(out, self.quarantine)
         self.pool.free_all()
-        return removed
-
-    def _clear(self, out: str) -> int:
-        """Delete the messages of a state tree renamed aside by purge; set aside what is not
-        a message (a purge deletes messages, not whatever else a person left there)."""
-        if not is_real_dir(out):
-            self.quarantine.take(out)  # a link or a file that stood in for the directory
-            return 0
-        parse = parse_ready if out.endswith("ready") else parse_timed
-        removed = 0
-        for dirpath, dirnames, filenames in os.walk(out):
-            for name in list(dirnames):
-                path = f"{dirpath}/{name}"
-                if not (_HEX.issuperset(name) and is_real_dir(path)):
-                    dirnames.remove(name)  # not descended into: a link is never followed
-                    self.quarantine.take(path)
-            for name in filenames:
-                path = f"{dirpath}/{name}"
-                if parse(name) is not None and stat.S_ISREG(os.lstat(path).st_mode):
-                    os.unlink(path)
-                    removed += 1
-                else:
-                    self.quarantine.take(path)
-        shutil.rmtree(out, ignore_errors=True)
         return removed
 
     def ring(self) -> None:
