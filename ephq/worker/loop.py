@@ -3,8 +3,9 @@
 One implementation for Python and the shell: `Worker(queue, stream, handler)` takes any callable
 `handler(message, cancelled)`, and `ephq worker --exec CMD` passes a CommandHandler.
 
-- Up to `concurrency` handlers run at once, each in a thread; the loop never leases more messages
-  than it has free slots.
+- Up to `concurrency` handlers run at once, on as many threads started with the worker (a
+  thread started per message cost more than a no-op handler); the loop never leases more
+  messages than it has free slots, so a leased message never waits for a thread.
 - A keeper thread extends each running lease when half of it is left, so a handler may run far
   longer than `visibility`. If the worker dies, its leases expire and another worker takes over.
 - Outcomes: return -> ack; PermanentFailure -> dead-letter now; Cancelled -> release (the attempt
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from queue import SimpleQueue
 
 from ..errors import LeaseLost
 from ..message import Message
@@ -100,6 +102,7 @@ class Worker:
         self._done = threading.Event()
         self._started = 0
         self._settled = 0
+        self._waiting: SimpleQueue[_Job | None] = SimpleQueue()
 
     # -- control ---------------------------------------------------------------------------
 
@@ -118,13 +121,28 @@ class Worker:
     def run(self) -> Summary:
         keeper = threading.Thread(target=self._keep_leases, name="ephq-lease-keeper", daemon=True)
         keeper.start()
+        hands = [
+            threading.Thread(target=self._hand, name=f"ephq-handler-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        for hand in hands:
+            hand.start()
         try:
             self._lease_loop()
         finally:
             self._finish()
+            for _ in hands:
+                self._waiting.put(None)
+            for hand in hands:
+                hand.join()
             self._done.set()
             keeper.join()
         return self.summary
+
+    def _hand(self) -> None:
+        """One of the handler threads: run jobs as the loop hands them out, until told to end."""
+        while (job := self._waiting.get()) is not None:
+            self._run_job(job)
 
     def _lease_loop(self) -> None:
         while not self._stopping:
@@ -171,7 +189,7 @@ class Worker:
         with self._changed:
             self._jobs[message.id] = job
         self._started += 1
-        threading.Thread(target=self._run_job, args=(job,), name=f"ephq-{message.id}").start()
+        self._waiting.put(job)
 
     def _finish(self) -> None:
         """Let running handlers finish (within grace, when stopping), cancel the rest, and wait
