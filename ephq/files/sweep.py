@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
-import subprocess
 import sys
 from collections.abc import Callable
 
@@ -95,6 +94,8 @@ def spawn(stream_dir: str, trees: list[str]) -> bool:
     """Start a detached sweeper for trees; False if none could be started."""
     if not sys.executable:
         return False
+    import subprocess  # here: it costs 4.6 ms of start-up that only a purge needs
+
     try:
         subprocess.Popen(
             [sys.executable, "-m", "ephq.files.sweep", stream_dir, *trees],
