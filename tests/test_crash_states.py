@@ -328,6 +328,65 @@ def dead_letter_consumed_and_redriven(s: Scenario) -> None:
         s.q.redrive(S)
 
 
+def dead_lettered_by_the_reaper(s: Scenario) -> None:
+    """Expired leases whose attempts are spent (one with three, one with one, the limit then
+    lowered to one): the reaper dead-letters them."""
+    s.q.configure(S, max_attempts=3)
+    first, second = s.put(), s.put()
+    for _ in range(2):
+        (m,) = s.take()
+        s.q.nack(S, m.receipt or "")  # first: two attempts spent, back in ready/
+    (held,) = s.take()
+    assert held.id == first
+    s.q.release(S, held.receipt or "")
+    s.take(2)  # first is leased a third time, second once; both leases run out
+    s.clock.advance(60)
+    s.q.configure(S, max_attempts=1)
+    s.fresh()
+    with s.recording():
+        s.q.dequeue_many(S, 5)  # the reaper dead-letters both leases
+        s.put()
+    assert {m.id for m in s.q.dead_letters(S)} == {first, second}
+
+
+def dead_lettered_when_taken(s: Scenario) -> None:
+    """A message in ready/ whose attempts are spent is dead-lettered by the consumer."""
+    s.q.configure(S, max_attempts=3)
+    s.put()
+    for _ in range(2):
+        (m,) = s.take()
+        s.q.nack(S, m.receipt or "")
+    s.q.configure(S, max_attempts=2)
+    s.put()
+    s.fresh()
+    with s.recording():
+        got = s.q.dequeue_many(S, 5)  # the first is dead-lettered on the way, the second leased
+        assert len(got) == 1
+        s.ack(got[0])
+
+
+def by_id_in_the_dead_letters(s: Scenario) -> None:
+    s.q.configure(S, max_attempts=1)
+    doomed = [s.put() for _ in range(3)]
+    for m in s.take(3):
+        s.q.nack(S, m.receipt or "")
+    with s.recording():
+        s.q.redrive(S, [doomed[0]])
+        s._released([doomed[1]])
+        s.q.purge_dead_letters(S, [doomed[1]])
+
+
+def extend_then_ack_from_another_process(s: Scenario) -> None:
+    _with_pool(s, 1)
+    s.put()
+    s.put()
+    with s.recording():
+        (m,) = s.take()
+        s.q.extend(S, m.receipt or "", 120)
+        s.fresh()  # the ack comes from elsewhere: it finds the extended lease by its token
+        s.ack(m)
+
+
 def purges(s: Scenario) -> None:
     s.q.configure(S, max_attempts=1)
     dead = s.put()
@@ -363,6 +422,10 @@ SCENARIOS: dict[str, Callable[[Scenario], None]] = {
         durable_enqueue_where_a_nack_made_the_directory,
         dead_lettering,
         dead_letter_consumed_and_redriven,
+        dead_lettered_by_the_reaper,
+        dead_lettered_when_taken,
+        by_id_in_the_dead_letters,
+        extend_then_ack_from_another_process,
         purges,
         steady_state,
     )
