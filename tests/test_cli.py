@@ -149,7 +149,12 @@ def test_dlq_purge_by_id_and_all(home: Path) -> None:
     for _ in ids:
         ok(home, "nack", "s", lease(home)["receipt"])
     assert ok(home, "dlq", "purge", "s", ids[0]).split() == [ids[0]]
-    assert ok(home, "dlq", "purge", "s").split() == ids[1:]
+    refused = ephq(home, "dlq", "purge", "s")  # all of them takes a yes, as purge does
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == (
+        "ephq: dlq purge without ids deletes every dead letter of 's': add --yes to do it\n"
+    )
+    assert ok(home, "dlq", "purge", "s", "--yes").split() == ids[1:]
     assert ok(home, "dlq", "list", "s").splitlines()[1:] == []
 
 

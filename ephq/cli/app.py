@@ -546,8 +546,15 @@ def dlq_purge(
     ctx: typer.Context,
     stream: Stream,
     ids: DeadLetterIds = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Yes, delete every dead letter (when no ID is given).")
+    ] = False,
 ) -> None:
-    """Delete dead letters for good; prints the ids deleted."""
+    """Delete dead letters for good (those named, or with --yes all); prints the ids deleted."""
+    if not ids and not yes:
+        raise BadInput(
+            f"dlq purge without ids deletes every dead letter of {stream!r}: add --yes to do it"
+        )
     removed = _settings(ctx).queue().purge_dead_letters(stream, ids or None)
     sys.stdout.write("".join(i + "\n" for i in removed))
 
