@@ -355,3 +355,27 @@ def test_sigterm_ends_the_worker_even_when_storage_hangs(home: Path, tmp_path: P
     m = q.dequeue("s")  # the lease never happened: the message is there for the next worker
     assert m is not None and m.data == "second"
     assert q.check() == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("command", "why"),
+    [("./does-not-exist.sh", "exit 127, not found"), ("{not_executable}", "exit 126, not exec")],
+)
+def test_a_handler_that_cannot_run_stops_the_worker_and_spends_nothing(
+    home: Path, tmp_path: Path, command: str, why: str
+) -> None:
+    plain = tmp_path / "plain.sh"
+    plain.write_text("#!/bin/sh\nexit 0\n")  # no execute bit
+    q = Queue(home)
+    ids = q.enqueue_many("s", list(range(10)))
+    worker = start_worker(home, "s", "--exec", command.format(not_executable=plain))
+    code, err = finish(worker)
+    assert code == 9
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"ephq worker: stopped: the handler could not be run: {why}")
+    assert last.endswith("; messages were given back uncounted")
+    assert q.dead_letters("s") == []
+    back = q.dequeue_many("s", 20)
+    assert sorted(m.id for m in back) == ids
+    assert {m.attempts for m in back} == {1}  # this lease is the first that counts

@@ -27,7 +27,7 @@ EXIT_CODES = """\
 Exit status: 0 success; 1 nothing to dequeue or peek at (stdout stays empty); 2 usage error or
 bad input (nothing was written); 3 the receipt's lease is lost; 4 not found (a dead letter's
 id); 5 permission denied; 6 disk full; 7 other storage failure; 8 check found problems it did
-not repair; 130 interrupted."""
+not repair; 9 the worker's handler cannot be run (the shell's exit 126 or 127); 130 interrupted."""
 
 
 # -- parameters used by several commands, defined once -------------------------------------
@@ -364,7 +364,8 @@ def worker(
             "-e",
             metavar="CMD",
             help="Run through /bin/sh -c for each message, data on stdin, EPHQ_* variables set. "
-            "Exit 0 acks, 100 dead-letters now, anything else retries with backoff.",
+            "Exit 0 acks, 100 dead-letters now, 126 or 127 (cannot run) stops the worker, "
+            "anything else retries with backoff.",
         ),
     ],
     concurrency: Annotated[

@@ -4,8 +4,9 @@ The command runs through /bin/sh -c in a session of its own, so a timeout or a s
 it and everything it started by signalling the process group. The message's data arrives on its
 stdin, exactly as enqueued; facts about the delivery arrive in EPHQ_* variables, never on the
 command line. Its stderr passes through to ours, and the tail is kept for the dead letter.
-Exit 0 is success, exit 100 a permanent failure (the qmail convention), anything else a
-temporary one.
+Exit 0 is success, exit 100 a permanent failure (the qmail convention), 126 and 127 (the shell
+could not run the command: not executable, not found) a broken handler that stops the worker,
+anything else a temporary failure.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import threading
 import time
 
 from ..message import Message
-from .outcomes import Cancelled, PermanentFailure, TemporaryFailure
+from .outcomes import Cancelled, HandlerBroken, PermanentFailure, TemporaryFailure
 
 PERMANENT_EXIT = 100
+# The shell's own statuses for a command it could not run: not executable, not found.
+CANNOT_RUN = {126: "not executable", 127: "not found"}
 STDERR_TAIL_BYTES = 2000
 # After SIGTERM, how long a handler's process group gets before SIGKILL.
 KILL_AFTER_S = 2.0
@@ -133,6 +136,10 @@ class CommandHandler:
             raise TemporaryFailure(f"timed out after {self.timeout:g}s{suffix}")
         if code == 0:
             return
+        if code in CANNOT_RUN:
+            raise HandlerBroken(
+                f"the handler could not be run: exit {code}, {CANNOT_RUN[code]}{suffix}"
+            )
         if code == PERMANENT_EXIT:
             raise PermanentFailure(f"exit {code}{suffix}")
         if code is not None and code < 0:

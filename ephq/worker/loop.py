@@ -9,8 +9,9 @@ One implementation for Python and the shell: `Worker(queue, stream, handler)` ta
 - A keeper thread extends each running lease when half of it is left, so a handler may run far
   longer than `visibility`. If the worker dies, its leases expire and another worker takes over.
 - Outcomes: return -> ack; PermanentFailure -> dead-letter now; Cancelled -> release (the attempt
-  does not count); anything else -> nack with exponential backoff, dead-lettered by the queue
-  once attempts run out, with the failure as its last error.
+  does not count); HandlerBroken -> release and stop the worker (`broken` says why); anything
+  else -> nack with exponential backoff, dead-lettered by the queue once attempts run out, with
+  the failure as its last error.
 - stop() (from SIGTERM or SIGINT) stops leasing and lets running handlers finish within `grace`;
   then they are cancelled and their messages released. stop(now=True) cancels at once.
 - Waiting for work is the queue's long-poll, in short slices so that a stop is seen promptly.
@@ -28,7 +29,7 @@ from queue import SimpleQueue
 from ..errors import LeaseLost
 from ..message import Message
 from ..queue import Queue
-from .outcomes import Cancelled, PermanentFailure
+from .outcomes import Cancelled, HandlerBroken, PermanentFailure
 
 Handler = Callable[[Message, threading.Event], object]
 # The part of a lease that passes before the keeper extends it.
@@ -99,6 +100,7 @@ class Worker:
         # Plain flags, not Events: stop() runs in signal handlers, which must not take locks.
         self._stopping = False
         self._stop_now = False
+        self.broken: str | None = None  # why the worker stopped: its handler cannot run
         self._done = threading.Event()
         self._started = 0
         self._settled = 0
@@ -226,6 +228,11 @@ class Worker:
                 self.handler(m, job.cancelled)
             except Cancelled as exc:
                 self.queue.release(self.stream, receipt)
+                return Outcome(m, "released", time.monotonic() - start, str(exc))
+            except HandlerBroken as exc:
+                self.queue.release(self.stream, receipt)
+                self.broken = str(exc)
+                self.stop()
                 return Outcome(m, "released", time.monotonic() - start, str(exc))
             except Exception as exc:
                 # A dead letter has nowhere further to go: its permanent failure is retried.

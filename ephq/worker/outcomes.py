@@ -16,3 +16,9 @@ class TemporaryFailure(Exception):
 
 class Cancelled(Exception):
     """The worker stopped the handler while shutting down: give the message back uncounted."""
+
+
+class HandlerBroken(Exception):
+    """The handler cannot run at all (a command not found, or not executable): no message can
+    succeed, so the worker gives this one back uncounted and stops, instead of spending every
+    message's attempts on it."""

@@ -13,6 +13,9 @@ from .command import CommandHandler
 from .loop import Outcome, Summary, Worker
 from .stopping import INTERRUPTED, StopWatch
 
+# The worker stopped because its handler cannot run (the shell's exit 126 or 127).
+HANDLER_BROKEN = 9
+
 
 class Log:
     """One line per message on stderr (text or JSON), and a live status line on a terminal."""
@@ -70,6 +73,9 @@ class Log:
             sys.stderr.write(line + "\n")
             sys.stderr.flush()
 
+    def stopped(self, why: str) -> None:
+        self._write(f"ephq worker: stopped: {why}; messages were given back uncounted")
+
     def overdue(self, running: int) -> None:
         self._write(
             "ephq worker: not stopped within --grace; exiting now "
@@ -119,4 +125,7 @@ def run(
     finally:
         watch.close()
         log.finish(worker.summary)
+    if worker.broken is not None:
+        log.stopped(worker.broken)
+        return HANDLER_BROKEN
     return INTERRUPTED if watch.interrupts >= 2 else 0
