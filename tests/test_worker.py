@@ -379,3 +379,20 @@ def test_a_handler_that_cannot_run_stops_the_worker_and_spends_nothing(
     back = q.dequeue_many("s", 20)
     assert sorted(m.id for m in back) == ids
     assert {m.attempts for m in back} == {1}  # this lease is the first that counts
+
+
+@pytest.mark.timeout(60)
+def test_a_handlers_many_lines_of_stderr_stay_on_its_one_log_line(
+    home: Path, tmp_path: Path
+) -> None:
+    q = Queue(home)
+    q.configure("s", max_attempts=1)
+    mid = q.enqueue("s", "x")
+    handler = script(tmp_path, "printf 'first\\nsecond\\tcol\\\\end\\n' >&2\nexit 3\n")
+    code, err = finish(start_worker(home, "s", "--exec", handler, "--drain"))
+    assert code == 0
+    (line,) = [line for line in err.splitlines() if f" s {mid} attempt=1 " in line]
+    assert line.endswith("s: exit 3; stderr: first\\nsecond\\tcol\\\\end")
+    assert q.dead_letter("s", mid).metadata["dead"]["error"] == (
+        "exit 3; stderr: first\nsecond\tcol\\end"  # the dead letter keeps the text as it was
+    )

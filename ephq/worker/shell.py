@@ -52,7 +52,7 @@ class Log:
             self._write(json.dumps(record, separators=(",", ":")))
             return
         outcome = o.result if o.retry_in is None else f"retry in {o.retry_in:g}s"
-        detail = f": {o.detail}" if o.detail and o.result != "acked" else ""
+        detail = f": {one_line(o.detail)}" if o.detail and o.result != "acked" else ""
         line = (
             f"{stamp} {self.stream} {o.message.id} attempt={o.message.attempts} "
             f"{outcome} {o.seconds:.3f}s{detail}"
@@ -90,6 +90,21 @@ class Log:
             self._write(json.dumps(record, separators=(",", ":")))
         else:
             self._write(f"ephq worker: {totals(summary)}")
+
+
+# Control characters as escapes, so that what a handler wrote (a stack trace, a segfault's
+# second line) stays on its message's one log line; a backslash is doubled so that it can be
+# told from them.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
+    ord("\\"): "\\\\",
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+
+
+def one_line(text: str) -> str:
+    return text.translate(_ESCAPES)
 
 
 def totals(s: Summary) -> str:
