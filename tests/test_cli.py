@@ -375,3 +375,21 @@ def test_no_fsync_and_peek_at_dead_letters(home: Path) -> None:
     assert ephq(home, "peek", "s").returncode == 1
     env_flag = ephq(home, "enqueue", "s", stdin="1", EPHQ_NO_FSYNC="1")
     assert env_flag.returncode == 0 and len(env_flag.stdout.strip()) == 24
+
+
+def test_version(home: Path) -> None:
+    from importlib.metadata import version
+
+    assert ok(home, "--version") == f"ephq {version('ephq')}\n"
+
+
+def test_a_home_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    home = tmp_path / "not-a-dir"
+    home.write_text("notes")
+    for args, stdin in ((["stats"], None), (["enqueue", "s"], "1"), (["check"], None)):
+        got = ephq(home, *args, stdin=stdin)
+        assert (got.returncode, got.stdout) == (7, "")
+        assert got.stderr == (
+            f"ephq: the ephq home {home} (from --home or EPHQ_HOME) is not a directory\n"
+        )
+    assert home.read_text() == "notes"

@@ -83,6 +83,14 @@ def _seconds(text: str | None, option: str) -> float | None:
     return None if text is None else durations.parse(text, option)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version  # only here: it costs start-up
+
+        print(f"ephq {version('ephq')}")
+        raise typer.Exit()
+
+
 def root(
     ctx: typer.Context,
     home: Annotated[
@@ -106,8 +114,17 @@ def root(
         bool,
         typer.Option("--debug", envvar="EPHQ_DEBUG", help="Show a traceback on errors."),
     ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print ephq's version and exit.",
+        ),
+    ] = False,
 ) -> None:
-    del debug  # read by main() before the command runs
+    del debug, version  # read by main() before the command runs; printed by its callback
     ctx.obj = Settings(home, fsync=not no_fsync)
 
 

@@ -6,7 +6,7 @@ import os
 import threading
 
 from ..backend import Waiter
-from ..errors import BadInput
+from ..errors import BadInput, StorageError
 from ..message import CheckProblem, Message, StreamConfig, StreamStats
 from .fsio import is_real_dir, listdir
 from .names import IdSource, Receipt, check_stream_name, is_id, parse_receipt
@@ -30,6 +30,7 @@ class FileBackend:
         """The stream, its layout checked the first time this process uses it (stream.py)."""
         stream = self._streams.get(name)
         if stream is None:
+            self._check_home()
             with self._lock:
                 stream = self._streams.get(name)
                 if stream is None:
@@ -115,8 +116,20 @@ class FileBackend:
         """Names of the home that a stream could have but that are not directories."""
         return [name for name, is_dir in self._stream_names() if not is_dir]
 
+    def _check_home(self) -> None:
+        """StorageError if the home is there but is not a directory (a link to one is fine)."""
+        try:
+            if os.path.isdir(self.home) or not os.path.lexists(self.home):
+                return
+        except OSError:
+            return  # unreadable, say: the operation itself reports it
+        raise StorageError(
+            f"the ephq home {self.home} (from --home or EPHQ_HOME) is not a directory"
+        )
+
     def _stream_names(self) -> list[tuple[str, bool]]:
         """Every entry of the home named as a stream, and whether it is a real directory."""
+        self._check_home()
         found = []
         for name in sorted(listdir(self.home)):
             try:
