@@ -318,6 +318,7 @@ CASES: dict[str, Plant] = {
         s, s.stream / "stream.json", s.victim(b'{"max_attempts": 1, "visibility": 0.001}')
     ),
     "stream: lock is a link": lambda s: _replace_by_link(s, s.stream / "lock", s.victim()),
+    "stream: census is a link": lambda s: _link(s.stream / "census", s.victim()),
     "stream: stray file": lambda s: _file(s.stream / "notes.txt", b"hello"),
 }
 

@@ -76,11 +76,11 @@ class _Walk:
             mode = os.lstat(path).st_mode
             want_dir = known.get(name)
             if want_dir is None:
-                if name.startswith("stream.json.") and name.endswith(".tmp"):
+                if name.startswith(("stream.json.", "census.")) and name.endswith(".tmp"):
                     self.report(
                         "stale-tmp",
                         path,
-                        "left by a configure that stopped",
+                        "left by a writer that stopped",
                         functools.partial(unlink_quietly, path),
                     )
                     continue

@@ -29,6 +29,7 @@ _ID = "[0-9a-f]{24}"
 _TOKEN = "[0-9a-f]{8}"
 _READY = re.compile(rf"({_ID})\.(\d{{1,9}})(?:\.({_TOKEN}))?")
 _TIMED = re.compile(rf"({_HEX16})\.({_ID})\.(\d{{1,9}})(?:\.({_TOKEN}))?")
+READY_NAME, TIMED_NAME = _READY, _TIMED  # for counting by name alone (census.py)
 DLQ_RECEIPT_PREFIX = "dlq:"
 
 

@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterator
 from ..errors import EphqError, LeaseLost, NotFound
 from ..message import Message, utc_from_ns
 from . import fsio, sweep
+from .census import Census
 from .fsio import (
     NotOurs,
     ensure_dir,
@@ -64,6 +65,8 @@ from .fsio import (
     write_all,
 )
 from .names import (
+    READY_NAME,
+    TIMED_NAME,
     IdSource,
     ReadyName,
     TimedName,
@@ -131,6 +134,7 @@ class Store:
         self._extended: dict[str, str] = {}  # receipt -> current inflight name, for this process
         self._foreign: set[str] = set()
         self.pool = FilePool(os.path.join(path, "pool"), self.set_aside)
+        self.census = Census(path)
 
     @property
     def is_dead_letter_queue(self) -> bool:
@@ -766,17 +770,22 @@ class Store:
         return found
 
     def counts(self, now: int) -> tuple[int, int, int, int | None]:
-        """Ready, delayed and inflight counts, and the enqueue time of the oldest ready message."""
-        ready, oldest = 0, None
-        for _, name in self.ready.all_names(now):
-            parsed = parse_ready(name)
-            if parsed is not None:
-                ready += 1
-                if oldest is None:
-                    oldest = id_time_ns(parsed.id)
-        delayed = sum(1 for _, n in self.delayed.all_names(now) if parse_timed(n) is not None)
-        inflight = sum(1 for _, n in self.inflight.all_names(now) if parse_timed(n) is not None)
-        return ready, delayed, inflight, oldest
+        """Ready, delayed and inflight counts, and the enqueue time of the oldest ready message.
+
+        Counted by names, listing only the leaves that changed since the last count
+        (census.py).
+        """
+        found = self.census.count(
+            {
+                "ready": (self.ready, READY_NAME),
+                "delayed": (self.delayed, TIMED_NAME),
+                "inflight": (self.inflight, TIMED_NAME),
+            },
+            now,
+        )
+        ready, first = found["ready"]
+        oldest = None if first is None else id_time_ns(first)
+        return ready, found["delayed"][0], found["inflight"][0], oldest
 
     def purge(self) -> int:
         """Remove every message in ready/, delayed/ and inflight/; how many there were.

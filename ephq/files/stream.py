@@ -3,6 +3,7 @@
     <home>/<stream>/
         stream.json          settings (config.py)
         bell                 touched when messages become visible (doorbell.py)
+        census               the last count of each leaf, for stats (census.py)
         lock                 flocked by configure, purge and check --repair
         ready/ delayed/ inflight/ tmp/        the stream's messages (store.py)
         pool/                acked files kept for reuse (pool.py)
@@ -37,7 +38,7 @@ from .store import Clock, Store
 
 LOCK_FILE = "lock"
 STORE_DIRS = ("ready", "delayed", "inflight", "tmp", "pool")
-STORE_FILES = ("bell",)
+STORE_FILES = ("bell", "census")
 
 
 class Stream:

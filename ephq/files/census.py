@@ -1,0 +1,108 @@
+"""Counting a store's messages without listing every name: leaf counts kept by the leaf's mtime.
+
+`stats` used to list every leaf: about 0.3 µs a name before any parsing, 1.4 s at a million
+messages. A directory's mtime moves whenever a name is added to it or taken out of it, so a leaf
+whose mtime has not moved since it was counted holds the same names. Each store keeps what it
+counted in `census` beside its state directories:
+
+    {"v": 1, "leaves": {"ready/<prefix>": [mtime_ns, count, first name or null], ...}}
+
+and `stats` lists only the leaves whose mtime moved (in a deep backlog: the head, where
+consumers take, and the tail, where producers add). Directory mtimes come from a coarse clock,
+so two changes within one tick can leave the same mtime: a leaf changed in the last
+SETTLE_NS is never kept, so a change after keeping always moves the mtime past the kept one.
+
+The file is a cache: written without a flush, replaced whole by a rename, read with the same
+distrust as everything else (not a regular file, too big, or not of this shape: ignored).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from typing import Any
+
+from .fsio import FILE_MODE, NotOurs, listdir, read_regular, write_all
+from .names import new_token
+from .tree import Tree
+
+CENSUS = "census"
+SETTLE_NS = 1_000_000_000
+_MAX_BYTES = 8 << 20
+_FORMAT = 1
+
+Counted = tuple[int, str | None]  # how many, and the first name in order
+
+
+class Census:
+    def __init__(self, store_dir: str) -> None:
+        self.path = os.path.join(store_dir, CENSUS)
+
+    def count(
+        self, trees: dict[str, tuple[Tree, re.Pattern[str]]], now_ns: int
+    ) -> dict[str, Counted]:
+        """For each named tree: its messages (names the pattern matches), and the first."""
+        kept = self._load()
+        keep: dict[str, list[Any]] = {}
+        settled = time.time_ns() - SETTLE_NS  # mtimes are the real clock's, whatever the store's
+        result: dict[str, Counted] = {}
+        for state, (tree, pattern) in trees.items():
+            total, first = 0, None
+            for leaf in tree.leaves(now_ns):
+                key = f"{state}/{leaf.prefix}"
+                try:
+                    mtime = os.lstat(leaf.path).st_mtime_ns
+                except FileNotFoundError:
+                    continue  # pruned as we looked
+                entry = kept.get(key)
+                if entry is not None and entry[0] == mtime:
+                    count, leaf_first = entry[1], entry[2]
+                else:
+                    names = [n for n in listdir(leaf.path) if pattern.fullmatch(n)]
+                    count, leaf_first = len(names), min(names, default=None)
+                if mtime < settled:
+                    keep[key] = [mtime, count, leaf_first]
+                total += count
+                if first is None:
+                    first = leaf_first
+            result[state] = (total, first)
+        if keep != kept:
+            self._save(keep)
+        return result
+
+    def _load(self) -> dict[str, list[Any]]:
+        try:
+            doc = json.loads(read_regular(self.path, _MAX_BYTES)[0])
+            leaves = doc["leaves"]
+            if doc.get("v") != _FORMAT or not isinstance(leaves, dict):
+                return {}
+            return {k: v for k, v in leaves.items() if _entry_ok(v)}
+        except (OSError, NotOurs, ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
+    def _save(self, leaves: dict[str, list[Any]]) -> None:
+        tmp = f"{self.path}.{new_token()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            try:
+                write_all(fd, json.dumps({"v": _FORMAT, "leaves": leaves}).encode())
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.path)
+        except OSError:  # a cache: a full disk or a read-only one only means counting again
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _entry_ok(entry: Any) -> bool:
+    return (
+        isinstance(entry, list)
+        and len(entry) == 3
+        and isinstance(entry[0], int)
+        and isinstance(entry[1], int)
+        and entry[1] >= 0
+        and (entry[2] is None or isinstance(entry[2], str))
+    )
