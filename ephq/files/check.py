@@ -73,7 +73,9 @@ class _Walk:
         known = {sub: True for sub in STORE_DIRS} | dict.fromkeys(STORE_FILES, False) | extra
         for name in sorted(listdir(store.path)):
             path = os.path.join(store.path, name)
-            mode = os.lstat(path).st_mode
+            mode = _mode(path)
+            if not mode:
+                continue  # gone while we looked
             want_dir = known.get(name)
             if want_dir is None:
                 if name.startswith(("stream.json.", "census.")) and name.endswith(".tmp"):
@@ -119,7 +121,10 @@ class _Walk:
     def pool(self, store: Store) -> None:
         for name in sorted(listdir(store.pool.dir)):
             path = os.path.join(store.pool.dir, name)
-            st = os.lstat(path)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue  # a producer took it while we looked
             if not is_slot(name) or not stat.S_ISREG(st.st_mode):
                 self.foreign(path, f"{describe_kind(st.st_mode)} that is not a pooled file")
             elif st.st_nlink > 1 or st.st_size > MAX_KEPT_BYTES:

@@ -74,7 +74,11 @@ class NotOurs(Exception):
 
 _SAFE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _READ_SIZE = 65536
-_NOT_A_FILE = {errno.ELOOP: "a symbolic link", errno.EISDIR: "a directory", errno.ENXIO: "a socket"}
+_NOT_A_FILE = {
+    errno.ELOOP: "a symbolic link",
+    errno.EISDIR: "a directory",
+    errno.ENXIO: "a named pipe or a socket",  # a FIFO opened to write with no reader, a socket
+}
 
 
 def open_regular(path: str, flags: int) -> tuple[int, os.stat_result]:

@@ -46,8 +46,7 @@ class StopWatch:
         self._on_overdue = on_overdue
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, _heard)
+        self._handlers = {s: signal.signal(s, _heard) for s in (signal.SIGTERM, signal.SIGINT)}
         self._thread = threading.Thread(target=self._watch, name="ephq-stop-watch", daemon=True)
         self._thread.start()
 
@@ -74,6 +73,8 @@ class StopWatch:
                 deadline = end if deadline is None else min(deadline, end)
 
     def close(self) -> None:
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
         signal.set_wakeup_fd(self._previous)
         os.close(self._write)  # the watcher reads end-of-file and returns
         self._thread.join(timeout=5)
