@@ -235,3 +235,34 @@ def test_sigkilled_consumer_leases_come_back_after_their_deadline(tmp_path: Path
     assert sorted(m.id for m in back) == held
     assert all(m.attempts == 2 for m in back)
     assert q.check() == []
+
+
+CHURN_SCRIPT = """
+import sys, time
+from ephq import Queue
+q = Queue(sys.argv[1])
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    q.enqueue("churn", "x")
+    m = q.dequeue("churn")
+    if m is not None:
+        q.ack("churn", m.receipt)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_check_while_another_process_churns_the_pool(tmp_path: Path) -> None:
+    home = str(tmp_path / "home")
+    q = Queue(home)
+    q.enqueue_many("churn", list(range(50)))
+    churn = subprocess.Popen([sys.executable, "-c", CHURN_SCRIPT, home, "3"])
+    try:
+        looks = 0
+        while churn.poll() is None:
+            found = q.check()  # never raises, whatever moves under it
+            assert all(p.kind in ("duplicate", "quarantined") for p in found), found
+            looks += 1
+    finally:
+        churn.wait(timeout=30)
+    assert churn.returncode == 0 and looks > 0
+    assert q.check() == []

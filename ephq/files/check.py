@@ -20,7 +20,15 @@ from collections.abc import Callable
 
 from ..message import CheckProblem
 from .config import MAX_CONFIG_BYTES, parse
-from .fsio import NotOurs, describe_kind, listdir, place, read_regular, unlink_quietly
+from .fsio import (
+    NotOurs,
+    describe_kind,
+    listdir,
+    place,
+    read_regular,
+    still_there,
+    unlink_quietly,
+)
 from .names import is_id, parse_ready, parse_timed
 from .pool import MAX_KEPT_BYTES, is_slot
 from .quarantine import HOME_QUARANTINE, QUARANTINE, Quarantine
@@ -115,8 +123,8 @@ class _Walk:
                     f"left in tmp/ by a writer that stopped: {name}",
                     functools.partial(clean_tmp, store),
                 )
-            elif not _tmp_name(name, _mode(path)):
-                self.foreign(path, f"{describe_kind(_mode(path))} that ephq does not write in tmp/")
+            elif (mode := _mode(path)) and not _tmp_name(name, mode):
+                self.foreign(path, f"{describe_kind(mode)} that ephq does not write in tmp/")
 
     def pool(self, store: Store) -> None:
         for name in sorted(listdir(store.pool.dir)):
@@ -141,6 +149,8 @@ class _Walk:
         for name in sorted(listdir(path)):
             child = os.path.join(path, name)
             mode = _mode(child)
+            if not mode:
+                continue  # moved on by a consumer or producer while we looked
             if leaf:
                 self.file(store, state, tree, child, mode)
             elif stat.S_ISDIR(mode) and len(name) == width and _HEX.issuperset(name):
@@ -168,18 +178,22 @@ class _Walk:
             )
             path = os.path.join(leaf, name) if self.repair else path
         try:
-            raw, links = read_regular(path, MAX_RECORD_BYTES)
+            raw, st = read_regular(path, MAX_RECORD_BYTES)
         except FileNotFoundError:
             return  # moved on by a consumer while we looked
         except NotOurs as exc:
             self.unreadable(path, str(exc), exc)
             return
+        links = st.st_nlink
         try:
             record = decode(raw)
         except CorruptRecord as exc:
-            self.unreadable(path, str(exc), NotOurs(str(exc), shared=links > 1))
+            if still_there(path, st):  # else acked (and zeroed) while we read: not a problem
+                self.unreadable(path, str(exc), NotOurs(str(exc), shared=links > 1))
             return
         if record.id != message_id:
+            if not still_there(path, st):
+                return  # recycled for another message while we read
             why = f"the file holds message {record.id}"
             self.report(
                 "id-mismatch",
@@ -232,6 +246,7 @@ class _Walk:
 
 
 def _mode(path: str) -> int:
+    """The file's type and mode, not following a link; 0 if it is gone."""
     try:
         return os.lstat(path).st_mode
     except FileNotFoundError:

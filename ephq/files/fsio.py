@@ -115,8 +115,8 @@ def describe_kind(mode: int) -> str:
     return "a device"
 
 
-def read_regular(path: str, limit: int) -> tuple[bytes, int]:
-    """The bytes of the regular file at path, and its link count; NotOurs past limit bytes."""
+def read_regular(path: str, limit: int) -> tuple[bytes, os.stat_result]:
+    """The bytes of the regular file at path, and its stat; NotOurs past limit bytes."""
     fd, st = open_regular(path, os.O_RDONLY)
     try:
         if st.st_size > limit:
@@ -125,7 +125,7 @@ def read_regular(path: str, limit: int) -> tuple[bytes, int]:
             )
         chunk = os.read(fd, _READ_SIZE)
         if len(chunk) < _READ_SIZE:  # the usual message: one read, no second one to see EOF
-            return chunk, st.st_nlink
+            return chunk, st
         chunks = [chunk]
         total = len(chunk)
         while chunk := os.read(fd, _READ_SIZE):
@@ -133,9 +133,17 @@ def read_regular(path: str, limit: int) -> tuple[bytes, int]:
             total += len(chunk)
             if total > limit:  # it grew while we read: not a file ephq is writing
                 raise NotOurs("a file that keeps growing", shared=st.st_nlink > 1)
-        return b"".join(chunks), st.st_nlink
+        return b"".join(chunks), st
     finally:
         os.close(fd)
+
+
+def still_there(path: str, st: os.stat_result) -> bool:
+    """Whether path still names the file st was taken of (nothing moved it since)."""
+    try:
+        return os.path.samestat(os.lstat(path), st)
+    except FileNotFoundError:
+        return False
 
 
 def is_real_dir(path: str) -> bool | None:

@@ -173,14 +173,14 @@ class Store:
         dropped without losing a byte). A caller only looking leaves it for check.
         """
         try:
-            raw, links = read_regular(path, MAX_RECORD_BYTES)
+            raw, st = read_regular(path, MAX_RECORD_BYTES)
             record = decode(raw)
             if record.id != message_id:
-                raise NotOurs(f"holds message {record.id}", shared=links > 1)
+                raise NotOurs(f"holds message {record.id}", shared=st.st_nlink > 1)
         except FileNotFoundError:
             return None
         except CorruptRecord as exc:
-            problem = NotOurs(str(exc), shared=links > 1)
+            problem = NotOurs(str(exc), shared=st.st_nlink > 1)
         except NotOurs as exc:
             problem = exc
         else:
