@@ -266,3 +266,155 @@ def test_check_while_another_process_churns_the_pool(tmp_path: Path) -> None:
         churn.wait(timeout=30)
     assert churn.returncode == 0 and looks > 0
     assert q.check() == []
+
+
+CAMPAIGN_MAX = 6  # max_attempts of the campaign's stream
+CAMPAIGN_SCRIPT = r"""
+import json, os, random, sys, time
+from ephq import LeaseLost, Queue
+
+home, log_path, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rng = random.Random(seed)
+log = open(log_path, "a", buffering=1)
+q = Queue(home)
+S = "mix"
+
+def note(**event):
+    event["t"] = time.time()
+    log.write(json.dumps(event) + "\n")
+
+serial = 0
+while True:
+    roll = rng.random()
+    serial += 1
+    if roll < 0.35:
+        data = {"w": seed, "n": serial}
+        mid = q.enqueue(S, data)
+        note(op="enq", ids=[mid], data=[data])
+    elif roll < 0.40:
+        items = [{"w": seed, "n": serial, "k": k} for k in range(5)]
+        note(op="enq", ids=q.enqueue_many(S, items), data=items)
+    elif roll < 0.43:
+        q.redrive(S)
+    elif roll < 0.46:
+        m = q.dequeue(S, dlq=True)
+        if m is not None:
+            note(op="settle", kind="dlq-ack", id=m.id)
+            q.ack(S, m.receipt)
+    elif roll < 0.48:
+        q.stats(S)
+        q.peek(S, 3)
+    else:
+        m = q.dequeue(S, visibility=rng.choice([0.3, 2.0]))
+        if m is None:
+            continue
+        note(op="lease", id=m.id, attempts=m.attempts, until=m.visible_until.timestamp(),
+             data=m.data)
+        action = rng.random()
+        try:
+            if action < 0.08:
+                until = q.extend(S, m.receipt, 3.0).timestamp()
+                note(op="extended", id=m.id, until=until)
+            kind = ("ack" if action < 0.70 else "nack" if action < 0.82 else
+                    "nack-later" if action < 0.86 else "release" if action < 0.92 else
+                    "reject" if action < 0.95 else "drop")
+            if kind == "drop":
+                continue  # as if it died holding the lease
+            note(op="settle", kind=kind, id=m.id)
+            if kind == "ack":
+                q.ack(S, m.receipt)
+            elif kind == "nack":
+                q.nack(S, m.receipt)
+            elif kind == "nack-later":
+                q.nack(S, m.receipt, delay=0.2)
+            elif kind == "release":
+                q.release(S, m.receipt)
+            else:
+                q.reject(S, m.receipt, "campaign")
+        except LeaseLost:
+            note(op="lost", id=m.id)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_sigkill_campaign_over_every_operation(tmp_path: Path) -> None:
+    """Six processes mix every operation; one is SIGKILLed at random every few tenths of a
+    second and started again. Afterwards nothing promised is lost, no message is delivered
+    with another's data, no two leases of a message were valid at once, attempts never go
+    back, and the store checks clean."""
+    home = str(tmp_path / "home")
+    Queue(home).configure("mix", max_attempts=CAMPAIGN_MAX)
+    rng = random.Random(7)
+    logs = [str(tmp_path / f"w{i}.log") for i in range(6)]
+
+    def start(i: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-c", CAMPAIGN_SCRIPT, home, logs[i], str(rng.randrange(10**6))]
+        )
+
+    procs = [start(i) for i in range(6)]
+    kills = 0
+    end = time.monotonic() + 12
+    try:
+        while time.monotonic() < end:
+            time.sleep(rng.uniform(0.1, 0.5))
+            i = rng.randrange(6)
+            procs[i].send_signal(signal.SIGKILL)
+            procs[i].wait()
+            kills += 1
+            procs[i] = start(i)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+    events = [json.loads(line) for path in logs for line in Path(path).read_text().splitlines()]
+    data_of = {
+        i: d for e in events if e["op"] == "enq" for i, d in zip(e["ids"], e["data"], strict=True)
+    }
+    settled = {(e["id"], e["kind"]) for e in events if e["op"] == "settle"}
+    # Drain what is left, a day later: every lease has run out, every delay is due.
+    drained: dict[str, Any] = {}
+    with Queue(home, clock=lambda: time.time_ns() + 86_400 * 10**9) as q:
+        for dlq in (False, True):
+            while got := q.dequeue_many("mix", 100, dlq=dlq):
+                for m in got:
+                    drained[m.id] = m.data
+                    q.ack("mix", m.receipt or "")
+        assert [p for p in q.check() if p.kind != "quarantined"] == []
+        assert not [p for p in q.check() if p.kind == "quarantined"], "something was set aside"
+
+    gone = {i for i, kind in settled if kind in ("ack", "dlq-ack")}
+    lost = set(data_of) - set(drained) - gone
+    assert not lost, f"{len(lost)} promised messages lost"
+    for mid, data in drained.items():
+        assert data_of.get(mid, data) == data, f"{mid} drained with another message's data"
+    leases = _lease_histories(events, data_of)
+    assert kills >= 20 and len(data_of) > 200 and len(leases) > 100
+
+
+def _lease_histories(
+    events: list[dict[str, Any]], data_of: dict[str, Any]
+) -> dict[str, list[dict[str, Any]]]:
+    """Each message's leases in order, checked: its own data, one valid lease at a time (a
+    lease ends at its deadline, extended or not, or inside the settling call that began),
+    attempts rising, unless the earlier lease was released (not counted) or the message may
+    have died (rejected, or out of attempts) and been redriven with fresh ones."""
+    leases: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in sorted(events, key=lambda e: e["t"]):
+        if e["op"] == "lease":
+            assert data_of.get(e["id"], e["data"]) == e["data"], "leased with another's data"
+            leases[e["id"]].append(dict(e, ended=e["until"]))
+        elif e["op"] == "extended" and leases[e["id"]]:
+            leases[e["id"]][-1]["ended"] = max(leases[e["id"]][-1]["ended"], e["until"])
+        elif e["op"] == "settle" and leases.get(e["id"]):
+            lease = leases[e["id"]][-1]
+            lease["ended"] = min(lease["ended"], e["t"])  # it ends inside this call, if at all
+            lease["kind"] = e["kind"]
+    for history in leases.values():
+        for earlier, later in itertools.pairwise(history):
+            assert later["t"] >= earlier["ended"] - 0.002, "two leases of a message at once"
+            died = earlier.get("kind") == "reject" or earlier["attempts"] >= CAMPAIGN_MAX
+            if earlier.get("kind") != "release" and not died:
+                assert later["attempts"] > earlier["attempts"], "attempts went back"
+    return leases

@@ -12,8 +12,8 @@ consumers take, and the tail, where producers add). Directory mtimes come from a
 so two changes within one tick can leave the same mtime: a leaf changed in the last
 SETTLE_NS is never kept, so a change after keeping always moves the mtime past the kept one.
 
-The file is a cache: written without a flush, replaced whole by a rename, read with the same
-distrust as everything else (not a regular file, too big, or not of this shape: ignored).
+The file is a cache: written in tmp/ without a flush and renamed over the old one, read with the
+same distrust as everything else (not a regular file, too big, or not of this shape: ignored).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ Counted = tuple[int, str | None]  # how many, and the first name in order
 class Census:
     def __init__(self, store_dir: str) -> None:
         self.path = os.path.join(store_dir, CENSUS)
+        self._tmp_dir = os.path.join(store_dir, "tmp")
 
     def count(
         self, trees: dict[str, tuple[Tree, re.Pattern[str]]], now_ns: int
@@ -84,7 +85,8 @@ class Census:
             return {}
 
     def _save(self, leaves: dict[str, list[Any]]) -> None:
-        tmp = f"{self.path}.{new_token()}.tmp"
+        # In tmp/ as a .w file: if this process dies, recovery removes it (recovery.py).
+        tmp = os.path.join(self._tmp_dir, f"{CENSUS}.{new_token()}.w")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
             try:

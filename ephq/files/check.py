@@ -86,11 +86,11 @@ class _Walk:
                 continue  # gone while we looked
             want_dir = known.get(name)
             if want_dir is None:
-                if name.startswith(("stream.json.", "census.")) and name.endswith(".tmp"):
-                    self.report(
+                if name.startswith("stream.json.") and name.endswith(".tmp"):
+                    self.report(  # what a configure killed before 0.2 left (now in tmp/)
                         "stale-tmp",
                         path,
-                        "left by a writer that stopped",
+                        "left by a configure that stopped",
                         functools.partial(unlink_quietly, path),
                     )
                     continue

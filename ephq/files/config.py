@@ -48,7 +48,8 @@ class ConfigFile:
 
     def save(self, config: StreamConfig, *, durable: bool) -> None:
         doc = {"format": 1, "max_attempts": config.max_attempts, "visibility": config.visibility}
-        tmp = f"{self.path}.{new_token()}.tmp"
+        # In tmp/ as a .w file: if this process dies, recovery removes it (recovery.py).
+        tmp = os.path.join(os.path.dirname(self.path), "tmp", f"{CONFIG_FILE}.{new_token()}.w")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
             write_all(fd, (json.dumps(doc) + "\n").encode())
