@@ -393,3 +393,16 @@ def test_a_home_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
             f"ephq: the ephq home {home} (from --home or EPHQ_HOME) is not a directory\n"
         )
     assert home.read_text() == "notes"
+
+
+def test_a_receipt_of_another_stream_is_named_as_such(home: Path) -> None:
+    ok(home, "enqueue", "orders", stdin="1")
+    ok(home, "enqueue", "emails", stdin="2")
+    receipt = lease(home, "orders")["receipt"]
+    for command in ("ack", "nack", "release"):
+        wrong = ephq(home, command, "emails", receipt)
+        assert (wrong.returncode, wrong.stdout) == (2, "")
+        assert wrong.stderr == (
+            "ephq: this receipt is for a message of stream 'orders', not 'emails'\n"
+        )
+    ok(home, "ack", "orders", receipt)  # the lease was left as it was

@@ -6,7 +6,7 @@ import os
 import threading
 
 from ..backend import Waiter
-from ..errors import BadInput, StorageError
+from ..errors import BadInput, LeaseLost, StorageError
 from ..message import CheckProblem, Message, StreamConfig, StreamStats
 from .fsio import is_real_dir, listdir
 from .names import IdSource, Receipt, check_stream_name, is_id, parse_receipt
@@ -67,25 +67,58 @@ class FileBackend:
 
     def ack(self, stream: str, receipt: str) -> None:
         _, store, parsed = self._settle(stream, receipt)
-        store.ack(parsed.lease)
+        try:
+            store.ack(parsed.lease)
+        except LeaseLost:
+            self._explain_lost(stream, parsed)
+            raise
 
     def nack(self, stream: str, receipt: str, delay_ns: int, reason: str | None) -> None:
         owner, store, parsed = self._settle(stream, receipt)
-        store.nack(parsed.lease, delay_ns, reason, owner.max_attempts(parsed.dead))
+        try:
+            store.nack(parsed.lease, delay_ns, reason, owner.max_attempts(parsed.dead))
+        except LeaseLost:
+            self._explain_lost(stream, parsed)
+            raise
 
     def release(self, stream: str, receipt: str) -> None:
         owner, store, parsed = self._settle(stream, receipt)
-        store.nack(parsed.lease, 0, None, owner.max_attempts(parsed.dead), counts=False)
+        try:
+            store.nack(parsed.lease, 0, None, owner.max_attempts(parsed.dead), counts=False)
+        except LeaseLost:
+            self._explain_lost(stream, parsed)
+            raise
 
     def reject(self, stream: str, receipt: str, reason: str) -> None:
         _, store, parsed = self._settle(stream, receipt)
         if parsed.dead:
             raise BadInput("a dead letter cannot be dead-lettered again: ack or nack it")
-        store.reject(parsed.lease, reason)
+        try:
+            store.reject(parsed.lease, reason)
+        except LeaseLost:
+            self._explain_lost(stream, parsed)
+            raise
 
     def extend(self, stream: str, receipt: str, visibility_ns: int) -> int:
         _, store, parsed = self._settle(stream, receipt)
-        return store.extend(parsed.lease, visibility_ns)
+        try:
+            return store.extend(parsed.lease, visibility_ns)
+        except LeaseLost:
+            self._explain_lost(stream, parsed)
+            raise
+
+    def _explain_lost(self, stream: str, parsed: Receipt) -> None:
+        """BadInput naming the stream whose lease the receipt is, when it is another's.
+
+        Only on the way to LeaseLost: one lstat per stream, where the lease is as given.
+        """
+        name = str(parsed.lease)
+        for other in self.streams():
+            if other == stream:
+                continue
+            leaf = self._new_stream(other).store(parsed.dead).inflight.leaf_dir(name)
+            if os.path.lexists(f"{leaf}/{name}"):
+                raise BadInput(f"this receipt is for a message of stream {other!r}, not {stream!r}")
 
     def validate_receipt(self, receipt: str) -> None:
         parse_receipt(receipt)
