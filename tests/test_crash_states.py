@@ -23,7 +23,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -433,12 +432,11 @@ SCENARIOS: dict[str, Callable[[Scenario], None]] = {
 
 
 @pytest.fixture
-def workdir() -> Iterator[str]:
-    """Where crash states are laid out: memory if the machine has a tmpfs for it."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    path = tempfile.mkdtemp(prefix="ephq-crash-", dir=base)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def workdir(tmp_path: Path) -> str:
+    """Where crash states are laid out, one after another (each removed once checked)."""
+    path = tmp_path / "states"
+    path.mkdir()
+    return str(path)
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
