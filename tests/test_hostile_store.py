@@ -280,6 +280,12 @@ CASES: dict[str, Plant] = {
         s.victim(_valid("18aaaaaaaaaaaaaa00000000.0")),
     ),
     "tmp: dying directory": lambda s: _dir(s.stream / "tmp" / "18aaaaaaaaaaaaaa00000000.1.dying"),
+    "tmp: dying file with a non-ASCII digit": lambda s: _file(
+        s.stream / "tmp" / "18aaaaaaaaaaaaaa00000000.\u00b2.dying", b"x"
+    ),
+    "ready: message name with a non-ASCII digit": lambda s: _file(
+        s.leaf() / (s.sibling()[:25] + "\u0663"), b"x"
+    ),
     "tmp: purge link to a directory outside": lambda s: _scrap(
         _link(s.stream / "tmp" / "purge-x-ready", s.victim_dir())
     ),

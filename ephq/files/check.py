@@ -33,7 +33,7 @@ from .names import is_id, parse_ready, parse_timed
 from .pool import MAX_KEPT_BYTES, is_slot
 from .quarantine import HOME_QUARANTINE, QUARANTINE, Quarantine
 from .record import MAX_RECORD_BYTES, CorruptRecord, decode
-from .recovery import clean_tmp, leftovers
+from .recovery import clean_tmp, dying_fields, leftovers
 from .store import Store
 from .stream import LOCK_FILE, STORE_DIRS, STORE_FILES, Stream
 from .tree import Tree
@@ -255,7 +255,9 @@ def _mode(path: str) -> int:
 
 def _tmp_name(name: str, mode: int) -> bool:
     """Whether an entry of tmp/ is one ephq writes there (of its kind)."""
-    if name.endswith((".w", ".dying")):
+    if name.endswith(".dying"):
+        return stat.S_ISREG(mode) and dying_fields(name) is not None
+    if name.endswith(".w"):
         return stat.S_ISREG(mode)
     if name.startswith(("batch-", "commit-", "purge-")):
         return stat.S_ISDIR(mode) or (name.startswith("purge-") and stat.S_ISLNK(mode))

@@ -27,8 +27,9 @@ TIME_HEX = 16
 _HEX16 = "[0-9a-f]{16}"
 _ID = "[0-9a-f]{24}"
 _TOKEN = "[0-9a-f]{8}"
-_READY = re.compile(rf"({_ID})\.(\d{{1,9}})(?:\.({_TOKEN}))?")
-_TIMED = re.compile(rf"({_HEX16})\.({_ID})\.(\d{{1,9}})(?:\.({_TOKEN}))?")
+# re.ASCII: \d would also match other scripts' digits, which no name ephq writes holds.
+_READY = re.compile(rf"({_ID})\.(\d{{1,9}})(?:\.({_TOKEN}))?", re.ASCII)
+_TIMED = re.compile(rf"({_HEX16})\.({_ID})\.(\d{{1,9}})(?:\.({_TOKEN}))?", re.ASCII)
 READY_NAME, TIMED_NAME = _READY, _TIMED  # for counting by name alone (census.py)
 DLQ_RECEIPT_PREFIX = "dlq:"
 

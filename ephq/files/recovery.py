@@ -63,7 +63,7 @@ def leftovers(store: Finisher) -> Iterator[tuple[str, str]]:
         path = os.path.join(store.tmp, name)
         # .dying and commit- were locked before they got these names, so a free lock means
         # the owner is gone; the rest could be caught between creation and locking.
-        promised = name.endswith(".dying") or name.startswith("commit-")
+        promised = name.startswith("commit-") or dying_fields(name) is not None
         scrap = name.endswith(".w") or name.startswith(("batch-", "purge-"))
         if not (promised or scrap):
             continue
@@ -104,9 +104,21 @@ def clean_tmp(store: Finisher) -> list[str]:
     return handled
 
 
-def _finish_dying(store: Finisher, path: str, name: str) -> bool:
+def dying_fields(name: str) -> tuple[str, int] | None:
+    """The id and attempts of a dying file's name, `<id>.<attempts>.dying`; None if it is not
+    one (then it is foreign, not a crashed dead-lettering)."""
     fields = name.split(".")
-    if len(fields) != 3 or not is_id(fields[0]) or not fields[1].isdigit():
+    if len(fields) != 3 or fields[2] != "dying" or not is_id(fields[0]):
+        return None
+    attempts = fields[1]
+    if not (attempts.isascii() and attempts.isdigit() and len(attempts) <= 9):
+        return None
+    return fields[0], int(attempts)
+
+
+def _finish_dying(store: Finisher, path: str, name: str) -> bool:
+    fields = dying_fields(name)
+    if fields is None:
         return False
     try:
         fd = try_lock(path)
@@ -118,7 +130,7 @@ def _finish_dying(store: Finisher, path: str, name: str) -> bool:
         if not os.path.exists(path):
             return False
         why = "its dead-lettering was interrupted (a crash, or a full disk) and finished later"
-        store.bury(fd, path, fields[0], int(fields[1]), why)
+        store.bury(fd, path, fields[0], fields[1], why)
         return True
     finally:
         os.close(fd)
