@@ -104,3 +104,18 @@ def test_threads_of_one_process_ack_through_one_pool(
     assert sorted(acked) == list(range(800))
     assert len(list((home / "s" / "pool").iterdir())) <= 16
     assert q.check() == []
+
+
+@pytest.mark.timeout(30)
+def test_ack_does_not_hang_on_a_file_someone_else_keeps_locked(q: Queue, home: Path) -> None:
+    import fcntl
+
+    q.enqueue("s", "held")
+    m = q.dequeue("s")
+    assert m is not None and m.receipt is not None
+    (leased,) = [p for p in (home / "s" / "inflight").rglob("*") if p.is_file()]
+    with open(leased, "rb") as other:  # a foreign process's lock, as the kernel sees it
+        fcntl.flock(other, fcntl.LOCK_EX)
+        q.ack("s", m.receipt)  # gives up on pooling after about a second, and frees the file
+        assert not leased.exists()
+    assert q.dequeue("s") is None and q.check() == []

@@ -250,15 +250,14 @@ def place(src: str, dest_dir: str, name: str, *, durable_dirs: bool, flush: bool
     before the rename, because a consumer may take the message and prune the directory before
     we get to flush it.
     """
-    sync = flush
     dest = f"{dest_dir}/{name}"
     for _ in range(_PLACE_TRIES):
         dir_fd = -1
         try:
-            if sync:
+            if flush:
                 dir_fd = os.open(dest_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             os.rename(src, dest)
-            if sync:
+            if flush:
                 os.fsync(dir_fd)
             return True
         except FileNotFoundError:

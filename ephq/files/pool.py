@@ -53,8 +53,9 @@ _RETRY_NS = 50_000_000
 LOW_SPACE_FRACTION = 0.05
 _LOW_SPACE_CAP_BYTES = 1 << 30  # on a large disk, 1 GiB free is not low
 _SPACE_CHECK_NS = 1_000_000_000
-# How long a producer waits for an acker to finish zeroing a file it took (microseconds, as a
-# rule); past it the file is someone else's and is left.
+# How long a producer waits for an acker to finish zeroing a file it took, or an acker for a
+# dead-letterer to let go of the file (microseconds to milliseconds, as a rule); past it the
+# file is someone else's and is left.
 _LOCK_TRIES = 1000
 _LOCK_PAUSE_S = 0.001
 
@@ -89,9 +90,10 @@ class FilePool:
             return
         fd, st = open_regular(path, os.O_WRONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            # A second name keeps the bytes (zeroing would zero it too); a big file is freed.
-            if st.st_size > MAX_KEPT_BYTES or st.st_nlink > 1:
+            # A second name keeps the bytes (zeroing would zero it too); a big file is freed;
+            # so is one someone else keeps locked (a dead-letterer holds it for milliseconds;
+            # anyone else must not hang an ack).
+            if st.st_size > MAX_KEPT_BYTES or st.st_nlink > 1 or not _lock_soon(fd):
                 os.unlink(path)
                 return
             # Only the rename makes the file ours: until then a reaper or nack may move it.
@@ -218,12 +220,8 @@ class FilePool:
             os.close(fd)
             self._set_aside(path, NotOurs(f"{st.st_size} bytes, more than the pool keeps"))
             return None
-        for _ in range(_LOCK_TRIES):
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                time.sleep(_LOCK_PAUSE_S)  # an acker is zeroing it
+        if _lock_soon(fd):  # else an acker is zeroing it, or someone else holds it: leave it
+            return fd
         os.close(fd)
         unlink_quietly(path)
         return None
@@ -244,6 +242,17 @@ class FilePool:
             return self._hints.pop()
         except IndexError:  # another thread emptied it
             return None
+
+
+def _lock_soon(fd: int) -> bool:
+    """Take fd's exclusive flock, waiting at most about a second (_LOCK_TRIES pauses)."""
+    for _ in range(_LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            time.sleep(_LOCK_PAUSE_S)
+    return False
 
 
 def is_slot(name: str) -> bool:
