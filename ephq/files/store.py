@@ -174,17 +174,15 @@ class Store:
         """
         try:
             raw, st = read_regular(path, MAX_RECORD_BYTES)
-            record = decode(raw)
-            if record.id != message_id:
-                raise NotOurs(f"holds message {record.id}", shared=st.st_nlink > 1)
         except FileNotFoundError:
             return None
-        except CorruptRecord as exc:
-            problem = NotOurs(str(exc), shared=st.st_nlink > 1)
         except NotOurs as exc:
             problem = exc
         else:
-            return record
+            found = _vetted(raw, st, message_id)
+            if not isinstance(found, NotOurs):
+                return found
+            problem = found
         if taken:
             self.set_aside(path, problem)
         return None
@@ -265,9 +263,7 @@ class Store:
                     continue  # not a file a batch writes: check reports it
                 dest = self.delayed.leaf_dir(f"{timed.at_ns:016x}")
             # Not durable one by one: the flush below covers every move and new directory.
-            if place(
-                os.path.join(commit, name), dest, name, durable_dirs=self.durable, flush=False
-            ):
+            if place(os.path.join(commit, name), dest, name, durable_dirs=False, flush=False):
                 touched[name] = dest
         if self.durable:
             fd = os.open(self.tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -585,16 +581,9 @@ class Store:
     @staticmethod
     def _dying_record(fd: int, dying: str, message_id: str) -> Record | NotOurs:
         st = os.fstat(fd)
-        shared = st.st_nlink > 1
         if not os.path.samestat(st, os.lstat(dying)) or st.st_size > MAX_RECORD_BYTES:
-            return NotOurs("not a message file", shared=shared)
-        try:
-            record = decode(os.pread(fd, st.st_size, 0))
-        except CorruptRecord as exc:
-            return NotOurs(str(exc), shared=shared)
-        if record.id != message_id:
-            return NotOurs(f"holds message {record.id}", shared=shared)
-        return record
+            return NotOurs("not a message file", shared=st.st_nlink > 1)
+        return _vetted(os.pread(fd, st.st_size, 0), st, message_id)
 
     def redrive_into(
         self, target: Store, ids: list[str] | None, progress: Progress = None
@@ -829,6 +818,23 @@ class Store:
             os.utime(self.bell, follow_symlinks=False)
         except FileNotFoundError:
             pass
+
+
+def _vetted(raw: bytes, st: os.stat_result, message_id: str) -> Record | NotOurs:
+    """The record of message_id if raw is that message's file; else why not.
+
+    The one rule for every reader: a record of another id is a stale name a power loss left
+    on a recycled file (or a copy), and a file with a second name can be dropped from the
+    store without losing a byte (NotOurs.shared).
+    """
+    shared = st.st_nlink > 1
+    try:
+        record = decode(raw)
+    except CorruptRecord as exc:
+        return NotOurs(str(exc), shared=shared)
+    if record.id != message_id:
+        return NotOurs(f"holds message {record.id}", shared=shared)
+    return record
 
 
 def _drop_second_names(commit: str, placed: dict[str, str]) -> None:
