@@ -67,45 +67,30 @@ class FileBackend:
 
     def ack(self, stream: str, receipt: str) -> None:
         _, store, parsed = self._settle(stream, receipt)
-        try:
+        with _Explained(self, stream, parsed):
             store.ack(parsed.lease)
-        except LeaseLost:
-            self._explain_lost(stream, parsed)
-            raise
 
     def nack(self, stream: str, receipt: str, delay_ns: int, reason: str | None) -> None:
         owner, store, parsed = self._settle(stream, receipt)
-        try:
+        with _Explained(self, stream, parsed):
             store.nack(parsed.lease, delay_ns, reason, owner.max_attempts(parsed.dead))
-        except LeaseLost:
-            self._explain_lost(stream, parsed)
-            raise
 
     def release(self, stream: str, receipt: str) -> None:
         owner, store, parsed = self._settle(stream, receipt)
-        try:
+        with _Explained(self, stream, parsed):
             store.nack(parsed.lease, 0, None, owner.max_attempts(parsed.dead), counts=False)
-        except LeaseLost:
-            self._explain_lost(stream, parsed)
-            raise
 
     def reject(self, stream: str, receipt: str, reason: str) -> None:
         _, store, parsed = self._settle(stream, receipt)
         if parsed.dead:
             raise BadInput("a dead letter cannot be dead-lettered again: ack or nack it")
-        try:
+        with _Explained(self, stream, parsed):
             store.reject(parsed.lease, reason)
-        except LeaseLost:
-            self._explain_lost(stream, parsed)
-            raise
 
     def extend(self, stream: str, receipt: str, visibility_ns: int) -> int:
         _, store, parsed = self._settle(stream, receipt)
-        try:
+        with _Explained(self, stream, parsed):
             return store.extend(parsed.lease, visibility_ns)
-        except LeaseLost:
-            self._explain_lost(stream, parsed)
-            raise
 
     def _explain_lost(self, stream: str, parsed: Receipt) -> None:
         """BadInput naming the stream whose lease the receipt is, when it is another's.
@@ -244,6 +229,23 @@ class FileBackend:
         for bell in self._bells.values():
             bell.close()
         self._bells.clear()
+
+
+class _Explained:
+    """Around settling a receipt: a LeaseLost becomes BadInput when the receipt is another
+    stream's (FileBackend._explain_lost). A class, not a generator: it wraps every ack."""
+
+    def __init__(self, backend: FileBackend, stream: str, parsed: Receipt) -> None:
+        self.backend, self.stream, self.parsed = backend, stream, parsed
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if isinstance(exc, LeaseLost):
+            self.backend._explain_lost(self.stream, self.parsed)
 
 
 def _require_id(message_id: str) -> None:
