@@ -396,3 +396,17 @@ def test_a_handlers_many_lines_of_stderr_stay_on_its_one_log_line(
     assert q.dead_letter("s", mid).metadata["dead"]["error"] == (
         "exit 3; stderr: first\nsecond\tcol\\end"  # the dead letter keeps the text as it was
     )
+
+
+@pytest.mark.timeout(60)
+def test_the_stopped_line_keeps_a_broken_handlers_stderr_on_one_line(
+    home: Path, tmp_path: Path
+) -> None:
+    q = Queue(home)
+    q.enqueue("s", 1)
+    handler = script(tmp_path, "echo 'first' >&2\necho 'second' >&2\nexit 127\n")
+    code, err = finish(start_worker(home, "s", "--exec", handler))
+    assert code == 9
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ephq worker: stopped: the handler could not be run: exit 127")
+    assert "stderr: first\\nsecond; messages were given back uncounted" in last

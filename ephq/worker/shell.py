@@ -74,7 +74,7 @@ class Log:
             sys.stderr.flush()
 
     def stopped(self, why: str) -> None:
-        self._write(f"ephq worker: stopped: {why}; messages were given back uncounted")
+        self._write(f"ephq worker: stopped: {one_line(why)}; messages were given back uncounted")
 
     def overdue(self, running: int) -> None:
         self._write(
