@@ -19,7 +19,7 @@ from .errors import (
     StorageError,
     StoragePermissionDenied,
 )
-from .message import CheckProblem, Message, StreamConfig, StreamStats
+from .message import CheckProblem, Lease, Message, StreamConfig, StreamStats
 from .queue import Queue
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "DiskFull",
     "EphqError",
     "InvalidJSON",
+    "Lease",
     "LeaseLost",
     "Message",
     "NotFound",

@@ -23,7 +23,9 @@ class Message(NamedTuple):
     ``attempts`` counts deliveries so far, this one included. ``data_json`` is the data exactly as
     it was enqueued; ``data`` is the same parsed. ``metadata`` holds what the queue knows beyond
     the data: for a dead letter, ``dead`` with the original stream, last error, attempts and time
-    of death.
+    of death (and ``dlq_error``, ``dlq_failed_at`` once a dead-letter handler failed on it).
+    ``state`` is set by listings that show messages in several states (``ready``, ``delayed``,
+    ``inflight``); ``visible_until`` is then when a delayed or leased one is due.
     """
 
     id: str
@@ -35,6 +37,24 @@ class Message(NamedTuple):
     enqueued_at: datetime
     visible_until: datetime | None
     metadata: dict[str, Any] = {}  # noqa: RUF012 - never mutated; each Message gets its own
+    state: str | None = None
+
+
+class Lease(NamedTuple):
+    """A message in flight: leased by a consumer until ``deadline`` (its lease may be extended).
+
+    ``holder`` is who holds it when a worker does (host, pid, worker, started_at): workers
+    announce their leases a few tenths of a second after taking them. ``leased_at`` is when the
+    holder leased it; for a lease without a known holder, when it was last leased or extended.
+    """
+
+    id: str
+    stream: str
+    attempts: int
+    leased_at: datetime | None
+    deadline: datetime
+    holder: dict[str, Any] | None
+    dlq: bool
 
 
 class StreamStats(NamedTuple):
@@ -47,10 +67,18 @@ class StreamStats(NamedTuple):
     """Seconds since the oldest ready message was enqueued; None when nothing is ready."""
 
 
+# A stream's largest message unless configured otherwise (like SQS's), and the bounds of the
+# setting: the default keeps a mistaken upload (a log file, a core dump) out of the queue.
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+MIN_MAX_MESSAGE_BYTES = 1 << 10
+
+
 class StreamConfig(NamedTuple):
     max_attempts: int = 5
     visibility: float = 30.0
     """Default lease length in seconds, used when dequeue is given none."""
+    max_size: int = DEFAULT_MAX_MESSAGE_BYTES
+    """The largest message the stream takes, in bytes of its JSON text."""
 
 
 class CheckProblem(NamedTuple):

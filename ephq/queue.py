@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, overload
 
-from .backend import Backend, Progress
+from .backend import Backend, Holder, Progress
 from .durations import NS_PER_SECOND, Duration, to_ns
 from .errors import BadInput, InvalidJSON
 from .files.backend import FileBackend
@@ -29,7 +29,9 @@ from .files.fsio import translated
 from .files.names import check_stream_name
 from .message import (
     MAX_MESSAGE_BYTES,
+    MIN_MAX_MESSAGE_BYTES,
     CheckProblem,
+    Lease,
     Message,
     StreamConfig,
     StreamStats,
@@ -118,15 +120,25 @@ class Queue:
         delay_ns = to_ns(delay, "delay")
         if not items:
             return []
-        for item in items:
-            # A character is at most 4 bytes: only a long text is measured.
-            if len(item) > MAX_MESSAGE_BYTES // 4 and len(item.encode()) > MAX_MESSAGE_BYTES:
-                raise BadInput(
-                    f"a message is at most {MAX_MESSAGE_BYTES >> 20} MiB of JSON; "
-                    f"this one is {len(item.encode()):,} bytes"
-                )
         with translated(f"enqueue to stream {stream!r}"):
+            self._check_sizes(stream, items)
             return self._backend.enqueue(stream, items, delay_ns, progress)
+
+    def _check_sizes(self, stream: str, items: list[str]) -> None:
+        """BadInput naming the first item larger than the stream's max_size. A character is at
+        most 4 bytes, so only a text that long is measured, and only then are the stream's
+        settings read: the usual small message costs nothing here."""
+        longest = max(len(item) for item in items)
+        if longest <= MIN_MAX_MESSAGE_BYTES // 4:
+            return
+        limit = self._backend.config(stream).max_size
+        for number, item in enumerate(items, 1):
+            if len(item) > limit // 4 and (size := len(item.encode())) > limit:
+                which = "this message" if len(items) == 1 else f"message {number}"
+                raise BadInput(
+                    f"{which} is {size:,} bytes of JSON; stream {stream!r} takes at most "
+                    f"{limit:,} (ephq config {stream} --max-size)"
+                )
 
     # -- consume ---------------------------------------------------------------------------
 
@@ -245,11 +257,34 @@ class Queue:
     def stats(self, stream: None = None) -> list[StreamStats]: ...
 
     def stats(self, stream: str | None = None) -> StreamStats | list[StreamStats]:
-        """Counts for one stream, or for every stream when none is named."""
+        """Counts for one stream (NotFound if there is no such stream), or for every stream
+        when none is named."""
         with translated("read queue statistics"):
             if stream is not None:
                 return self._backend.stats(check_stream_name(stream))
             return [self._backend.stats(name) for name in self._backend.streams()]
+
+    def leases(self, stream: str) -> list[Lease]:
+        """The stream's messages in flight (its dead letters' too), by deadline; NotFound if
+        there is no such stream."""
+        check_stream_name(stream)
+        with translated(f"list the leases of stream {stream!r}"):
+            return self._backend.leases(stream)
+
+    def hold(self, stream: str, *, dlq: bool = False, worker: str = "python") -> Holder:
+        """Announce this process as a holder of leases (Worker does this): publish() the
+        receipts it holds, close() when done."""
+        check_stream_name(stream)
+        with translated(f"register a worker of stream {stream!r}"):
+            return self._backend.hold(stream, dlq, worker)
+
+    def next_delayed(self, stream: str, *, dlq: bool = False) -> datetime | None:
+        """When the stream's first delayed message (a retry, or a delayed enqueue) becomes
+        visible; None if there is none."""
+        check_stream_name(stream)
+        with translated(f"read stream {stream!r}"):
+            due = self._backend.next_delayed_ns(stream, dlq)
+        return None if due is None else utc_from_ns(due)
 
     def streams(self) -> list[str]:
         with translated("list streams"):
@@ -271,8 +306,13 @@ class Queue:
         stream: str,
         max_attempts: int | None = None,
         visibility: Duration | None = None,
+        max_size: int | None = None,
     ) -> StreamConfig:
-        """Change the stream's settings (kept with the stream); returns them all."""
+        """Change the stream's settings (kept with the stream); returns them all.
+
+        ``max_size``: the largest message the stream takes, in bytes of JSON text (1 KiB to 64
+        MiB; default 1 MiB); a larger one is refused with BadInput and nothing is written.
+        """
         check_stream_name(stream)
         if max_attempts is not None and (
             isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
@@ -283,14 +323,28 @@ class Queue:
         visibility_ns = (
             None if visibility is None else to_ns(visibility, "visibility", allow_zero=False)
         )
+        if max_size is not None and (
+            isinstance(max_size, bool)
+            or not isinstance(max_size, int)
+            or not MIN_MAX_MESSAGE_BYTES <= max_size <= MAX_MESSAGE_BYTES
+        ):
+            raise BadInput(
+                f"max_size must be a whole number of bytes from {MIN_MAX_MESSAGE_BYTES:,} to "
+                f"{MAX_MESSAGE_BYTES:,} (64 MiB), not {max_size!r}"
+            )
         with translated(f"configure stream {stream!r}"):
-            return self._backend.configure(stream, max_attempts, visibility_ns)
+            return self._backend.configure(stream, max_attempts, visibility_ns, max_size)
 
     # -- dead letters ----------------------------------------------------------------------
 
     def dead_letters(self, stream: str, n: int = 100) -> list[Message]:
-        """The first n dead letters not leased by a dead-letter consumer, oldest first."""
-        return self.peek(stream, n, dlq=True)
+        """The first n dead letters, oldest first, whatever their state (``Message.state``:
+        ready; delayed, a dead-letter handler's retry; inflight, leased by one)."""
+        check_stream_name(stream)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise BadInput(f"n must be a whole number of at least 1, not {n!r}")
+        with translated(f"list the dead letters of stream {stream!r}"):
+            return self._backend.dead_letters(stream, n)
 
     def dead_letter(self, stream: str, message_id: str) -> Message:
         """One dead letter by id; NotFound if there is none."""
@@ -354,7 +408,7 @@ def checked_json(text: str | bytes) -> str:
             raise BadInput(f"message is not UTF-8 text: {exc}") from None
     if not isinstance(text, str):
         raise BadInput(f"JSON text must be str or bytes, not {type(text).__name__}")
-    text = text.strip()
+    text = text.strip(" \t\n\r")  # JSON's whitespace, no other: "\u00a01" is not JSON
     if not text:
         raise BadInput("message is empty: expected a JSON document")
     try:

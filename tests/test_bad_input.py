@@ -62,8 +62,13 @@ BAD_CALLS: list[tuple[str, Callable[[Queue, str], object], str]] = [
     ("peek-n", lambda q, r: q.peek("s", 0), "n must be"),
     ("dlq-id", lambda q, r: q.dead_letter("s", "xyz"), "is not a message id"),
     ("redrive-id", lambda q, r: q.redrive("s", ["../../etc"]), "is not a message id"),
-    ("too-big", lambda q, r: q.enqueue("s", "x" * (64 << 20)), "at most 64 MiB of JSON; this"),
-    ("too-big-batch", lambda q, r: q.enqueue_many("s", [1, "é" * (32 << 20)]), "at most 64 MiB"),
+    ("too-big", lambda q, r: q.enqueue("s", "x" * (1 << 20)), "this message is 1,048,578 bytes"),
+    (  # two bytes a character: measured in bytes, not characters
+        "too-big-batch",
+        lambda q, r: q.enqueue_many("s", [1, "é" * (1 << 19)]),
+        "message 2 is 1,048,578 bytes of JSON; stream 's' takes at most 1,048,576",
+    ),
+    ("max-size", lambda q, r: q.configure("s", max_size=(64 << 20) + 1), "max_size must be"),
 ]
 
 

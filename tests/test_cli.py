@@ -126,7 +126,7 @@ def test_dead_letters_from_the_shell(home: Path) -> None:
     ok(home, "nack", "jobs", m["receipt"], "--reason", "remote said no")
     listing = ok(home, "dlq", "list", "jobs")
     header, row = listing.splitlines()
-    assert header.split() == ["id", "attempts", "died_at", "error"]
+    assert header.split() == ["id", "attempts", "state", "died_at", "error"]
     assert row.startswith(mid) and row.endswith("remote said no")
     as_json = json.loads(ok(home, "dlq", "list", "jobs", "--json"))
     assert as_json["metadata"]["dead"]["error"] == "remote said no"
@@ -139,8 +139,40 @@ def test_dead_letters_from_the_shell(home: Path) -> None:
     missing = ephq(home, "dlq", "show", "jobs", mid)
     assert missing.returncode == 4
     assert (
-        missing.stderr == f"ephq: no message with id {mid} in the dead letters of stream 'jobs'\n"
+        missing.stderr
+        == f"ephq: no dead letter with id {mid} in the dead letters of stream 'jobs'\n"
     )
+
+
+def test_every_dlq_command_sees_a_dead_letter_in_every_state(home: Path) -> None:
+    """Leased by a dead-letter consumer, waiting for its retry, or ready: listed, shown,
+    redriven and purged alike, with the attempts it was delivered."""
+    ok(home, "config", "s", "--max-attempts", "2")
+    ids = ok(home, "enqueue", "s", "--lines", stdin="1\n2\n3\n").split()
+    for _ in range(2):
+        for _ in ids:
+            ok(home, "nack", "s", lease(home)["receipt"], "--reason", "smtp 451")
+    held = lease(home, "s", "--dlq")  # ids[0]: leased
+    waiting = lease(home, "s", "--dlq")  # ids[1]: a handler failed, retried in an hour
+    ok(home, "nack", "s", waiting["receipt"], "--delay", "1h", "--reason", "archive down")
+    assert held["attempts"] == 3  # two in the stream, the third to the dead-letter consumer
+    listed = [json.loads(line) for line in ok(home, "dlq", "list", "s", "--json").splitlines()]
+    assert [m["id"] for m in listed] == ids
+    assert [m["state"] for m in listed] == ["inflight", "delayed", "ready"]
+    assert [m["attempts"] for m in listed] == [3, 3, 2]
+    assert all(m["metadata"]["dead"]["attempts"] == 2 for m in listed)
+    assert listed[1]["metadata"]["dead"]["dlq_error"] == "archive down"
+    assert listed[1]["metadata"]["dead"]["error"] == "smtp 451"
+    table = ok(home, "dlq", "list", "s").splitlines()
+    assert "archive down" in table[2] and table[1].split()[2] == "inflight"
+    assert json.loads(ok(home, "dlq", "show", "s", ids[1]))["state"] == "delayed"
+    assert ok(home, "stats", "s", "--json").count('"dlq":3') == 1
+    assert ok(home, "dlq", "redrive", "s", ids[0], ids[1]).split() == ids[:2]
+    assert ephq(home, "ack", "s", held["receipt"]).returncode == 3  # the holder was fenced
+    back = lease(home, "s")
+    assert (back["id"], back["attempts"]) == (ids[0], 1)
+    assert "metadata" not in back  # no longer dead: its death is not shown as a fact
+    assert ok(home, "dlq", "purge", "s", "--yes").split() == [ids[2]]
 
 
 def test_dlq_purge_by_id_and_all(home: Path) -> None:
@@ -184,10 +216,35 @@ def test_stats_plain_and_json(home: Path) -> None:
 
 def test_config_show_and_set(home: Path) -> None:
     shown = json.loads(ok(home, "config", "s"))
-    assert shown == {"stream": "s", "max_attempts": 5, "visibility": 30.0}
-    changed = json.loads(ok(home, "config", "s", "--max-attempts", "3", "--visibility", "2m"))
-    assert changed == {"stream": "s", "max_attempts": 3, "visibility": 120.0}
-    assert json.loads(ok(home, "config", "s")) == changed
+    assert shown == {"stream": "s", "max_attempts": 5, "visibility": 30.0, "max_size": 1 << 20}
+    changed = json.loads(
+        ok(home, "config", "s", "--max-attempts", "3", "--visibility", "2m", "--max-size", "2KiB")
+    )
+    assert changed == {"stream": "s", "max_attempts": 3, "visibility": 120.0, "max_size": 2048}
+    assert json.loads(ok(home, "config", "s", "--json")) == changed
+
+
+def test_a_message_over_the_streams_max_size_is_refused_before_it_is_read_whole(
+    home: Path,
+) -> None:
+    ok(home, "config", "s", "--max-size", "1KiB")
+    before = snapshot(home)
+    big = '"' + "x" * 2000 + '"'
+    refused = ephq(home, "enqueue", "s", stdin=big)
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == (
+        "ephq: stdin: the message is over 1,024 bytes, the most stream 's' takes "
+        "(ephq config s --max-size)\n"
+    )
+    lines = ephq(home, "enqueue", "s", "--lines", stdin=f"1\n{big}\n")
+    assert lines.returncode == 2 and "message 2 is 2,002 bytes" in lines.stderr
+    assert snapshot(home) == before  # nothing written, the batch neither
+    assert ok(home, "enqueue", "s", stdin='"' + "x" * 1000 + '"').strip()
+    for bad in ("1", "65MiB", "lots", "-5"):
+        out = ephq(home, "config", "s", "--max-size", bad)
+        assert out.returncode == 2 and out.stderr.startswith("ephq: "), out.stderr
+    # The default is 1 MiB: a 2 MiB message to a fresh stream is refused.
+    assert ephq(home, "enqueue", "fresh", stdin='"' + "x" * (2 << 20) + '"').returncode == 2
 
 
 def test_purge_needs_yes(home: Path) -> None:

@@ -41,7 +41,7 @@ def test_every_command_has_help_and_a_page() -> None:
     pages = render_all()
     expected = {f"ephq-{name}.1" for name in COMMANDS}
     expected |= {f"ephq-dlq-{name}.1" for name in DLQ_COMMANDS}
-    assert set(pages) == expected | {"ephq.1"}
+    assert set(pages) == expected | {"ephq.1", "ephq-dlq.1"}
     for name, text in pages.items():
         description = text.split(".SH DESCRIPTION\n", 1)[1].split("\n.SH", 1)[0]
         assert len(description.strip()) > 20, name

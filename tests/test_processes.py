@@ -300,7 +300,10 @@ while True:
         m = q.dequeue(S, dlq=True)
         if m is not None:
             note(op="settle", kind="dlq-ack", id=m.id)
-            q.ack(S, m.receipt)
+            try:
+                q.ack(S, m.receipt)
+            except LeaseLost:
+                pass  # another process redrove it while we held it
     elif roll < 0.48:
         q.stats(S)
         q.peek(S, 3)
@@ -407,7 +410,8 @@ def _lease_histories(
             leases[e["id"]].append(dict(e, ended=e["until"]))
         elif e["op"] == "extended" and leases[e["id"]]:
             leases[e["id"]][-1]["ended"] = max(leases[e["id"]][-1]["ended"], e["until"])
-        elif e["op"] == "settle" and leases.get(e["id"]):
+        elif e["op"] == "settle" and e["kind"] != "dlq-ack" and leases.get(e["id"]):
+            # (a dead letter's lease is not in the history: redrive can take it from its holder)
             lease = leases[e["id"]][-1]
             lease["ended"] = min(lease["ended"], e["t"])  # it ends inside this call, if at all
             lease["kind"] = e["kind"]

@@ -258,7 +258,7 @@ def test_dead_letters_are_not_dead_lettered_again(q: Queue) -> None:
     m = q.dequeue("s")
     assert m is not None and m.receipt
     q.nack("s", m.receipt)
-    for attempt in range(1, 4):
+    for attempt in range(2, 5):  # its deliveries go on counting from the one in the stream
         d = q.dequeue("s", dlq=True)
         assert d is not None and d.receipt and d.attempts == attempt
         q.nack("s", d.receipt)
@@ -316,7 +316,11 @@ def test_stats_counts_every_state_and_oldest_age(q: Queue, clock: FakeClock) -> 
     assert s.oldest_age == pytest.approx(2.0)
     q.enqueue("b", 1)
     assert [x.stream for x in q.stats()] == ["a", "b"]
-    assert q.stats("empty").oldest_age is None
+    assert q.stats("b").oldest_age is not None
+    q.ack("b", q.dequeue("b").receipt)  # type: ignore[union-attr]
+    assert q.stats("b").oldest_age is None
+    with pytest.raises(NotFound, match=r"no stream 'empty' in .* \(streams: a, b\)"):
+        q.stats("empty")  # a typo is not an empty stream
 
 
 def test_purge_removes_messages_but_keeps_dead_letters(q: Queue) -> None:

@@ -97,7 +97,7 @@ def test_exit_status_decides_ack_dead_letter_or_retry(home: Path, tmp_path: Path
     )
     flaky = q.dead_letter("jobs", flaky_id).metadata["dead"]
     assert (flaky["attempts"], flaky["error"]) == (3, "exit 3; stderr: try 3 failed")
-    with pytest.raises(Exception, match="no message"):
+    with pytest.raises(Exception, match="no dead letter"):
         q.dead_letter("jobs", ok_id)
     assert "handled 5 (acked 1, retried 2, dead-lettered 2, released 0, lease lost 0)" in err
 

@@ -8,6 +8,7 @@ regenerates them and fails when the committed ones differ.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,25 @@ def _takes_ctx(param: Any) -> bool:
 
 
 def _usage(command: Any, ctx: Any) -> str:
-    return " ".join([ctx.command_path, *command.collect_usage_pieces(ctx)])
+    # Typer marks a required argument {STREAM}; a man page's synopsis writes it bare.
+    pieces = [re.sub(r"^\{(.*)\}$", r"\1", p) for p in command.collect_usage_pieces(ctx)]
+    return " ".join([ctx.command_path, *pieces])
+
+
+def group_page(group: Any, ctx: Any) -> str:
+    """The page of a group of commands (ephq-dlq): what it is for, and its commands."""
+    name = ctx.command_path.replace(" ", "-")
+    help_text = group.help or ""
+    lines = _header(name, " ".join(help_text.split(". ")[0].rstrip(".").split()))
+    lines += [".SH SYNOPSIS", f"\\fB{roff(ctx.command_path)}\\fR \\fICOMMAND\\fR [\\fIARGS\\fR]..."]
+    lines += [".SH DESCRIPTION", paragraphs(help_text), ".SH COMMANDS"]
+    pages = []
+    for path, command in _walk(group, ctx):
+        lines += [".TP", f"\\fB{roff(path)}\\fR", roff(" ".join((command.help or "").split()))]
+        pages.append(path.replace(" ", "-"))
+    lines += [".SH EXIT STATUS", paragraphs(EXIT_CODES), ".SH SEE ALSO"]
+    lines.append(",\n".join(f"\\fB{p}\\fR(1)" for p in ["ephq", *pages]))
+    return "\n".join(lines) + "\n"
 
 
 def command_page(command: Any, ctx: Any, see_also: str) -> str:
@@ -165,6 +184,7 @@ def render_all() -> dict[str, str]:
     ctx = typer.Context(group, info_name="ephq")
     commands = _walk(group, ctx)
     names = [path.replace(" ", "-") for path, _ in commands]
+    names += [f"ephq-{word}" for word, c in group.commands.items() if hasattr(c, "commands")]
     pages = {"ephq.1": main_page(group, ctx, names)}
     for path, command in commands:
         parent = ctx
@@ -172,6 +192,10 @@ def render_all() -> dict[str, str]:
             parent = typer.Context(group.commands[word], info_name=word, parent=parent)
         sub = typer.Context(command, info_name=path.split()[-1], parent=parent)
         pages[path.replace(" ", "-") + ".1"] = command_page(command, sub, "\\fBephq\\fR(1)")
+    for word, command in group.commands.items():
+        if hasattr(command, "commands"):
+            sub = typer.Context(command, info_name=word, parent=ctx)
+            pages[f"ephq-{word}.1"] = group_page(command, sub)
     return pages
 
 

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..message import Message, StreamStats
+from ..message import Lease, Message, StreamStats, utc_from_ns
+from ..text import one_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -36,6 +37,8 @@ def message_line(m: Message) -> str:
         "enqueued_at": iso(m.enqueued_at),
         "visible_until": iso(m.visible_until),
     }
+    if m.state is not None:
+        head["state"] = m.state
     if m.metadata:
         head["metadata"] = m.metadata
     data = m.data_json
@@ -138,10 +141,55 @@ def rich_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequenc
 def dead_letter_rows(dead: Sequence[Message]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for m in dead:
-        info = m.metadata.get("dead", {})
-        error = str(info.get("error", "")).replace("\n", " ")
-        rows.append((m.id, str(info.get("attempts", "")), str(info.get("died_at", "")), error))
+        info = m.metadata.get("dead")
+        info = info if isinstance(info, dict) else {}
+        error = str(info.get("error", ""))
+        if "dlq_error" in info:
+            error += f" | dead-letter handler: {info['dlq_error']}"
+        state = m.state or "ready"
+        if m.visible_until is not None and state != "ready":
+            state += f" until {iso(m.visible_until)}"
+        rows.append((m.id, str(m.attempts), state, str(info.get("died_at", "")), one_line(error)))
     return rows
 
 
-DEAD_COLUMNS = ("id", "attempts", "died_at", "error")
+DEAD_COLUMNS = ("id", "attempts", "state", "died_at", "error")
+
+
+LEASE_COLUMNS = ("id", "attempt", "leased_at", "deadline", "holder")
+
+
+def lease_record(lease: Lease) -> dict[str, Any]:
+    holder = None
+    if lease.holder is not None:
+        holder = dict(lease.holder)
+        holder["started_at"] = iso(utc_from_ns(holder["started_at"]))
+    return {
+        "id": lease.id,
+        "stream": lease.stream,
+        "dlq": lease.dlq,
+        "attempts": lease.attempts,
+        "leased_at": iso(lease.leased_at),
+        "deadline": iso(lease.deadline),
+        "holder": holder,
+    }
+
+
+def lease_rows(found: Sequence[Lease]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for lease in found:
+        holder = "-"
+        if lease.holder is not None:
+            h = lease.holder
+            holder = one_line(f"{h['host']} pid {h['pid']}: {h['worker']}")
+        ident = f"dlq:{lease.id}" if lease.dlq else lease.id
+        rows.append(
+            (
+                ident,
+                str(lease.attempts),
+                iso(lease.leased_at) or "-",
+                iso(lease.deadline) or "-",
+                holder,
+            )
+        )
+    return rows

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import threading
 
-from ..backend import Waiter
-from ..errors import BadInput, LeaseLost, StorageError
-from ..message import CheckProblem, Message, StreamConfig, StreamStats
+from ..backend import Holder, Waiter
+from ..errors import BadInput, LeaseLost, NotFound, StorageError
+from ..message import CheckProblem, Lease, Message, StreamConfig, StreamStats
 from .fsio import is_real_dir, listdir
+from .holders import HolderFile, live_holders
 from .names import IdSource, Receipt, check_stream_name, is_id, parse_receipt
 from .store import Clock, Progress, Store
 from .stream import Stream
@@ -113,7 +114,7 @@ class FileBackend:
         return owner.store(dead).peek(count, owner.max_attempts(dead))
 
     def stats(self, stream: str) -> StreamStats:
-        owner = self._stream(stream)
+        owner = self._existing(stream)
         now = self.clock()
         owner.main.reap(now, owner.max_attempts(False))
         owner.dead.reap(now, None)
@@ -168,7 +169,11 @@ class FileBackend:
         return self._stream(stream).config()
 
     def configure(
-        self, stream: str, max_attempts: int | None, visibility_ns: int | None
+        self,
+        stream: str,
+        max_attempts: int | None,
+        visibility_ns: int | None,
+        max_size: int | None = None,
     ) -> StreamConfig:
         owner = self._stream(stream)
         with owner.exclusive():
@@ -176,9 +181,24 @@ class FileBackend:
             new = StreamConfig(
                 now.max_attempts if max_attempts is None else max_attempts,
                 now.visibility if visibility_ns is None else visibility_ns / NS,
+                now.max_size if max_size is None else max_size,
             )
             owner.config_file.save(new, durable=self.durable)
             return new
+
+    def _existing(self, name: str) -> Stream:
+        """The stream, or NotFound naming the streams there are: a typo must not pass as an
+        empty stream."""
+        owner = self._stream(name)
+        if is_real_dir(owner.path) is not True:
+            known = ", ".join(self.streams()[:10]) or "none yet"
+            raise NotFound(f"no stream {name!r} in {self.home} (streams: {known})")
+        return owner
+
+    def dead_letters(self, stream: str, count: int) -> list[Message]:
+        owner = self._existing(stream)
+        owner.dead.maybe_reap(self.clock(), None)
+        return owner.dead.listing(count)
 
     def dead_letter(self, stream: str, message_id: str) -> Message:
         _require_id(message_id)
@@ -203,9 +223,24 @@ class FileBackend:
         if bell is None:
             store = self._stream(stream).store(dead)
             if not store.exists():
-                self._stream(stream).create()
+                # Waiting must not create a stream (a typo would stay in stats for good): a
+                # bell that is not there yet is polled, and the next wait watches the real one.
+                return Doorbell(store.bell)
             bell = self._bells.setdefault(key, Doorbell(store.bell))
         return bell
+
+    def leases(self, stream: str) -> list[Lease]:
+        owner = self._existing(stream)
+        held = live_holders(owner.path)
+        return owner.main.leases(held) + owner.dead.leases(held)
+
+    def hold(self, stream: str, dead: bool, worker: str) -> Holder:
+        owner = self._stream(stream)
+        owner.create()
+        return HolderFile(owner.path, worker, dead, durable=False)
+
+    def next_delayed_ns(self, stream: str, dead: bool) -> int | None:
+        return self._stream(stream).store(dead).next_delayed_ns()
 
     def seconds_until_due(self, stream: str, dead: bool) -> float:
         store = self._stream(stream).store(dead)

@@ -29,6 +29,7 @@ from .fsio import (
     still_there,
     unlink_quietly,
 )
+from .holders import HOLDER_NAME, HOLDERS, stale_files
 from .names import is_id, parse_ready, parse_timed
 from .pool import MAX_KEPT_BYTES, is_slot
 from .quarantine import HOME_QUARANTINE, QUARANTINE, Quarantine
@@ -236,6 +237,22 @@ class _Walk:
                 ),
             )
 
+    def holders(self) -> None:
+        directory = os.path.join(self.stream.path, HOLDERS)
+        if not stat.S_ISDIR(_mode(directory)):
+            return
+        stale = set(stale_files(directory))
+        for name in sorted(listdir(directory)):
+            path = os.path.join(directory, name)
+            mode = _mode(path)
+            if not mode:
+                continue
+            if HOLDER_NAME.fullmatch(name) is None or not stat.S_ISREG(mode):
+                self.foreign(path, f"{describe_kind(mode)} that is not a worker's holder file")
+            elif path in stale:
+                fix = functools.partial(unlink_quietly, path)
+                self.report("stale-holder", path, "left by a worker that is gone", fix)
+
     def quarantined(self) -> None:
         for name in self.stream.quarantine.entries():
             path = os.path.join(self.stream.quarantine.dir, name)
@@ -290,12 +307,14 @@ def check_stream(stream: Stream, repair: bool) -> list[CheckProblem]:
     if not stream.exists():
         return []
     walk.layout(
-        stream.main, {"dlq": True, QUARANTINE: True, "stream.json": False, LOCK_FILE: False}
+        stream.main,
+        {"dlq": True, QUARANTINE: True, HOLDERS: True, "stream.json": False, LOCK_FILE: False},
     )
     if stat.S_ISDIR(_mode(stream.dead.path)):
         walk.layout(stream.dead, {})
     walk.store(stream.main, "")
     walk.store(stream.dead, "dlq/")
+    walk.holders()
     walk.duplicates()
     walk.config()
     walk.quarantined()

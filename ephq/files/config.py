@@ -11,7 +11,12 @@ import math
 import os
 import stat
 
-from ..message import StreamConfig
+from ..message import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_MESSAGE_BYTES,
+    MIN_MAX_MESSAGE_BYTES,
+    StreamConfig,
+)
 from .fsio import FILE_MODE, NotOurs, fsync_dir, read_regular, unlink_quietly, write_all
 from .names import new_token
 
@@ -47,7 +52,12 @@ class ConfigFile:
             return StreamConfig()
 
     def save(self, config: StreamConfig, *, durable: bool) -> None:
-        doc = {"format": 1, "max_attempts": config.max_attempts, "visibility": config.visibility}
+        doc = {
+            "format": 1,
+            "max_attempts": config.max_attempts,
+            "visibility": config.visibility,
+            "max_size": config.max_size,
+        }
         # In tmp/ as a .w file: if this process dies, recovery removes it (recovery.py).
         tmp = os.path.join(os.path.dirname(self.path), "tmp", f"{CONFIG_FILE}.{new_token()}.w")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
@@ -72,4 +82,7 @@ def parse(raw: bytes) -> StreamConfig:
     max_attempts, visibility = int(doc["max_attempts"]), float(doc["visibility"])
     if max_attempts < 1 or not (visibility > 0 and math.isfinite(visibility)):
         raise ValueError("max_attempts and visibility must be positive")
-    return StreamConfig(max_attempts, visibility)
+    max_size = int(doc.get("max_size", DEFAULT_MAX_MESSAGE_BYTES))  # absent before 0.2
+    if not MIN_MAX_MESSAGE_BYTES <= max_size <= MAX_MESSAGE_BYTES:
+        raise ValueError("max_size is out of bounds")
+    return StreamConfig(max_attempts, visibility, max_size)

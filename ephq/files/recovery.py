@@ -2,7 +2,9 @@
 
 What a crash can leave, and what becomes of it once nobody holds its lock:
 
-    <id>.<attempts>.dying   a message being dead-lettered: promised, so it is dead-lettered
+    <id>.<attempts>.dying   a message being dead-lettered (or, in a dead-letter queue, a dead
+                            letter being refiled with its handler's error): promised, so it
+                            is finished
     commit-<id>/            a committed batch: promised, so its files are placed
     *.w, batch-<id>/        a message or batch still being written: never acknowledged to
                             anyone, so removed (after TMP_GRACE_NS: a writer locks it just
@@ -44,8 +46,13 @@ class Finisher(Protocol):
     tmp: str
     quarantine: Quarantine
 
+    @property
+    def is_dead_letter_queue(self) -> bool: ...
+
     def install_batch(self, commit: str) -> None: ...
-    def bury(self, fd: int, dying: str, message_id: str, attempts: int, error: str) -> None: ...
+    def bury(
+        self, fd: int, dying: str, message_id: str, attempts: int, error: str | None
+    ) -> None: ...
 
 
 def _kind_fits(name: str, mode: int) -> bool:
@@ -129,8 +136,10 @@ def _finish_dying(store: Finisher, path: str, name: str) -> bool:
     try:
         if not os.path.exists(path):
             return False
+        # In a dead-letter queue a dying file is a dead letter whose handler failed: refiled as
+        # it was (the error is lost, never the message).
         why = "its dead-lettering was interrupted (a crash, or a full disk) and finished later"
-        store.bury(fd, path, fields[0], fields[1], why)
+        store.bury(fd, path, fields[0], fields[1], None if store.is_dead_letter_queue else why)
         return True
     finally:
         os.close(fd)

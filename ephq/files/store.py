@@ -45,9 +45,10 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from ..errors import EphqError, LeaseLost, NotFound
-from ..message import Message, utc_from_ns
+from ..message import Lease, Message, utc_from_ns
 from . import fsio, sweep
 from .census import Census
 from .fsio import (
@@ -288,10 +289,19 @@ class Store:
         else:
             self.ring()
 
-    def receive(self, message_id: str, content: bytes) -> None:
-        """Take a complete message file (a dead letter) into ready/, durably."""
-        self._write_in(content, self.ready.leaf_dir(message_id), str(ReadyName(message_id, 0)))
+    def receive(self, message_id: str, content: bytes, attempts: int, due_ns: int = 0) -> None:
+        """Take a complete message file (a dead letter) into ready/, or delayed/ until due_ns,
+        durably: the dead-letter queue keeps counting deliveries from attempts."""
+        if due_ns > self.clock():
+            name = str(TimedName(due_ns, message_id, attempts))
+            self._write_in(content, self.delayed.leaf_dir(f"{due_ns:016x}"), name)
+            self._note_due(due_ns)
+            return
+        self._write_in(
+            content, self.ready.leaf_dir(message_id), str(ReadyName(message_id, attempts))
+        )
         self.ring()
+        self._forget_head()  # it may come before what this process has cached
 
     def _write_in(self, content: bytes, dest_dir: str, name: str) -> None:
         try:
@@ -416,6 +426,10 @@ class Store:
     def _message(
         self, record: Record, attempts: int, receipt: str | None, visible_until: int | None
     ) -> Message:
+        meta = record.meta
+        if "dead" in meta and self.graveyard is not None:
+            # A redriven message: its death is history, not a fact about it now.
+            meta = {key: value for key, value in meta.items() if key != "dead"}
         return Message(
             id=record.id,
             receipt=receipt,
@@ -425,7 +439,7 @@ class Store:
             attempts=attempts,
             enqueued_at=utc_from_ns(id_time_ns(record.id)),
             visible_until=None if visible_until is None else utc_from_ns(visible_until),
-            metadata=record.meta,
+            metadata=meta,
         )
 
     # -- settle a delivery -----------------------------------------------------------------
@@ -486,6 +500,11 @@ class Store:
                 if self.dead_letter(path, lease.id, attempts, reason or "nacked"):
                     break
                 continue
+            if counts and reason is not None and self.is_dead_letter_queue:
+                # A dead letter's handler failed: the dead letter keeps why (bury).
+                if self._rewrite(path, lease.id, attempts, reason, now + max(delay_ns, 0)):
+                    break
+                continue
             if delay_ns > 0:
                 due = now + delay_ns
                 dest, name = (
@@ -527,15 +546,24 @@ class Store:
     def dead_letter(self, path: str, message_id: str, attempts: int, error: str) -> bool:
         """Move the file at path to the dead-letter queue; False if someone else moved it first.
 
-        The file is locked, then renamed into tmp/ (which makes it ours), then written anew with
-        the reason into the dead-letter queue. A crash in between leaves tmp/*.dying, locked by
-        nobody, which recovery.py finishes; so does a full disk, which leaves the dying file for
-        recovery to finish once there is room (the delivery has ended either way). What is not a
-        message file is set aside instead. A dead letter never dies again: in a dead-letter
-        queue this leaves the file where it is and returns False.
+        A dead letter never dies again: in a dead-letter queue this leaves the file where it is
+        and returns False.
         """
         if self.graveyard is None:
             return False
+        return self._rewrite(path, message_id, attempts, error, 0)
+
+    def _rewrite(
+        self, path: str, message_id: str, attempts: int, error: str | None, due_ns: int
+    ) -> bool:
+        """Rewrite the message file at path with error in its metadata (bury, below); False if
+        someone else moved it first.
+
+        The file is locked, then renamed into tmp/ (which makes it ours), then written anew. A
+        crash in between leaves tmp/*.dying, locked by nobody, which recovery.py finishes; so
+        does a full disk, which leaves the dying file for recovery to finish once there is room
+        (the delivery has ended either way). What is not a message file is set aside instead.
+        """
         try:
             fd = try_lock(path)
         except NotOurs as exc:
@@ -549,7 +577,7 @@ class Store:
             except FileNotFoundError:
                 return False
             try:
-                self.bury(fd, dying, message_id, attempts, error)
+                self.bury(fd, dying, message_id, attempts, error, due_ns)
             except OSError as exc:
                 if exc.errno not in _DISK_FULL:
                     raise
@@ -557,25 +585,47 @@ class Store:
         finally:
             os.close(fd)
 
-    def bury(self, fd: int, dying: str, message_id: str, attempts: int, error: str) -> None:
-        """Write the dead letter of the locked dying file fd, then remove the dying file.
+    def bury(
+        self,
+        fd: int,
+        dying: str,
+        message_id: str,
+        attempts: int,
+        error: str | None,
+        due_ns: int = 0,
+    ) -> None:
+        """Write the record of the locked dying file fd anew, then remove the dying file.
 
-        A dying file that is not that message's file is set aside instead, as is one in a
-        dead-letter queue's tmp/ (ephq never makes one there).
+        In a stream: it becomes a dead letter, with metadata.dead saying why (error). In a
+        dead-letter queue: a dead letter whose handler failed goes back, keeping why in
+        metadata.dead.dlq_error (None: unchanged, as recovery refiles it). A dying file that is
+        not that message's file is set aside instead.
         """
         found = self._dying_record(fd, dying, message_id)
-        if isinstance(found, NotOurs) or self.graveyard is None:
-            self.set_aside(dying, found if isinstance(found, NotOurs) else NotOurs("a dead letter"))
+        if isinstance(found, NotOurs):
+            self.set_aside(dying, found)
+            return
+        target = self.graveyard or self
+        if target.find(message_id) is not None:
+            os.unlink(dying)  # a crash came after the rewrite and before this unlink
             return
         meta = dict(found.meta)
-        meta["dead"] = {
-            "stream": self.stream,
-            "error": error[:MAX_ERROR_CHARS],
-            "attempts": attempts,
-            "died_at": iso_utc(self.clock()),
-        }
+        now = iso_utc(self.clock())
+        if self.graveyard is not None:
+            meta["dead"] = {
+                "stream": self.stream,
+                "error": (error or "")[:MAX_ERROR_CHARS],
+                "attempts": attempts,
+                "died_at": now,
+            }
+        elif error is not None:
+            dead = meta.get("dead")
+            dead = dict(dead) if isinstance(dead, dict) else {"stream": self.stream}
+            dead["dlq_error"] = error[:MAX_ERROR_CHARS]
+            dead["dlq_failed_at"] = now
+            meta["dead"] = dead
         content = encode(message_id, self.stream, id_time_ns(message_id), found.data_json, meta)
-        self.graveyard.receive(message_id, content)
+        target.receive(message_id, content, attempts, due_ns)
         os.unlink(dying)
 
     @staticmethod
@@ -592,15 +642,15 @@ class Store:
         now = self.clock()
         moved: list[str] = []
         emptied: set[str] = set()
-        for path, ready in self._ready_files(ids, now):
+        for path, message_id, _ in self.entries(ids, now):
             if place(
                 path,
-                target.ready.leaf_dir(ready.id),
-                str(ReadyName(ready.id, 0)),
+                target.ready.leaf_dir(message_id),
+                str(ReadyName(message_id, 0)),
                 durable_dirs=target.durable,
                 flush=target.durable,
             ):
-                moved.append(ready.id)
+                moved.append(message_id)
                 emptied.add(os.path.dirname(path))
                 if progress is not None:
                     progress(1)
@@ -613,12 +663,12 @@ class Store:
     def remove(self, ids: list[str] | None) -> list[str]:
         removed: list[str] = []
         emptied: set[str] = set()
-        for path, ready in self._ready_files(ids, self.clock()):
+        for path, message_id, _ in self.entries(ids, self.clock()):
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 continue
-            removed.append(ready.id)
+            removed.append(message_id)
             emptied.add(os.path.dirname(path))
         self._flush_dirs(emptied)  # or a power loss could bring them back
         return removed
@@ -632,19 +682,62 @@ class Store:
             except FileNotFoundError:
                 continue  # pruned: its removal is what a crash keeps or undoes
 
-    def _ready_files(self, ids: list[str] | None, now: int) -> Iterator[tuple[str, ReadyName]]:
+    def entries(self, ids: list[str] | None, now: int) -> Iterator[tuple[str, str, str]]:
+        """(path, id, state) of every message in this store, or of those with the given ids
+        (NotFound for an id that is not here), whatever their state: ready, delayed, or leased.
+
+        A dead-letter queue's by-id and all-at-once operations go through here, so that listing,
+        redriving and purging agree about a dead letter a consumer holds or will retry.
+        """
         if ids is None:
-            for leaf, name in self.ready.all_names(now):
-                ready = parse_ready(name)
-                if ready is not None:
-                    yield os.path.join(leaf.path, name), ready
+            for state, tree, parse in self._states():
+                for leaf, name in tree.all_names(now):
+                    parsed = parse(name)
+                    if parsed is not None:
+                        yield os.path.join(leaf.path, name), parsed.id, state
             return
         for message_id in ids:
             found = self.find(message_id)
-            ready = None if found is None else parse_ready(os.path.basename(found[0]))
-            if found is None or found[1] != "ready" or ready is None:
-                raise NotFound(f"no dead letter with id {message_id} in stream {self.stream!r}")
-            yield found[0], ready
+            if found is None:
+                raise NotFound(f"no {self._noun()} with id {message_id} in {self._what()}")
+            yield found[0], message_id, found[1]
+
+    def _states(
+        self,
+    ) -> tuple[tuple[str, Tree, Callable[[str], ReadyName | TimedName | None]], ...]:
+        return (
+            ("ready", self.ready, parse_ready),
+            ("delayed", self.delayed, parse_timed),
+            ("inflight", self.inflight, parse_timed),
+        )
+
+    def listing(self, count: int) -> list[Message]:
+        """The first count messages by id (enqueue order), in any state, without taking them."""
+        now = self.clock()
+        found: list[tuple[str, str, ReadyName | TimedName]] = []
+        for state, tree, parse in self._states():
+            taken = 0
+            for leaf, name in tree.all_names(now):
+                parsed = parse(name)
+                if parsed is None:
+                    continue
+                found.append((os.path.join(leaf.path, name), state, parsed))
+                taken += 1
+                if state == "ready" and taken >= count:
+                    break  # ready/ is in id order; the others are in time order
+        found.sort(key=lambda entry: entry[2].id)
+        listed: list[Message] = []
+        for path, state, parsed in found:
+            if len(listed) >= count:
+                break
+            record = self._load(path, parsed.id, taken=False)
+            if record is not None:
+                listed.append(self._described(record, parsed, state))
+        return listed
+
+    def _described(self, record: Record, parsed: ReadyName | TimedName, state: str) -> Message:
+        until = parsed.at_ns if isinstance(parsed, TimedName) else None
+        return self._message(record, parsed.attempts, None, until)._replace(state=state)
 
     def find(self, message_id: str) -> tuple[str, str] | None:
         """The path and state of the message with this id, if it is in this store."""
@@ -663,12 +756,14 @@ class Store:
         if found is not None:
             path, state = found
             record = self._load(path, message_id, taken=False)
-            if record is not None:
-                name = os.path.basename(path)
-                parsed = parse_ready(name) if state == "ready" else parse_timed(name)
-                attempts = parsed.attempts if parsed is not None else 0
-                return self._message(record, attempts, None, None)
-        raise NotFound(f"no message with id {message_id} in {self._what()}")
+            name = os.path.basename(path)
+            parsed = parse_ready(name) if state == "ready" else parse_timed(name)
+            if record is not None and parsed is not None:
+                return self._described(record, parsed, state)
+        raise NotFound(f"no {self._noun()} with id {message_id} in {self._what()}")
+
+    def _noun(self) -> str:
+        return "dead letter" if self.is_dead_letter_queue else "message"
 
     def _what(self) -> str:
         return (
@@ -685,6 +780,40 @@ class Store:
     def maybe_reap(self, now: int, max_attempts: int | None) -> None:
         if now >= self._next_reap_ns:
             self.reap(now, max_attempts)
+
+    def leases(self, holders: dict[tuple[str, str], tuple[dict[str, Any], int]]) -> list[Lease]:
+        """Every message in flight, by deadline, with its holder when a live worker said so."""
+        found: list[Lease] = []
+        for leaf, name in self.inflight.all_names(self.clock()):
+            lease = parse_timed(name)
+            if lease is None or lease.token is None:
+                continue
+            holder, leased_at = holders.get((lease.id, lease.token), (None, None))
+            if leased_at is None:
+                try:  # a rename sets the ctime: when it was leased or last extended
+                    leased_at = os.lstat(os.path.join(leaf.path, name)).st_ctime_ns
+                except FileNotFoundError:
+                    continue  # settled while we looked
+            found.append(
+                Lease(
+                    lease.id,
+                    self.stream,
+                    lease.attempts,
+                    utc_from_ns(leased_at),
+                    utc_from_ns(lease.at_ns),
+                    holder,
+                    self.is_dead_letter_queue,
+                )
+            )
+        return found
+
+    def next_delayed_ns(self) -> int | None:
+        """When the first delayed message (a retry, or a delayed enqueue) becomes visible."""
+        for _, name in self.delayed.all_names(self.clock()):
+            timed = parse_timed(name)
+            if timed is not None:
+                return timed.at_ns
+        return None
 
     def next_due_ns(self) -> int:
         return self._next_reap_ns

@@ -5,6 +5,7 @@
         bell                 touched when messages become visible (doorbell.py)
         census               the last count of each leaf, for stats (census.py)
         lock                 flocked by configure, purge and check --repair
+        holders/             the workers holding leases, each flocking its file (holders.py)
         ready/ delayed/ inflight/ tmp/        the stream's messages (store.py)
         pool/                acked files kept for reuse (pool.py)
         quarantine/          what was found in the store but is not ephq's (quarantine.py)
@@ -32,6 +33,7 @@ from ..errors import StorageError
 from ..message import StreamConfig
 from .config import ConfigFile
 from .fsio import NotOurs, describe_kind, is_real_dir, open_regular
+from .holders import HOLDERS
 from .names import IdSource
 from .quarantine import Quarantine
 from .store import Clock, Store
@@ -125,6 +127,7 @@ class Stream:
                 yield os.path.join(store.path, sub), False
         yield self.config_file.path, False
         yield os.path.join(self.path, LOCK_FILE), False
+        yield os.path.join(self.path, HOLDERS), True
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:

@@ -15,6 +15,8 @@ One implementation for Python and the shell: `Worker(queue, stream, handler)` ta
 - stop() (from SIGTERM or SIGINT) stops leasing and lets running handlers finish within `grace`;
   then they are cancelled and their messages released. stop(now=True) cancels at once.
 - Waiting for work is the queue's long-poll, in short slices so that a stop is seen promptly.
+- drain: stop once nothing is visible and no handler runs; with drain_retries, not while a
+  delayed message (a retry) comes due within that many seconds: it is waited for.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from .outcomes import Cancelled, HandlerBroken, PermanentFailure
 Handler = Callable[[Message, threading.Event], object]
 # The part of a lease that passes before the keeper extends it.
 EXTEND_AFTER = 0.5
+# How often the keeper looks at leases to extend and announces the ones this worker holds.
+ANNOUNCE_EVERY_S = 0.1
 # How long one long-poll lasts before the loop looks at its stop flag again.
 POLL_SLICE_S = 0.5
 
@@ -63,6 +67,7 @@ class _Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     extend_at: float = 0.0
     lost: bool = False
+    leased_at_ns: int = field(default_factory=time.time_ns)
 
 
 class Worker:
@@ -77,10 +82,12 @@ class Worker:
         retry_delay: float = 1.0,
         max_retry_delay: float = 300.0,
         drain: bool = False,
+        drain_retries: float | None = None,
         max_messages: int | None = None,
         dlq: bool = False,
         grace: float = 30.0,
         on_outcome: Callable[[Outcome], None] | None = None,
+        name: str = "python",
     ) -> None:
         self.queue = queue
         self.stream = stream
@@ -90,10 +97,12 @@ class Worker:
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
         self.drain = drain
+        self.drain_retries = drain_retries
         self.max_messages = max_messages
         self.dlq = dlq
         self.grace = grace
         self.on_outcome = on_outcome
+        self.name = name  # what `ephq leases` shows as the holder's worker
         self.summary = Summary()
         self._jobs: dict[str, _Job] = {}
         self._changed = threading.Condition()
@@ -113,6 +122,10 @@ class Worker:
         self._stopping = True
         if now:
             self._stop_now = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     @property
     def running(self) -> int:
@@ -164,9 +177,25 @@ class Worker:
                 self._start(message)
             if not got and self.drain:
                 if idle:
-                    return
+                    retry_in = self._retry_within_reach()
+                    if retry_in is None:
+                        return
+                    # A retry comes due soon enough to wait for (drain_retries).
+                    self._wait_for_change(functools.partial(_before, time.monotonic() + retry_in))
+                    continue
                 # A running handler may yet give its message back: wait for one to settle.
                 self._wait_for_change(functools.partial(self._none_settled_since, settled))
+
+    def _retry_within_reach(self) -> float | None:
+        """Seconds until the stream's next delayed message (a retry) is due, if draining waits
+        for it: within drain_retries from now."""
+        if self.drain_retries is None:
+            return None
+        due = self.queue.next_delayed(self.stream, dlq=self.dlq)
+        if due is None:
+            return None
+        seconds = max(0.0, due.timestamp() - time.time())
+        return seconds if seconds <= self.drain_retries else None
 
     def _none_settled_since(self, settled: int) -> bool:
         return self._settled == settled
@@ -248,12 +277,21 @@ class Worker:
     def _retry(self, m: Message, start: float, exc: BaseException) -> Outcome:
         """Nack with backoff; the queue dead-letters it instead if that was its last attempt."""
         reason = str(exc) or type(exc).__name__
-        delay = min(self.retry_delay * 2 ** max(0, m.attempts - 1), self.max_retry_delay)
+        delay = min(self.retry_delay * 2 ** max(0, self._tries(m) - 1), self.max_retry_delay)
         last = not self.dlq and m.attempts >= self.queue.config(self.stream).max_attempts
         self.queue.nack(self.stream, m.receipt or "", delay=delay, reason=reason)
         if last:
             return Outcome(m, "dead-lettered", time.monotonic() - start, reason)
         return Outcome(m, "retry", time.monotonic() - start, reason, retry_in=delay)
+
+    def _tries(self, m: Message) -> int:
+        """This message's deliveries to this kind of consumer: a dead letter's attempts go on
+        counting from its deliveries in the stream, which its backoff does not pay for."""
+        if not self.dlq:
+            return m.attempts
+        dead = m.metadata.get("dead")
+        before = dead.get("attempts") if isinstance(dead, dict) else None
+        return m.attempts - before if isinstance(before, int) and before < m.attempts else 1
 
     def _count(self, outcome: Outcome) -> None:
         s = self.summary
@@ -272,15 +310,30 @@ class Worker:
     # -- leases ----------------------------------------------------------------------------
 
     def _keep_leases(self) -> None:
-        """Extend each running lease when half of it is left: a busy machine has time to spare."""
-        while not self._done.is_set():
-            now = time.monotonic()
-            with self._changed:
-                due = [j for j in self._jobs.values() if j.extend_at <= now and not j.lost]
-            for job in due:
-                try:
-                    self.queue.extend(self.stream, job.message.receipt or "", self.visibility)
-                    job.extend_at = time.monotonic() + self.visibility * EXTEND_AFTER
-                except LeaseLost:
-                    job.lost = True  # settling it will say so
-            self._done.wait(min(0.1, self.visibility / 20))
+        """Extend each running lease when half of it is left: a busy machine has time to spare.
+        Also say which leases this worker holds, for `ephq leases`, when that changed."""
+        holder = self.queue.hold(self.stream, dlq=self.dlq, worker=self.name)
+        announced: set[str] = set()
+        try:
+            while not self._done.is_set():
+                now = time.monotonic()
+                with self._changed:
+                    jobs = list(self._jobs.values())
+                due = [j for j in jobs if j.extend_at <= now and not j.lost]
+                for job in due:
+                    try:
+                        self.queue.extend(self.stream, job.message.receipt or "", self.visibility)
+                        job.extend_at = time.monotonic() + self.visibility * EXTEND_AFTER
+                    except LeaseLost:
+                        job.lost = True  # settling it will say so
+                held = {j.message.receipt or "": j.leased_at_ns for j in jobs}
+                if held.keys() != announced:
+                    holder.publish(held)
+                    announced = set(held)
+                self._done.wait(min(ANNOUNCE_EVERY_S, self.visibility / 20))
+        finally:
+            holder.close()
+
+
+def _before(moment: float) -> bool:
+    return time.monotonic() < moment

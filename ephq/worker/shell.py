@@ -6,12 +6,19 @@ import json
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .. import metrics
+from ..errors import BadInput, NotFound
+from ..metrics import WorkerMetrics
 from ..queue import Queue
+from ..text import one_line
 from .command import CommandHandler
 from .loop import Outcome, Summary, Worker
 from .stopping import INTERRUPTED, StopWatch
+
+if TYPE_CHECKING:
+    from http.server import ThreadingHTTPServer
 
 # The worker stopped because its handler cannot run (the shell's exit 126 or 127).
 HANDLER_BROKEN = 9
@@ -33,10 +40,33 @@ class Log:
 
     def start(self) -> None:
         if self.console is not None:
-            self.status = self.console.status(f"waiting for messages on {self.stream}")
+            self.status = self.console.status(f"{self.stream}: waiting for messages")
             self.status.start()
 
-    def outcome(self, o: Outcome, summary: Summary, running: int) -> None:
+    def refresh(self, worker: Worker, grace: float) -> None:
+        """Redraw the terminal's status line from what the worker is doing now."""
+        if self.status is None:
+            return
+        s, running = worker.summary, worker.running
+        done = (
+            f"{s.acked} acked, {s.retried} retried, {s.dead_lettered} dead-lettered, "
+            f"{s.released} released"
+        )
+        if worker.stopping:
+            doing = (
+                f"stopping: {running} handler(s) finishing, up to {grace:g}s "
+                "(Ctrl-C again stops them now)"
+                if running
+                else "stopping"
+            )
+        elif running:
+            doing = f"{running} running"
+        else:
+            doing = "waiting for messages"
+        with self._lock:
+            self.status.update(f"{self.stream}: {doing} · {done}")
+
+    def outcome(self, o: Outcome) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if self.json_logs:
             record = {
@@ -62,10 +92,6 @@ class Log:
             return
         with self._lock:
             self.console.print(line, markup=False)
-            self.status.update(
-                f"{self.stream}: {running} running, {summary.acked} acked, "
-                f"{summary.retried} retried, {summary.dead_lettered} dead-lettered"
-            )
 
     def _write(self, line: str) -> None:
         """One write per line, under a lock: handlers finish on several threads at once."""
@@ -92,21 +118,6 @@ class Log:
             self._write(f"ephq worker: {totals(summary)}")
 
 
-# Control characters as escapes, so that what a handler wrote (a stack trace, a segfault's
-# second line) stays on its message's one log line; a backslash is doubled so that it can be
-# told from them.
-_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
-    ord("\\"): "\\\\",
-    ord("\n"): "\\n",
-    ord("\r"): "\\r",
-    ord("\t"): "\\t",
-}
-
-
-def one_line(text: str) -> str:
-    return text.translate(_ESCAPES)
-
-
 def totals(s: Summary) -> str:
     return (
         f"handled {s.handled} (acked {s.acked}, retried {s.retried}, "
@@ -121,13 +132,21 @@ def run(
     *,
     timeout: float | None,
     json_logs: bool,
+    metrics_address: tuple[str, int] | None = None,
     **options: Any,
 ) -> int:
     assert queue.home is not None
     handler = CommandHandler(command, home=queue.home, timeout=timeout)
     log = Log(stream, json_logs)
-    worker = Worker(queue, stream, handler, **options)
-    worker.on_outcome = lambda o: log.outcome(o, worker.summary, worker.running)
+    worker = Worker(queue, stream, handler, name=command, **options)
+    counters = WorkerMetrics(stream, worker.concurrency)
+    server = None if metrics_address is None else _serve_metrics(metrics_address, worker, counters)
+
+    def settled(o: Outcome) -> None:
+        counters.observe(_OUTCOME_METRIC[o.result], o.seconds)
+        log.outcome(o)
+
+    worker.on_outcome = settled
 
     def overdue() -> None:
         log.overdue(worker.running)
@@ -135,12 +154,54 @@ def run(
 
     watch = StopWatch(lambda now: worker.stop(now=now), worker.grace, overdue)
     log.start()
+    ticking = threading.Event()
+    if log.status is not None:
+        threading.Thread(
+            target=_tick, args=(log, worker, ticking), name="ephq-status", daemon=True
+        ).start()
     try:
         worker.run()
     finally:
+        ticking.set()
         watch.close()
         log.finish(worker.summary)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     if worker.broken is not None:
         log.stopped(worker.broken)
         return HANDLER_BROKEN
     return INTERRUPTED if watch.interrupts >= 2 else 0
+
+
+_OUTCOME_METRIC = {
+    "acked": "acked",
+    "retry": "retried",
+    "dead-lettered": "dead_lettered",
+    "released": "released",
+    "lease-lost": "lease_lost",
+}
+
+
+def _tick(log: Log, worker: Worker, done: threading.Event) -> None:
+    while not done.wait(0.2):
+        log.refresh(worker, worker.grace)
+
+
+def _serve_metrics(
+    address: tuple[str, int], worker: Worker, counters: WorkerMetrics
+) -> ThreadingHTTPServer:
+    def render() -> str:
+        counters.running = worker.running
+        try:
+            state = metrics.queue_metrics([worker.queue.stats(worker.stream)])
+        except NotFound:  # no message yet: the stream is not there
+            state = []
+        return metrics.text(state + counters.lines())
+
+    try:
+        server = metrics.serve(address, render)
+    except OSError as exc:
+        raise BadInput(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror}") from None
+    threading.Thread(target=server.serve_forever, name="ephq-metrics", daemon=True).start()
+    return server

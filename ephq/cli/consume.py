@@ -1,0 +1,154 @@
+"""Consuming by hand: `dequeue`, then `ack`, `nack`, `release` or `extend` with its receipt."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+
+from .. import durations
+from ..errors import BadInput, LeaseLost
+from ..queue import Queue
+from . import render
+from .params import DeadLetters, Receipt, Stream, Visibility, seconds, settings
+
+Receipts = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="RECEIPT...|-",
+        help="Receipts printed by dequeue; '-' reads them from stdin, one per line (a line of "
+        "dequeue's JSON output works too).",
+    ),
+]
+
+
+def dequeue(
+    ctx: typer.Context,
+    stream: Stream,
+    visibility: Visibility = None,
+    wait: Annotated[
+        str,
+        typer.Option("--wait", "-w", metavar="D", help="Wait up to D for a message to arrive."),
+    ] = "0",
+    max_messages: Annotated[
+        int, typer.Option("--max", "-n", min=1, metavar="N", help="Lease up to N messages at once.")
+    ] = 1,
+    dlq: DeadLetters = False,
+) -> None:
+    """Lease the oldest visible messages of STREAM: one JSON object per message per line.
+
+    Each has id, receipt, stream, attempts, enqueued_at, visible_until and data (the message
+    as it was enqueued). Exit status 1, with nothing printed, if there was nothing to lease.
+    """
+    got = (
+        settings(ctx)
+        .queue()
+        .dequeue_many(
+            stream,
+            max_messages,
+            seconds(visibility, "--visibility"),
+            durations.parse(wait, "--wait"),
+            dlq=dlq,
+        )
+    )
+    if not got:
+        raise typer.Exit(1)
+    sys.stdout.write("".join(render.message_line(m) + "\n" for m in got))
+
+
+def ack(ctx: typer.Context, stream: Stream, receipts: Receipts) -> None:
+    """The work is done: remove the messages these receipts lease.
+
+    Every receipt is tried; exit status 3 if any lease was already lost.
+    """
+    q = settings(ctx).queue()
+    _settle_each(q, receipts, lambda receipt: q.ack(stream, receipt))
+
+
+def nack(
+    ctx: typer.Context,
+    stream: Stream,
+    receipts: Receipts,
+    delay: Annotated[
+        str, typer.Option("--delay", "-d", metavar="D", help="Redeliver after D (default: now).")
+    ] = "0",
+    reason: Annotated[
+        str | None,
+        typer.Option(
+            "--reason",
+            "-r",
+            metavar="TEXT",
+            help="Why it failed: kept if this makes it a dead letter (and by a dead letter).",
+        ),
+    ] = None,
+) -> None:
+    """The work failed: make the messages visible again (in their place), or dead-letter each
+    whose last attempt this was."""
+    delay_s = durations.parse(delay, "--delay")
+    q = settings(ctx).queue()
+    _settle_each(q, receipts, lambda receipt: q.nack(stream, receipt, delay_s, reason))
+
+
+def release(ctx: typer.Context, stream: Stream, receipts: Receipts) -> None:
+    """Give the messages back unprocessed: visible now, and this attempt does not count."""
+    q = settings(ctx).queue()
+    _settle_each(q, receipts, lambda receipt: q.release(stream, receipt))
+
+
+def extend(
+    ctx: typer.Context,
+    stream: Stream,
+    receipt: Receipt,
+    duration: Annotated[
+        str, typer.Argument(metavar="D", help="Keep the lease this long from now.")
+    ],
+) -> None:
+    """Keep a lease for D from now (the receipt stays the same); prints the new deadline."""
+    length = durations.parse(duration, "duration")
+    until = settings(ctx).queue().extend(stream, receipt, length)
+    print(render.iso(until))
+
+
+def _settle_each(q: Queue, given: list[str], settle: Callable[[str], None]) -> None:
+    """Settle every receipt (from stdin for '-'), all checked before any is used; LeaseLost for
+    the last one lost, after a line for each of the others."""
+    receipts = _receipts(given)
+    for receipt in receipts:
+        q.validate_receipt(receipt)
+    lost: list[LeaseLost] = []
+    for receipt in receipts:
+        try:
+            settle(receipt)
+        except LeaseLost as exc:
+            lost.append(exc)
+    for error in lost[:-1]:
+        print(f"ephq: {error}", file=sys.stderr)
+    if lost:
+        raise lost[-1]
+
+
+def _receipts(given: list[str]) -> list[str]:
+    if "-" not in given:
+        return given
+    if given != ["-"]:
+        raise BadInput("give receipts as arguments or '-' for stdin, not both")
+    receipts = []
+    for number, line in enumerate(sys.stdin.read().splitlines(), 1):
+        receipt = line.strip()
+        if not receipt:
+            continue
+        if receipt.startswith("{"):  # a line of dequeue's output: its receipt
+            try:
+                found = json.loads(receipt).get("receipt")
+            except (ValueError, AttributeError):
+                found = None
+            if not isinstance(found, str):
+                raise BadInput(f"stdin, line {number}: a JSON object without a receipt")
+            receipt = found
+        receipts.append(receipt)
+    if not receipts:
+        raise BadInput("stdin held no receipts")
+    return receipts

@@ -1,0 +1,87 @@
+"""`ephq dlq …`: a stream's dead letters, in any state: ready, delayed (a dead-letter
+handler's retry) or leased by a dead-letter consumer. Every command here sees all of them."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ..errors import BadInput
+from . import render
+from .params import AsJson, DeadLetterIds, Stream, complete_dead_letter, settings
+
+
+def dlq_list(
+    ctx: typer.Context,
+    stream: Stream,
+    as_json: AsJson = False,
+    max_messages: Annotated[
+        int, typer.Option("--max", "-n", min=1, metavar="N", help="Show up to N.")
+    ] = 100,
+) -> None:
+    """List dead letters, oldest first: id, attempts, state, time of death and last error.
+
+    Exit status 4 if the stream is not there.
+    """
+    dead = settings(ctx).queue().dead_letters(stream, max_messages)
+    if as_json:
+        sys.stdout.write("".join(render.message_line(m) + "\n" for m in dead))
+        return
+    rows = render.dead_letter_rows(dead)
+    if render.for_people():
+        render.console().print(render.rich_table(None, render.DEAD_COLUMNS, rows))
+    else:
+        print(render.plain_table(render.DEAD_COLUMNS, rows))
+
+
+def dlq_show(
+    ctx: typer.Context,
+    stream: Stream,
+    message_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID", help="The dead letter's id.", autocompletion=complete_dead_letter
+        ),
+    ],
+    as_json: AsJson = False,
+) -> None:
+    """Print one dead letter as a JSON object, with its data, state and why it died (always
+    JSON: --json is accepted, as by every command whose output is data)."""
+    del as_json
+    print(render.message_line(settings(ctx).queue().dead_letter(stream, message_id)))
+
+
+def dlq_redrive(
+    ctx: typer.Context,
+    stream: Stream,
+    ids: DeadLetterIds = None,
+) -> None:
+    """Put dead letters back in STREAM with fresh attempts; prints the ids moved.
+
+    A dead letter leased by a dead-letter consumer is taken back from it too: its receipt then
+    gets exit status 3.
+    """
+    q = settings(ctx).queue()
+    total = len(ids) if ids else q.stats(stream).dlq
+    with render.progress_bar("redriving", total) as progress:
+        moved = q.redrive(stream, ids or None, progress=progress)
+    sys.stdout.write("".join(i + "\n" for i in moved))
+
+
+def dlq_purge(
+    ctx: typer.Context,
+    stream: Stream,
+    ids: DeadLetterIds = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Yes, delete every dead letter (when no ID is given).")
+    ] = False,
+) -> None:
+    """Delete dead letters for good (those named, or with --yes all); prints the ids deleted."""
+    if not ids and not yes:
+        raise BadInput(
+            f"dlq purge without ids deletes every dead letter of {stream!r}: add --yes to do it"
+        )
+    removed = settings(ctx).queue().purge_dead_letters(stream, ids or None)
+    sys.stdout.write("".join(i + "\n" for i in removed))

@@ -1,0 +1,112 @@
+"""Managing a stream: `config`, `purge`, `check`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from .. import sizes
+from ..errors import BadInput
+from ..message import StreamConfig
+from . import render
+from .params import AnyStream, AsJson, Stream, seconds, settings
+
+
+def config(
+    ctx: typer.Context,
+    stream: Stream,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(
+            "--max-attempts",
+            min=1,
+            metavar="N",
+            help="Deliveries before a message is dead-lettered (default 5).",
+        ),
+    ] = None,
+    visibility: Annotated[
+        str | None,
+        typer.Option("--visibility", "-v", metavar="D", help="Default lease length (30s)."),
+    ] = None,
+    max_size: Annotated[
+        str | None,
+        typer.Option(
+            "--max-size",
+            metavar="SIZE",
+            help="The largest message the stream takes, from 1KiB to 64MiB (default 1MiB); a "
+            "larger one is refused with exit status 2.",
+        ),
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show STREAM's settings, or change them (they are kept with the stream).
+
+    A table on a terminal; one JSON object elsewhere or with --json (visibility in seconds,
+    max_size in bytes).
+    """
+    q = settings(ctx).queue()
+    if max_attempts is None and visibility is None and max_size is None:
+        found = q.config(stream)
+    else:
+        size = None if max_size is None else sizes.parse(max_size, "--max-size")
+        found = q.configure(stream, max_attempts, seconds(visibility, "--visibility"), size)
+    if as_json or not render.for_people():
+        print(json.dumps(_config_record(stream, found), separators=(",", ":")))
+        return
+    rows = [
+        ("max_attempts", str(found.max_attempts)),
+        ("visibility", f"{found.visibility:g}s"),
+        ("max_size", sizes.text(found.max_size)),
+    ]
+    render.console().print(render.rich_table(stream, ("setting", "value"), rows))
+
+
+def _config_record(stream: str, found: StreamConfig) -> dict[str, Any]:
+    return {
+        "stream": stream,
+        "max_attempts": found.max_attempts,
+        "visibility": found.visibility,
+        "max_size": found.max_size,
+    }
+
+
+def purge(
+    ctx: typer.Context,
+    stream: Stream,
+    yes: Annotated[bool, typer.Option("--yes", help="Yes, delete every message.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Delete every message of STREAM (not its dead letters); prints how many."""
+    if not yes:
+        raise BadInput(f"purge deletes every message of {stream!r}: add --yes to do it")
+    removed = settings(ctx).queue().purge(stream)
+    if as_json:
+        print(json.dumps({"stream": stream, "purged": removed}, separators=(",", ":")))
+    else:
+        print(removed)
+
+
+def check(
+    ctx: typer.Context,
+    stream: AnyStream = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Fix what can be fixed; quarantine what is not ephq's.")
+    ] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Verify the store: every message in one state, every file readable, no stale leftovers.
+
+    Prints one line per problem, and one per entry of the quarantine (where repair and consumers
+    set aside what is not ephq's, byte for byte); exit status 8 if a problem is left unrepaired.
+    """
+    problems = settings(ctx).queue().check(stream, repair=repair)
+    for p in problems:
+        if as_json:
+            print(json.dumps(p._asdict(), separators=(",", ":")))
+        else:
+            fixed = " (repaired)" if p.repaired else ""
+            print(f"{p.stream}: {p.kind}: {p.path}: {p.detail}{fixed}")
+    if any(not p.repaired for p in problems):
+        raise typer.Exit(8)

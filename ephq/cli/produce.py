@@ -1,0 +1,121 @@
+"""`ephq enqueue`: one JSON document, or JSON Lines, from a file or stdin."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, BinaryIO
+
+import typer
+
+from .. import durations
+from ..errors import BadInput, InvalidJSON
+from ..files.names import check_stream_name
+from ..queue import checked_json
+from . import render
+from .params import Delay, Stream, settings
+
+
+def enqueue(
+    ctx: typer.Context,
+    stream: Stream,
+    file: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[FILE|-]", help="A file holding one JSON document; - or none: stdin."
+        ),
+    ] = None,
+    delay: Delay = "0",
+    lines: Annotated[
+        bool,
+        typer.Option(
+            "--lines",
+            help="JSON Lines: one message per line (blank lines skipped), all enqueued or none.",
+        ),
+    ] = False,
+) -> None:
+    """Add a message (or, with --lines, many) to STREAM and print each new id on its own line.
+
+    A message larger than the stream's max size (1 MiB unless configured with `ephq config
+    STREAM --max-size`) is refused with exit status 2, before it is read whole.
+    """
+    check_stream_name(stream)
+    delay_s = durations.parse(delay, "--delay")
+    q = settings(ctx).queue()
+    if not lines:
+        limit = q.config(stream).max_size
+        raw, source = _read_input(file, limit + 1)
+        if len(raw) > limit:
+            raise BadInput(
+                f"{source}: the message is over {limit:,} bytes, the most stream {stream!r} "
+                f"takes (ephq config {stream} --max-size)"
+            )
+        try:
+            ids = [q.enqueue_json(stream, raw, delay_s)]
+        except InvalidJSON as exc:
+            raise _located(exc, source) from None
+    else:
+        raw, source = _read_input(file, None)
+        texts = json_lines(raw, source)
+        with render.progress_bar("enqueuing", len(texts)) as progress:
+            ids = q.enqueue_many_json(stream, texts, delay_s, progress=progress)
+    sys.stdout.write("".join(i + "\n" for i in ids))
+
+
+def _read_input(file: str | None, limit: int | None) -> tuple[bytes, str]:
+    """The bytes of file (or stdin), at most limit of them: enough to know it is too long."""
+    if file is None or file == "-":
+        return _read(sys.stdin.buffer, limit), "stdin"
+    try:
+        with Path(file).open("rb") as f:
+            return _read(f, limit), file
+    except FileNotFoundError:
+        raise BadInput(f"{file}: no such file") from None
+    except IsADirectoryError:
+        raise BadInput(f"{file}: is a directory, not a file of JSON") from None
+    except PermissionError:
+        raise BadInput(f"{file}: permission denied") from None
+
+
+def _read(f: BinaryIO, limit: int | None) -> bytes:
+    return f.read() if limit is None else f.read(limit)
+
+
+def _located(exc: InvalidJSON, source: str, line_offset: int | None = None) -> BadInput:
+    if line_offset is not None:
+        return BadInput(
+            f"{source}, line {line_offset}, column {exc.column}: invalid JSON: {exc.reason}"
+        )
+    if exc.line:
+        return BadInput(
+            f"{source}, line {exc.line}, column {exc.column}: invalid JSON: {exc.reason}"
+        )
+    return BadInput(f"{source}: {exc}")
+
+
+def json_lines(raw: bytes, source: str) -> list[str]:
+    """The JSON values of a JSON Lines text, each exactly as written.
+
+    By the JSON Lines rules: UTF-8, lines end with '\\n' (a '\\r' before it is part of the line
+    ending), the last line may lack one. Only '\\n' ends a line: U+2028 and other characters
+    that Python's splitlines() would also split on can stand inside a JSON string. A line of
+    only spaces is skipped.
+    """
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{source}: not UTF-8 text: {exc}") from None
+    texts = []
+    for number, raw_line in enumerate(text.split("\n"), 1):
+        line = raw_line.removesuffix("\r")
+        if not line.strip(" \t\r"):
+            continue
+        try:
+            texts.append(checked_json(line))
+        except InvalidJSON as exc:
+            raise _located(exc, source, line_offset=number) from None
+        except BadInput as exc:
+            raise BadInput(f"{source}, line {number}: {exc}") from None
+    if not texts:
+        raise BadInput(f"{source}: no messages: every line is empty")
+    return texts
