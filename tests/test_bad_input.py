@@ -65,7 +65,7 @@ BAD_CALLS: list[tuple[str, Callable[[Queue, str], object], str]] = [
     ("too-big", lambda q, r: q.enqueue("s", "x" * (1 << 20)), "this message is 1,048,578 bytes"),
     (  # two bytes a character: measured in bytes, not characters
         "too-big-batch",
-        lambda q, r: q.enqueue_many("s", [1, "é" * (1 << 19)]),
+        lambda q, r: q.enqueue_many_json("s", ["1", '"' + "é" * (1 << 19) + '"']),
         "message 2 is 1,048,578 bytes of JSON; stream 's' takes at most 1,048,576",
     ),
     ("max-size", lambda q, r: q.configure("s", max_size=(64 << 20) + 1), "max_size must be"),
