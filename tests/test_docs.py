@@ -69,3 +69,45 @@ def test_readme_shows_every_command() -> None:
             continue
         command = name.removesuffix(".1").replace("-", " ")
         assert f"{command} " in readme, f"the README has no example of `{command}`"
+
+
+@pytest.mark.skipif(shutil.which("man") is None, reason="man is not installed")
+def test_pip_install_puts_the_man_pages_where_man_finds_them(tmp_path: Path) -> None:
+    """`pip install` then `man ephq-dlq` works: the pages are data files under
+    <prefix>/share/man/man1, which man finds beside the <prefix>/bin on PATH."""
+    import sys
+
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("ephq-*.whl")
+    prefix = tmp_path / "prefix"
+    installed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--ignore-installed",  # or pip uninstalls the ephq that runs these tests
+            "-q",
+            "--prefix",
+            str(prefix),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stderr
+    env = {"PATH": f"{prefix}/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
+    for page in ("ephq", "ephq-dlq", "ephq-leases"):
+        found = subprocess.run(
+            ["man", "-w", page], capture_output=True, text=True, env=env, check=False
+        )
+        assert found.returncode == 0, found.stderr
+        assert found.stdout.strip() == f"{prefix}/share/man/man1/{page}.1"

@@ -317,7 +317,9 @@ def test_stats_counts_every_state_and_oldest_age(q: Queue, clock: FakeClock) -> 
     q.enqueue("b", 1)
     assert [x.stream for x in q.stats()] == ["a", "b"]
     assert q.stats("b").oldest_age is not None
-    q.ack("b", q.dequeue("b").receipt)  # type: ignore[union-attr]
+    m = q.dequeue("b")
+    assert m is not None and m.receipt
+    q.ack("b", m.receipt)
     assert q.stats("b").oldest_age is None
     with pytest.raises(NotFound, match=r"no stream 'empty' in .* \(streams: a, b\)"):
         q.stats("empty")  # a typo is not an empty stream
