@@ -172,7 +172,26 @@ def test_every_dlq_command_sees_a_dead_letter_in_every_state(home: Path) -> None
     back = lease(home, "s")
     assert (back["id"], back["attempts"]) == (ids[0], 1)
     assert "metadata" not in back  # no longer dead: its death is not shown as a fact
-    assert ok(home, "dlq", "purge", "s", "--yes").split() == [ids[2]]
+    again = lease(home, "s", "--dlq")  # leased: purge --yes takes it too
+    assert again["id"] == ids[2]
+    purged = [json.loads(line) for line in ok(home, "dlq", "purge", "s", "--yes", "--json").split()]
+    assert purged == [{"stream": "s", "id": ids[2]}]
+    assert ephq(home, "ack", "s", again["receipt"]).returncode == 3
+    assert json.loads(ok(home, "stats", "s", "--json"))["dlq"] == 0
+
+
+def test_a_failing_dead_letter_handler_is_recorded(home: Path, tmp_path: Path) -> None:
+    ok(home, "config", "s", "--max-attempts", "1")
+    mid = ok(home, "enqueue", "s", stdin="1").strip()
+    ok(home, "nack", "s", lease(home)["receipt"], "--reason", "first")
+    handler = tmp_path / "archive.sh"
+    handler.write_text("#!/bin/sh\necho 'archive is down' >&2\nexit 3\n")
+    handler.chmod(0o755)
+    done = ephq(home, "worker", "s", "--dlq", "--exec", str(handler), "--max-messages", "1")
+    assert done.returncode == 0, done.stderr
+    dead = json.loads(ok(home, "dlq", "show", "s", mid))["metadata"]["dead"]
+    assert dead["error"] == "first" and "archive is down" in dead["dlq_error"]
+    assert dead["attempts"] == 1 and "dlq_failed_at" in dead
 
 
 def test_dlq_purge_by_id_and_all(home: Path) -> None:

@@ -3,6 +3,7 @@ handler's retry) or leased by a dead-letter consumer. Every command here sees al
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Annotated
 
@@ -57,6 +58,7 @@ def dlq_redrive(
     ctx: typer.Context,
     stream: Stream,
     ids: DeadLetterIds = None,
+    as_json: AsJson = False,
 ) -> None:
     """Put dead letters back in STREAM with fresh attempts; prints the ids moved.
 
@@ -67,7 +69,7 @@ def dlq_redrive(
     total = len(ids) if ids else q.stats(stream).dlq
     with render.progress_bar("redriving", total) as progress:
         moved = q.redrive(stream, ids or None, progress=progress)
-    sys.stdout.write("".join(i + "\n" for i in moved))
+    _print_ids(stream, moved, as_json)
 
 
 def dlq_purge(
@@ -77,6 +79,7 @@ def dlq_purge(
     yes: Annotated[
         bool, typer.Option("--yes", help="Yes, delete every dead letter (when no ID is given).")
     ] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Delete dead letters for good (those named, or with --yes all); prints the ids deleted."""
     if not ids and not yes:
@@ -84,4 +87,12 @@ def dlq_purge(
             f"dlq purge without ids deletes every dead letter of {stream!r}: add --yes to do it"
         )
     removed = settings(ctx).queue().purge_dead_letters(stream, ids or None)
-    sys.stdout.write("".join(i + "\n" for i in removed))
+    _print_ids(stream, removed, as_json)
+
+
+def _print_ids(stream: str, ids: list[str], as_json: bool) -> None:
+    if as_json:
+        lines = [json.dumps({"stream": stream, "id": i}, separators=(",", ":")) for i in ids]
+    else:
+        lines = ids
+    sys.stdout.write("".join(line + "\n" for line in lines))

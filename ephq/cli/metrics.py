@@ -39,8 +39,16 @@ def metrics_command(
         ),
     ] = None,
 ) -> None:
-    """Print the state of every stream (or one) in the Prometheus text format:
-    ephq_messages{stream,state} and ephq_oldest_message_age_seconds{stream}."""
+    """Print the state of every stream (or one) in the Prometheus text format.
+
+    ephq_messages{stream,state} (gauge; state ready, delayed, inflight or dead) and
+    ephq_oldest_message_age_seconds{stream} (gauge; the age of the oldest ready message, 0 when
+    none is: the processing lag). A worker started with --metrics-listen serves these for its
+    stream and its own: ephq_worker_messages_total{stream,outcome} (counter; outcome acked,
+    retried, dead_lettered, released or lease_lost), ephq_worker_handler_duration_seconds
+    {stream,outcome} (histogram), ephq_worker_handlers_running, ephq_worker_concurrency and
+    ephq_worker_start_time_seconds (gauges).
+    """
     q = settings(ctx).queue()
     if textfile is not None and listen is not None:
         raise BadInput("give --textfile or --listen, not both")
