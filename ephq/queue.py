@@ -26,7 +26,7 @@ from .durations import NS_PER_SECOND, Duration, to_ns
 from .errors import BadInput, InvalidJSON
 from .files.backend import FileBackend
 from .files.fsio import translated
-from .files.names import check_stream_name
+from .ids import check_stream_name
 from .message import (
     MAX_MESSAGE_BYTES,
     MIN_MAX_MESSAGE_BYTES,

@@ -10,7 +10,7 @@ import typer
 
 from .. import durations
 from ..errors import BadInput, InvalidJSON
-from ..files.names import check_stream_name
+from ..ids import check_stream_name
 from ..queue import checked_json
 from . import render
 from .params import Delay, Stream, settings

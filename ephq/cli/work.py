@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import durations
-from ..files.names import check_stream_name
+from ..ids import check_stream_name
 from .params import DeadLetters, Stream, Visibility, seconds, settings
 
 

@@ -16,22 +16,49 @@ Each state directory is a small tree whose levels are prefixes of the name's lea
 
 from __future__ import annotations
 
-import os
 import re
 from typing import NamedTuple
 
-from ..errors import BadInput
+from ..ids import (
+    DLQ_RECEIPT_PREFIX,
+    ID_LENGTH,
+    TIME_HEX,
+    TIMED_NAME,
+    IdSource,
+    Receipt,
+    TimedName,
+    check_stream_name,
+    format_receipt,
+    id_time_ns,
+    is_id,
+    new_token,
+    parse_receipt,
+    parse_timed,
+)
 
-ID_LENGTH = 24
-TIME_HEX = 16
-_HEX16 = "[0-9a-f]{16}"
-_ID = "[0-9a-f]{24}"
-_TOKEN = "[0-9a-f]{8}"
+__all__ = [
+    "DLQ_RECEIPT_PREFIX",
+    "ID_LENGTH",
+    "READY_NAME",
+    "TIMED_NAME",
+    "TIME_HEX",
+    "IdSource",
+    "ReadyName",
+    "Receipt",
+    "TimedName",
+    "check_stream_name",
+    "format_receipt",
+    "id_time_ns",
+    "is_id",
+    "new_token",
+    "parse_ready",
+    "parse_receipt",
+    "parse_timed",
+]
+
 # re.ASCII: \d would also match other scripts' digits, which no name ephq writes holds.
-_READY = re.compile(rf"({_ID})\.(\d{{1,9}})(?:\.({_TOKEN}))?", re.ASCII)
-_TIMED = re.compile(rf"({_HEX16})\.({_ID})\.(\d{{1,9}})(?:\.({_TOKEN}))?", re.ASCII)
-READY_NAME, TIMED_NAME = _READY, _TIMED  # for counting by name alone (census.py)
-DLQ_RECEIPT_PREFIX = "dlq:"
+_READY = re.compile(r"([0-9a-f]{24})\.(\d{1,9})(?:\.([0-9a-f]{8}))?", re.ASCII)
+READY_NAME = _READY  # for counting by name alone (census.py)
 
 
 class ReadyName(NamedTuple):
@@ -47,86 +74,8 @@ class ReadyName(NamedTuple):
         return f"{self.id}.{self.attempts}.{self.token}"
 
 
-class TimedName(NamedTuple):
-    """A delayed message (no token) or a lease (with the token of its delivery)."""
-
-    at_ns: int
-    id: str
-    attempts: int
-    token: str | None = None
-
-    def __str__(self) -> str:
-        base = f"{self.at_ns:016x}.{self.id}.{self.attempts}"
-        return base if self.token is None else f"{base}.{self.token}"
-
-
 def parse_ready(name: str) -> ReadyName | None:
     match = _READY.fullmatch(name)
     if match is None:
         return None
     return ReadyName(match[1], int(match[2]), match[3])
-
-
-def parse_timed(name: str) -> TimedName | None:
-    match = _TIMED.fullmatch(name)
-    if match is None:
-        return None
-    return TimedName(int(match[1], 16), match[2], int(match[3]), match[4])
-
-
-def id_time_ns(message_id: str) -> int:
-    return int(message_id[:TIME_HEX], 16)
-
-
-def is_id(text: str) -> bool:
-    return len(text) == ID_LENGTH and re.fullmatch(_ID, text) is not None
-
-
-def new_token() -> str:
-    return os.urandom(4).hex()
-
-
-class IdSource:
-    """Ids from one process are strictly increasing even when the clock stalls or steps back."""
-
-    def __init__(self) -> None:
-        self._last_ns = 0
-
-    def next(self, now_ns: int) -> str:
-        self._last_ns = max(now_ns, self._last_ns + 1)
-        return f"{self._last_ns:016x}{os.urandom(4).hex()}"
-
-
-class Receipt(NamedTuple):
-    """A parsed receipt: which delivery of which message, and whether it is a dead letter's."""
-
-    lease: TimedName
-    dead: bool
-
-
-def parse_receipt(receipt: str) -> Receipt:
-    if not isinstance(receipt, str):
-        raise BadInput(f"a receipt is a string from dequeue, not {type(receipt).__name__}")
-    dead = receipt.startswith(DLQ_RECEIPT_PREFIX)
-    lease = parse_timed(receipt[len(DLQ_RECEIPT_PREFIX) :] if dead else receipt)
-    if lease is None or lease.token is None:
-        raise BadInput(f"{receipt!r} is not an ephq receipt (it comes from dequeue, as 'receipt')")
-    return Receipt(lease, dead)
-
-
-def format_receipt(lease_name: str, dead: bool) -> str:
-    """The receipt of the lease whose file is named lease_name."""
-    return DLQ_RECEIPT_PREFIX + lease_name if dead else lease_name
-
-
-_STREAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def check_stream_name(stream: object) -> str:
-    """The name itself, or BadInput before anything touches the disk."""
-    if not isinstance(stream, str) or _STREAM.fullmatch(stream) is None:
-        raise BadInput(
-            f"invalid stream name {stream!r}: use 1 to 128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return stream
