@@ -54,3 +54,10 @@ class StorageError(EphqError):
     """Any other failure of the underlying storage."""
 
     exit_code = 7
+
+
+class Unavailable(StorageError):
+    """The database cannot be reached (down, restarting, the connection dropped); nothing the
+    caller was told is done was lost, and trying again later is the remedy."""
+
+    exit_code = 10

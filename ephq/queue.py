@@ -52,11 +52,15 @@ def default_home() -> str:
 
 
 class Queue:
-    """A handle on every stream under one home directory; cheap to create, safe across threads.
+    """A handle on every stream of one store; cheap to create, safe across threads.
 
+    The store is a home directory (the file backend, the default) or a PostgreSQL database:
     ``home``: where the streams live (default: $EPHQ_HOME, else the user data directory).
+    ``url``: a ``postgresql://`` URL (default: $EPHQ_URL when no home is given); needs the
+    ``ephq[postgres]`` extra. The semantics are the same on both.
     ``fsync``: flush each enqueue to disk before returning (default). False trades durability
-    against power loss for speed; a crashed process still loses nothing.
+    against power loss for speed; a crashed process still loses nothing. (PostgreSQL follows
+    its own settings: synchronous_commit.)
     ``clock``: nanoseconds since the epoch; tests inject one to move time by hand.
     """
 
@@ -64,18 +68,33 @@ class Queue:
         self,
         home: str | os.PathLike[str] | None = None,
         *,
+        url: str | None = None,
         fsync: bool = True,
         clock: Callable[[], int] | None = None,
         backend: Backend | None = None,
     ) -> None:
+        self.home: str | None = None
+        self.url: str | None = None
         if backend is None:
-            path = os.path.abspath(os.fspath(home)) if home is not None else default_home()
-            backend = FileBackend(path, durable=fsync, clock=clock or time.time_ns)
-            self.home: str | None = path
-        else:
-            self.home = None
+            if url is None and home is None:
+                url = os.environ.get("EPHQ_URL") or None
+            if url is not None and home is not None:
+                raise BadInput("give a home directory or a database URL, not both")
+            if url is not None:
+                backend = _database(url, clock or time.time_ns)
+                self.url = url
+            else:
+                path = os.path.abspath(os.fspath(home)) if home is not None else default_home()
+                backend = FileBackend(path, durable=fsync, clock=clock or time.time_ns)
+                self.home = path
         self._backend = backend
         self._clock = clock or time.time_ns
+
+    def store_environment(self) -> dict[str, str]:
+        """The variable that names this store to another ephq (a worker's handler)."""
+        if self.url is not None:
+            return {"EPHQ_URL": self.url}
+        return {"EPHQ_HOME": self.home} if self.home is not None else {}
 
     # -- produce ---------------------------------------------------------------------------
 
@@ -386,6 +405,22 @@ class Queue:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _database(url: str, clock: Callable[[], int]) -> Backend:
+    """The backend a URL names: PostgreSQL, imported only now (its driver costs start-up)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in ("postgresql", "postgres"):
+        shown = url if "@" not in url else scheme + "://…"
+        raise BadInput(f"unsupported store URL {shown!r}: use postgresql://… (or --home DIR)")
+    try:
+        from .postgres.backend import PostgresBackend
+    except ImportError as exc:
+        raise BadInput(
+            f"a postgresql:// URL needs the PostgreSQL driver ({exc.name} is missing): "
+            "pip install 'ephq[postgres]'"
+        ) from None
+    return PostgresBackend(url, clock=clock)
 
 
 def _json_of(data: Any) -> str:

@@ -34,9 +34,66 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_backends: run the test on the file backend and on PostgreSQL"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that uses the store fixture runs on files; one marked both_backends (or in a
+    module so marked) also on PostgreSQL: one suite for both, not a copy."""
+    if "store" in metafunc.fixturenames:
+        both = metafunc.definition.get_closest_marker("both_backends") is not None
+        kinds = ["files", "postgres"] if both else ["files"]
+        metafunc.parametrize("store", kinds, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def database_server() -> Iterator[str]:
+    """A PostgreSQL server for this test process: EPHQ_TEST_DATABASE_URL, or a throwaway one."""
+    given = os.environ.get("EPHQ_TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    from tests.pgserver import Server, binaries
+
+    bin_dir = binaries()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb) on this machine")
+    server = Server(bin_dir)
+    try:
+        yield server.url
+    finally:
+        server.destroy()
+
+
+def fresh_database(url: str) -> str:
+    """url, with ephq's schema dropped: each test starts from an empty database."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS ephq CASCADE")
+    return url
+
+
 @pytest.fixture
-def q(home: Path, clock: FakeClock) -> Iterator[Queue]:
-    queue = Queue(home, clock=clock)
+def store(request: pytest.FixtureRequest, home: Path) -> str:
+    """What a Queue is opened on: "files" (the home fixture), or a PostgreSQL URL."""
+    if request.param == "files":
+        return "files"
+    return fresh_database(request.getfixturevalue("database_server"))
+
+
+def open_queue(store: str, home: Path, **options: object) -> Queue:
+    if store == "files":
+        return Queue(home, **options)  # type: ignore[arg-type]
+    return Queue(url=store, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def q(store: str, home: Path, clock: FakeClock) -> Iterator[Queue]:
+    queue = open_queue(store, home, clock=clock)
     yield queue
     queue.close()
 

@@ -13,10 +13,16 @@ from dataclasses import dataclass
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from ephq import LeaseLost, Queue
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, fresh_database
 
 NS = 1_000_000_000
 MAX_ATTEMPTS = 3
@@ -33,11 +39,16 @@ class Model:
 
 
 class QueueMachine(RuleBasedStateMachine):
+    database_url: str | None = None  # set: the queue is on PostgreSQL, from an empty database
+
     def __init__(self) -> None:
         super().__init__()
         self.home = tempfile.mkdtemp(prefix="ephq-model-")
         self.clock = FakeClock()
-        self.q = Queue(self.home, clock=self.clock)
+        if self.database_url is None:
+            self.q = Queue(self.home, clock=self.clock)
+        else:
+            self.q = Queue(url=fresh_database(self.database_url), clock=self.clock)
         self.q.configure("s", max_attempts=MAX_ATTEMPTS)
         self.messages: dict[str, Model] = {}
         self.receipts: list[str] = []
@@ -178,3 +189,20 @@ QueueMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestQueueModel = QueueMachine.TestCase
+
+
+def test_the_model_holds_on_postgresql(database_server: str) -> None:
+    """The same machine, the same rules, on the PostgreSQL backend."""
+
+    class OnPostgres(QueueMachine):
+        database_url = database_server
+
+    run_state_machine_as_test(
+        OnPostgres,
+        settings=settings(
+            max_examples=60,
+            stateful_step_count=50,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

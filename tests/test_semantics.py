@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from ephq import LeaseLost, NotFound, Queue
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, open_queue
+
+# Every test here runs on the file backend and on PostgreSQL (those that look at files say so).
+pytestmark = pytest.mark.both_backends
 
 
 def test_enqueue_dequeue_ack_round_trip(q: Queue) -> None:
@@ -28,7 +31,9 @@ def test_enqueue_dequeue_ack_round_trip(q: Queue) -> None:
 def test_dequeue_on_missing_stream_is_none_and_creates_nothing(q: Queue, home: Path) -> None:
     assert q.dequeue("nothing-here") is None
     assert q.dequeue_many("nothing-here", 5) == []
+    assert q.dequeue("nothing-here", wait=0.2) is None
     assert not (home / "nothing-here").exists()
+    assert q.streams() == []
 
 
 def test_fifo_within_a_stream(q: Queue) -> None:
@@ -41,14 +46,18 @@ def test_fifo_within_a_stream(q: Queue) -> None:
     assert got == ids
 
 
-def test_fifo_holds_across_processes_fresh_queue_objects(home: Path, clock: FakeClock) -> None:
+def test_fifo_holds_across_processes_fresh_queue_objects(
+    store: str, home: Path, clock: FakeClock
+) -> None:
     ids = []
     for i in range(20):
         clock.advance(0.001)  # separate processes in the same nanosecond have no order
-        ids.append(Queue(home, clock=clock).enqueue("s", i))
+        with open_queue(store, home, clock=clock) as q:
+            ids.append(q.enqueue("s", i))
     got = []
     for _ in ids:
-        m = Queue(home, clock=clock).dequeue("s")
+        with open_queue(store, home, clock=clock) as q:
+            m = q.dequeue("s")
         assert m is not None and m.receipt
         got.append(m.id)
     assert got == ids
@@ -158,8 +167,10 @@ def test_extend_keeps_the_lease_and_the_receipt(q: Queue, clock: FakeClock) -> N
     assert q.stats("s").inflight == 0
 
 
-def test_receipt_works_from_another_queue_object_after_extend(home: Path, clock: FakeClock) -> None:
-    a, b = Queue(home, clock=clock), Queue(home, clock=clock)
+def test_receipt_works_from_another_queue_object_after_extend(
+    store: str, home: Path, clock: FakeClock
+) -> None:
+    a, b = open_queue(store, home, clock=clock), open_queue(store, home, clock=clock)
     a.enqueue("s", 1)
     m = a.dequeue("s", visibility=10)
     assert m is not None and m.receipt
@@ -346,12 +357,13 @@ def test_purge_removes_messages_but_keeps_dead_letters(q: Queue) -> None:
     assert after is not None and after.data == "after"
 
 
-def test_configure_persists_with_the_stream(home: Path, clock: FakeClock) -> None:
-    q = Queue(home, clock=clock)
+def test_configure_persists_with_the_stream(store: str, home: Path, clock: FakeClock) -> None:
+    q = open_queue(store, home, clock=clock)
     assert q.config("s").max_attempts == 5
-    cfg = q.configure("s", max_attempts=7, visibility=timedelta(seconds=45))
-    assert (cfg.max_attempts, cfg.visibility) == (7, 45.0)
-    assert Queue(home).config("s") == cfg
+    cfg = q.configure("s", max_attempts=7, visibility=timedelta(seconds=45), max_size=4096)
+    assert (cfg.max_attempts, cfg.visibility, cfg.max_size) == (7, 45.0, 4096)
+    with open_queue(store, home) as again:
+        assert again.config("s") == cfg
     assert q.configure("s", visibility=5).max_attempts == 7
 
 
@@ -377,8 +389,8 @@ def test_home_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert (tmp_path / "envhome" / "s").is_dir()
 
 
-def test_fsync_off_still_delivers(home: Path) -> None:
-    q = Queue(home, fsync=False)
+def test_fsync_off_still_delivers(store: str, home: Path) -> None:
+    q = open_queue(store, home, fsync=False)
     q.enqueue_many("s", [1, 2])
     q.enqueue("s", 3)
     assert [m.data for m in q.dequeue_many("s", 5)] == [1, 2, 3]

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import BadInput
 from . import consume, dead, look, manage, metrics, produce, work
 from .params import Settings
 
@@ -21,8 +22,9 @@ EXIT_CODES = """\
 Exit status: 0 success; 1 nothing to dequeue or peek at (stdout stays empty); 2 usage error or
 bad input (nothing was written); 3 the receipt's lease is lost; 4 not found (a stream, or a dead
 letter's id); 5 permission denied; 6 disk full; 7 other storage failure; 8 check found problems
-it did not repair; 9 the worker's handler cannot be run (the shell's exit 126 or 127); 130
-interrupted (Ctrl-C; a worker stopped by a second one, or unable to stop within --grace)."""
+it did not repair; 9 the worker's handler cannot be run (the shell's exit 126 or 127); 10 the
+database (--url) cannot be reached; 130 interrupted (Ctrl-C; a worker stopped by a second one,
+or unable to stop within --grace)."""
 
 
 def _print_version(value: bool) -> None:
@@ -42,6 +44,16 @@ def root(
             envvar="EPHQ_HOME",
             metavar="DIR",
             help="Where the streams live. Default: the user data directory (~/.local/share/ephq).",
+        ),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            envvar="EPHQ_URL",
+            metavar="URL",
+            help="A postgresql:// URL: the streams live in that database (pip install "
+            "'ephq[postgres]'). --home (given on the command line) wins over EPHQ_URL.",
         ),
     ] = None,
     no_fsync: Annotated[
@@ -67,7 +79,22 @@ def root(
     ] = False,
 ) -> None:
     del debug, version  # read by main() before the command runs; printed by its callback
-    ctx.obj = Settings(home, fsync=not no_fsync)
+    if url is not None and home is not None:
+        url_given = _on_command_line(ctx, "url")
+        home_given = _on_command_line(ctx, "home")
+        if url_given and home_given:
+            raise BadInput("give --home or --url, not both")
+        if home_given:
+            url = None  # an explicit --home beats EPHQ_URL
+        else:
+            home = None  # --url or EPHQ_URL beats EPHQ_HOME
+    ctx.obj = Settings(home, url, fsync=not no_fsync)
+
+
+def _on_command_line(ctx: typer.Context, name: str) -> bool:
+    """Whether the option was given on the command line (not by its environment variable)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
 
 
 # -- the tree ------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Options of the root that take a value: the word after them is not the command's name.
-_ROOT_VALUE_OPTIONS = ("--home",)
+_ROOT_VALUE_OPTIONS = ("--home", "--url")
 
 
 def _command_named(args: list[str]) -> str | None:

@@ -37,6 +37,7 @@ ENVIRONMENT = [
         "Where the streams live, as --home. Default: $XDG_DATA_HOME/ephq, "
         "that is ~/.local/share/ephq.",
     ),
+    ("EPHQ_URL", "A postgresql:// URL, as --url: the streams live in that database."),
     ("EPHQ_NO_FSYNC", "When 1, as --no-fsync."),
     ("EPHQ_DEBUG", "When 1, as --debug: errors show a traceback."),
     ("NO_COLOR", "When set, tables drawn on a terminal have no colour."),

@@ -16,14 +16,18 @@ from ..queue import Queue
 class Settings:
     """The root options, and the one Queue a command uses."""
 
-    def __init__(self, home: Path | None, fsync: bool) -> None:
+    def __init__(self, home: Path | None, url: str | None, fsync: bool) -> None:
         self.home = home
+        self.url = url
         self.fsync = fsync
         self._queue: Queue | None = None
 
     def queue(self) -> Queue:
         if self._queue is None:
-            self._queue = Queue(self.home, fsync=self.fsync)
+            if self.url is not None:
+                self._queue = Queue(url=self.url)
+            else:
+                self._queue = Queue(self.home, fsync=self.fsync)
         return self._queue
 
 
@@ -41,8 +45,10 @@ def seconds(text: str | None, option: str) -> float | None:
 
 
 def _completion_queue(ctx: typer.Context) -> Queue:
-    home = ctx.find_root().params.get("home")
-    return Queue(home)
+    params = ctx.find_root().params
+    if params.get("url"):
+        return Queue(url=params["url"])
+    return Queue(params.get("home"))
 
 
 def complete_stream(ctx: typer.Context, incomplete: str) -> Iterator[str]:

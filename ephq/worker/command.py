@@ -43,9 +43,11 @@ def _exit_watch(proc: subprocess.Popen[bytes]) -> int | None:
 
 
 class CommandHandler:
-    def __init__(self, command: str, *, home: str, timeout: float | None = None) -> None:
+    def __init__(
+        self, command: str, *, store: dict[str, str], timeout: float | None = None
+    ) -> None:
         self.command = command
-        self.home = home
+        self.store = store  # EPHQ_HOME or EPHQ_URL: the store the handler's own ephq uses
         self.timeout = timeout
         self._running: set[subprocess.Popen[bytes]] = set()
 
@@ -89,14 +91,14 @@ class CommandHandler:
         self._verdict(proc.returncode, why, b"".join(tail)[-STDERR_TAIL_BYTES:])
 
     def _environment(self, message: Message) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in ("EPHQ_HOME", "EPHQ_URL")}
+        env.update(self.store)
         env.update(
             EPHQ_STREAM=message.stream,
             EPHQ_MESSAGE_ID=message.id,
             EPHQ_RECEIPT=message.receipt or "",
             EPHQ_ATTEMPT=str(message.attempts),
             EPHQ_ENQUEUED_AT=message.enqueued_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            EPHQ_HOME=self.home,
         )
         return env
 

@@ -135,8 +135,7 @@ def run(
     metrics_address: tuple[str, int] | None = None,
     **options: Any,
 ) -> int:
-    assert queue.home is not None
-    handler = CommandHandler(command, home=queue.home, timeout=timeout)
+    handler = CommandHandler(command, store=queue.store_environment(), timeout=timeout)
     log = Log(stream, json_logs)
     worker = Worker(queue, stream, handler, name=command, **options)
     counters = WorkerMetrics(stream, worker.concurrency)

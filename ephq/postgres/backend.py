@@ -1,0 +1,651 @@
+"""The PostgreSQL backend: every operation of the Backend protocol as one SQL statement.
+
+Time is the caller's clock (nanoseconds, as the file backend's), passed into each statement:
+hosts sharing a database must keep their clocks in step (NTP), as processes sharing a file
+store do. A lease is a row's state (token, visible_at), never an open transaction: nothing is
+held while a handler runs. Stream names and ids are always parameters, never SQL text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from ..backend import Holder, Progress, Waiter
+from ..errors import BadInput, LeaseLost, NotFound
+from ..ids import IdSource, Receipt, format_receipt, id_time_ns, is_id, new_token, parse_receipt
+from ..message import CheckProblem, Lease, Message, StreamConfig, StreamStats, utc_from_ns
+from . import schema
+from .connection import Connections
+
+NS = 1_000_000_000
+MAX_ERROR_CHARS = 4096
+DEFAULTS = StreamConfig()
+
+# The columns a delivery is built from, in this order.
+_ROW = "m.id, m.attempts, m.visible_at, m.token, m.data, m.meta"
+
+# Messages of a stream that ran out of attempts, dead-lettered: the claim and stats run this
+# first, as the file backend's reaper does. %(error)s is used for what was not leased.
+_BURY_SPENT = """
+UPDATE ephq.messages m SET dead = true, token = NULL, visible_at = %(now)s,
+    meta = m.meta || jsonb_build_object('dead', jsonb_build_object(
+        'stream', m.stream,
+        'error', CASE WHEN m.token IS NOT NULL THEN 'lease expired'
+                 ELSE 'delivered ' || m.attempts || ' times; max_attempts is ' || c.max_attempts
+                 END,
+        'attempts', m.attempts,
+        'died_at', %(died_at)s::text))
+FROM (SELECT COALESCE((SELECT max_attempts FROM ephq.streams WHERE name = %(stream)s), 5)
+      AS max_attempts) c
+WHERE m.stream = %(stream)s AND NOT m.dead AND m.visible_at <= %(now)s
+  AND m.attempts >= c.max_attempts
+"""
+
+_CLAIM = f"""
+WITH picked AS (
+    SELECT id FROM ephq.messages
+    WHERE stream = %(stream)s AND dead = %(dead)s AND visible_at <= %(now)s
+    ORDER BY id LIMIT %(count)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE ephq.messages m
+SET attempts = m.attempts + 1, token = %(token)s, visible_at = %(until)s
+FROM picked
+WHERE m.stream = %(stream)s AND m.dead = %(dead)s AND m.id = picked.id
+RETURNING {_ROW}
+"""
+
+
+# The row of the delivery a receipt names (alone, and with the alias m).
+_MATCH = (
+    "stream = %(stream)s AND dead = %(dead)s AND id = %(id)s "
+    "AND attempts = %(attempts)s AND token = %(token)s"
+)
+_MATCH_M = (
+    "m.stream = %(stream)s AND m.dead = %(dead)s AND m.id = %(id)s "
+    "AND m.attempts = %(attempts)s AND m.token = %(token)s"
+)
+
+
+def iso_utc(ns: int) -> str:
+    return datetime.fromtimestamp(ns / NS, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class PostgresBackend:
+    def __init__(self, url: str, *, clock: Callable[[], int]) -> None:
+        self.url = url
+        self.clock = clock
+        self.db = Connections(url)
+        self.where = self.db.where
+        self._ids = IdSource()
+        self._known_streams: set[str] = set()
+
+    # -- produce ---------------------------------------------------------------------------
+
+    def _create_stream(self, stream: str) -> None:
+        if stream in self._known_streams:
+            return
+        with self.db.cursor(f"create stream {stream!r}") as cur:
+            cur.execute(
+                "INSERT INTO ephq.streams (name) VALUES (%s) ON CONFLICT DO NOTHING", (stream,)
+            )
+        self._known_streams.add(stream)
+
+    def enqueue(
+        self, stream: str, items: list[str], delay_ns: int, progress: Progress = None
+    ) -> list[str]:
+        self._create_stream(stream)
+        now = self.clock()
+        ids = [self._ids.next(now + i) for i in range(len(items))]
+        visible = now + delay_ns
+        # One statement: a batch is all or nothing, and the notification rides its commit.
+        with self.db.cursor(f"enqueue to stream {stream!r}") as cur:
+            cur.execute(
+                """
+                WITH added AS (
+                    INSERT INTO ephq.messages (stream, dead, id, visible_at, data)
+                    SELECT %(stream)s, false, i, %(visible)s, d
+                    FROM unnest(%(ids)s::text[], %(datas)s::text[]) AS t(i, d)
+                    RETURNING 1
+                )
+                SELECT CASE WHEN %(ring)s THEN pg_notify('ephq', %(stream)s) END
+                FROM (SELECT count(*) FROM added) n
+                """,
+                {
+                    "stream": stream,
+                    "visible": visible,
+                    "ids": ids,
+                    "datas": items,
+                    "ring": delay_ns <= 0,
+                },
+            )
+        if progress is not None:
+            progress(len(items))
+        return ids
+
+    # -- consume ---------------------------------------------------------------------------
+
+    def dequeue(
+        self, stream: str, count: int, visibility_ns: int | None, dead: bool
+    ) -> list[Message]:
+        now = self.clock()
+        with self.db.cursor(f"dequeue from stream {stream!r}") as cur:
+            if not dead:
+                cur.execute(_BURY_SPENT, {"stream": stream, "now": now, "died_at": iso_utc(now)})
+            if visibility_ns is None:
+                visibility_ns = round(self._config(cur, stream).visibility * NS)
+            token = new_token()
+            until = now + visibility_ns
+            cur.execute(
+                _CLAIM,
+                {
+                    "stream": stream,
+                    "dead": dead,
+                    "now": now,
+                    "count": count,
+                    "token": token,
+                    "until": until,
+                },
+            )
+            rows = sorted(cur.fetchall())
+        return [self._message(stream, row, dead, receipt=True) for row in rows]
+
+    def _message(
+        self, stream: str, row: Any, dead: bool, *, receipt: bool, state: str | None = None
+    ) -> Message:
+        message_id, attempts, visible_at, token, data, meta = row
+        if not dead and "dead" in meta:
+            meta = {k: v for k, v in meta.items() if k != "dead"}  # redriven: history
+        leased = receipt and token is not None
+        return Message(
+            id=message_id,
+            receipt=(
+                format_receipt(f"{visible_at:016x}.{message_id}.{attempts}.{token}", dead)
+                if leased
+                else None
+            ),
+            stream=stream,
+            data=json.loads(data),
+            data_json=data,
+            attempts=attempts,
+            enqueued_at=utc_from_ns(id_time_ns(message_id)),
+            visible_until=utc_from_ns(visible_at)
+            if leased or state not in (None, "ready")
+            else None,
+            metadata=meta,
+            state=state,
+        )
+
+    def _settle(self, stream: str, receipt: str, sql: str, params: dict[str, Any]) -> Any:
+        """Run sql on the delivery the receipt names; LeaseLost (or BadInput, for another
+        stream's receipt) if that delivery has ended."""
+        parsed = parse_receipt(receipt)
+        lease = parsed.lease
+        args = {
+            "stream": stream,
+            "dead": parsed.dead,
+            "id": lease.id,
+            "attempts": lease.attempts,
+            "token": lease.token,
+            "now": self.clock(),
+            **params,
+        }
+        with self.db.cursor(f"settle a delivery in stream {stream!r}") as cur:
+            cur.execute(sql, args)
+            row = cur.fetchone()
+            if row is not None:
+                return row
+            cur.execute(
+                "SELECT stream FROM ephq.messages WHERE id = %s AND token = %s AND stream <> %s",
+                (lease.id, lease.token, stream),
+            )
+            other = cur.fetchone()
+        if other is not None:
+            raise BadInput(f"this receipt is for a message of stream {other[0]!r}, not {stream!r}")
+        raise self._lost(parsed)
+
+    @staticmethod
+    def _lost(parsed: Receipt) -> LeaseLost:
+        lease = parsed.lease
+        return LeaseLost(
+            f"the lease on message {lease.id} (delivery {lease.attempts}) has ended: it was "
+            "acked, nacked, dead-lettered, or expired and was delivered again"
+        )
+
+    def ack(self, stream: str, receipt: str) -> None:
+        self._settle(stream, receipt, f"DELETE FROM ephq.messages WHERE {_MATCH} RETURNING 1", {})
+
+    def nack(self, stream: str, receipt: str, delay_ns: int, reason: str | None) -> None:
+        parsed = parse_receipt(receipt)
+        if not parsed.dead:
+            # Back after delay, or dead-lettered with reason if that was its last attempt.
+            self._settle(
+                stream,
+                receipt,
+                f"""
+                UPDATE ephq.messages m SET
+                    token = NULL,
+                    dead = m.attempts >= c.max_attempts,
+                    visible_at = CASE WHEN m.attempts >= c.max_attempts THEN %(now)s
+                                 ELSE %(now)s + %(delay)s END,
+                    meta = CASE WHEN m.attempts >= c.max_attempts
+                        THEN m.meta || jsonb_build_object('dead', jsonb_build_object(
+                            'stream', m.stream, 'error', %(reason)s::text,
+                            'attempts', m.attempts, 'died_at', %(died_at)s::text))
+                        ELSE m.meta END
+                FROM (SELECT COALESCE((SELECT max_attempts FROM ephq.streams
+                                       WHERE name = %(stream)s), 5) AS max_attempts) c
+                WHERE {_MATCH_M}
+                RETURNING 1
+                """,
+                {
+                    "delay": delay_ns,
+                    "reason": (reason or "nacked")[:MAX_ERROR_CHARS],
+                    "died_at": iso_utc(self.clock()),
+                },
+            )
+            return
+        # A dead letter's handler failed: it waits for its retry, keeping why.
+        record = reason is not None
+        self._settle(
+            stream,
+            receipt,
+            f"""
+            UPDATE ephq.messages m SET token = NULL, visible_at = %(now)s + %(delay)s,
+                meta = CASE WHEN %(record)s THEN jsonb_set(m.meta, '{{dead}}',
+                    COALESCE(m.meta->'dead', '{{}}'::jsonb) || jsonb_build_object(
+                        'dlq_error', %(reason)s::text, 'dlq_failed_at', %(at)s::text))
+                    ELSE m.meta END
+            WHERE {_MATCH_M}
+            RETURNING 1
+            """,
+            {
+                "delay": delay_ns,
+                "record": record,
+                "reason": (reason or "")[:MAX_ERROR_CHARS],
+                "at": iso_utc(self.clock()),
+            },
+        )
+
+    def release(self, stream: str, receipt: str) -> None:
+        self._settle(
+            stream,
+            receipt,
+            f"""UPDATE ephq.messages SET token = NULL, visible_at = %(now)s,
+                    attempts = attempts - 1
+                WHERE {_MATCH} RETURNING 1""",
+            {},
+        )
+
+    def reject(self, stream: str, receipt: str, reason: str) -> None:
+        if parse_receipt(receipt).dead:
+            raise BadInput("a dead letter cannot be dead-lettered again: ack or nack it")
+        self._settle(
+            stream,
+            receipt,
+            f"""UPDATE ephq.messages m SET dead = true, token = NULL, visible_at = %(now)s,
+                    meta = m.meta || jsonb_build_object('dead', jsonb_build_object(
+                        'stream', m.stream, 'error', %(reason)s::text,
+                        'attempts', m.attempts, 'died_at', %(died_at)s::text))
+                WHERE {_MATCH_M} RETURNING 1""",
+            {"reason": reason[:MAX_ERROR_CHARS], "died_at": iso_utc(self.clock())},
+        )
+
+    def extend(self, stream: str, receipt: str, visibility_ns: int) -> int:
+        row = self._settle(
+            stream,
+            receipt,
+            f"""UPDATE ephq.messages SET visible_at = %(now)s + %(visibility)s
+                WHERE {_MATCH} RETURNING visible_at""",
+            {"visibility": visibility_ns},
+        )
+        return int(row[0])
+
+    def validate_receipt(self, receipt: str) -> None:
+        parse_receipt(receipt)
+
+    # -- look ------------------------------------------------------------------------------
+
+    def peek(self, stream: str, count: int, dead: bool) -> list[Message]:
+        now = self.clock()
+        with self.db.cursor(f"peek at stream {stream!r}") as cur:
+            if not dead:
+                cur.execute(_BURY_SPENT, {"stream": stream, "now": now, "died_at": iso_utc(now)})
+            cur.execute(
+                f"""SELECT {_ROW} FROM ephq.messages m
+                    WHERE stream = %s AND dead = %s AND visible_at <= %s
+                    ORDER BY id LIMIT %s""",
+                (stream, dead, now, count),
+            )
+            rows = cur.fetchall()
+        return [self._message(stream, row, dead, receipt=False) for row in rows]
+
+    def _exists(self, cur: Any, stream: str) -> None:
+        cur.execute("SELECT 1 FROM ephq.streams WHERE name = %s", (stream,))
+        if cur.fetchone() is None:
+            cur.execute("SELECT name FROM ephq.streams ORDER BY name LIMIT 10")
+            known = ", ".join(r[0] for r in cur.fetchall()) or "none yet"
+            raise NotFound(f"no stream {stream!r} in {self.where} (streams: {known})")
+
+    def stats(self, stream: str) -> StreamStats:
+        now = self.clock()
+        with self.db.cursor(f"read the statistics of stream {stream!r}") as cur:
+            self._exists(cur, stream)
+            cur.execute(_BURY_SPENT, {"stream": stream, "now": now, "died_at": iso_utc(now)})
+            cur.execute(
+                """SELECT
+                    count(*) FILTER (WHERE NOT dead AND visible_at <= %(now)s),
+                    count(*) FILTER (WHERE NOT dead AND visible_at > %(now)s AND token IS NULL),
+                    count(*) FILTER (WHERE NOT dead AND visible_at > %(now)s
+                                     AND token IS NOT NULL),
+                    count(*) FILTER (WHERE dead),
+                    min(id) FILTER (WHERE NOT dead AND visible_at <= %(now)s)
+                FROM ephq.messages WHERE stream = %(stream)s""",
+                {"stream": stream, "now": now},
+            )
+            ready, delayed, inflight, dead, oldest = cur.fetchone() or (0, 0, 0, 0, None)
+        age = None if oldest is None else max(0.0, (now - id_time_ns(oldest)) / NS)
+        return StreamStats(stream, ready, delayed, inflight, dead, age)
+
+    def streams(self) -> list[str]:
+        with self.db.cursor("list streams") as cur:
+            cur.execute("SELECT name FROM ephq.streams ORDER BY name")
+            return [row[0] for row in cur.fetchall()]
+
+    def purge(self, stream: str) -> int:
+        with self.db.cursor(f"purge stream {stream!r}") as cur:
+            cur.execute("DELETE FROM ephq.messages WHERE stream = %s AND NOT dead", (stream,))
+            return int(cur.rowcount)
+
+    def _config(self, cur: Any, stream: str) -> StreamConfig:
+        cur.execute(
+            "SELECT max_attempts, visibility_ms, max_size FROM ephq.streams WHERE name = %s",
+            (stream,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return DEFAULTS
+        return StreamConfig(int(row[0]), int(row[1]) / 1000, int(row[2]))
+
+    def config(self, stream: str) -> StreamConfig:
+        with self.db.cursor(f"read the settings of stream {stream!r}") as cur:
+            return self._config(cur, stream)
+
+    def configure(
+        self,
+        stream: str,
+        max_attempts: int | None,
+        visibility_ns: int | None,
+        max_size: int | None = None,
+    ) -> StreamConfig:
+        visibility_ms = None if visibility_ns is None else max(1, round(visibility_ns / 1e6))
+        with self.db.transaction(f"configure stream {stream!r}") as cur:
+            cur.execute(
+                """INSERT INTO ephq.streams AS s (name, max_attempts, visibility_ms, max_size)
+                   VALUES (%(stream)s, COALESCE(%(attempts)s, 5), COALESCE(%(vis)s, 30000),
+                           COALESCE(%(size)s, 1048576))
+                   ON CONFLICT (name) DO UPDATE SET
+                       max_attempts = COALESCE(%(attempts)s, s.max_attempts),
+                       visibility_ms = COALESCE(%(vis)s, s.visibility_ms),
+                       max_size = COALESCE(%(size)s, s.max_size)""",
+                {
+                    "stream": stream,
+                    "attempts": max_attempts,
+                    "vis": visibility_ms,
+                    "size": max_size,
+                },
+            )
+            self._known_streams.add(stream)
+            return self._config(cur, stream)
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    def dead_letters(self, stream: str, count: int) -> list[Message]:
+        now = self.clock()
+        with self.db.cursor(f"list the dead letters of stream {stream!r}") as cur:
+            self._exists(cur, stream)
+            cur.execute(
+                f"""SELECT {_ROW} FROM ephq.messages m WHERE stream = %s AND dead
+                    ORDER BY id LIMIT %s""",
+                (stream, count),
+            )
+            rows = cur.fetchall()
+        return [self._dead_message(stream, row, now) for row in rows]
+
+    def _dead_message(self, stream: str, row: Any, now: int) -> Message:
+        visible_at, token = row[2], row[3]
+        state = "ready" if visible_at <= now else "delayed" if token is None else "inflight"
+        return self._message(stream, row, True, receipt=False, state=state)
+
+    def dead_letter(self, stream: str, message_id: str) -> Message:
+        _require_id(message_id)
+        with self.db.cursor(f"read a dead letter of stream {stream!r}") as cur:
+            cur.execute(
+                f"SELECT {_ROW} FROM ephq.messages m WHERE stream = %s AND dead AND id = %s",
+                (stream, message_id),
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise NotFound(
+                f"no dead letter with id {message_id} in the dead letters of stream {stream!r}"
+            )
+        return self._dead_message(stream, row, self.clock())
+
+    def _dead_ids(self, cur: Any, stream: str, ids: list[str] | None) -> list[str]:
+        """The dead letters' ids (all, or these, each checked to be there), locked."""
+        if ids is None:
+            cur.execute(
+                "SELECT id FROM ephq.messages WHERE stream = %s AND dead ORDER BY id FOR UPDATE",
+                (stream,),
+            )
+            return [row[0] for row in cur.fetchall()]
+        for message_id in ids:
+            _require_id(message_id)
+        cur.execute(
+            "SELECT id FROM ephq.messages WHERE stream = %s AND dead AND id = ANY(%s) FOR UPDATE",
+            (stream, ids),
+        )
+        found = {row[0] for row in cur.fetchall()}
+        for message_id in ids:
+            if message_id not in found:
+                raise NotFound(
+                    f"no dead letter with id {message_id} in the dead letters of stream {stream!r}"
+                )
+        return list(dict.fromkeys(ids))
+
+    def redrive(self, stream: str, ids: list[str] | None, progress: Progress = None) -> list[str]:
+        with self.db.transaction(f"redrive dead letters of stream {stream!r}") as cur:
+            chosen = self._dead_ids(cur, stream, ids)
+            cur.execute(
+                """UPDATE ephq.messages SET dead = false, attempts = 0, token = NULL,
+                       visible_at = %s, meta = meta - 'dead'
+                   WHERE stream = %s AND dead AND id = ANY(%s)""",
+                (self.clock(), stream, chosen),
+            )
+            if chosen:
+                cur.execute("SELECT pg_notify('ephq', %s)", (stream,))
+        if progress is not None:
+            progress(len(chosen))
+        return chosen
+
+    def purge_dead_letters(self, stream: str, ids: list[str] | None) -> list[str]:
+        with self.db.transaction(f"purge dead letters of stream {stream!r}") as cur:
+            chosen = self._dead_ids(cur, stream, ids)
+            cur.execute(
+                "DELETE FROM ephq.messages WHERE stream = %s AND dead AND id = ANY(%s)",
+                (stream, chosen),
+            )
+        return chosen
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def waiter(self, stream: str, dead: bool) -> Waiter:
+        from .waiting import Listener
+
+        return Listener(self.db, stream)
+
+    def seconds_until_due(self, stream: str, dead: bool) -> float:
+        now = self.clock()
+        with self.db.cursor(f"read stream {stream!r}") as cur:
+            cur.execute(
+                """SELECT min(visible_at) FROM ephq.messages
+                   WHERE stream = %s AND dead = %s AND visible_at > %s""",
+                (stream, dead, now),
+            )
+            row = cur.fetchone()
+        due = None if row is None else row[0]
+        return 1.0 if due is None else min(1.0, max(0.0, (due - now) / NS))
+
+    def next_delayed_ns(self, stream: str, dead: bool) -> int | None:
+        with self.db.cursor(f"read stream {stream!r}") as cur:
+            cur.execute(
+                """SELECT min(visible_at) FROM ephq.messages
+                   WHERE stream = %s AND dead = %s AND visible_at > %s AND token IS NULL""",
+                (stream, dead, self.clock()),
+            )
+            row = cur.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    # -- leases and their holders ----------------------------------------------------------
+
+    def leases(self, stream: str) -> list[Lease]:
+        now = self.clock()
+        with self.db.cursor(f"list the leases of stream {stream!r}") as cur:
+            self._exists(cur, stream)
+            cur.execute(
+                """SELECT h.host, h.pid, h.worker, h.started_at, h.leases FROM ephq.holders h
+                   WHERE h.stream = %s
+                     AND h.backend_pid IN (SELECT pid FROM pg_stat_activity)""",
+                (stream,),
+            )
+            held: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
+            for host, pid, worker, started_at, leases in cur.fetchall():
+                who = {"host": host, "pid": pid, "worker": worker, "started_at": started_at}
+                for receipt, when in leases.items():
+                    try:
+                        lease = parse_receipt(receipt).lease
+                    except BadInput:
+                        continue
+                    held[(lease.id, lease.token or "")] = (who, int(when))
+            cur.execute(
+                """SELECT id, attempts, visible_at, token, dead FROM ephq.messages
+                   WHERE stream = %s AND token IS NOT NULL AND visible_at > %s
+                   ORDER BY visible_at, id""",
+                (stream, now),
+            )
+            rows = cur.fetchall()
+        found = []
+        for message_id, attempts, visible_at, token, dead in rows:
+            holder: dict[str, Any] | None = None
+            leased_at: int | None = None
+            if (message_id, token) in held:
+                holder, leased_at = held[(message_id, token)]
+            found.append(
+                Lease(
+                    message_id,
+                    stream,
+                    attempts,
+                    None if leased_at is None else utc_from_ns(leased_at),
+                    utc_from_ns(visible_at),
+                    holder,
+                    dead,
+                )
+            )
+        return found
+
+    def hold(self, stream: str, dead: bool, worker: str) -> Holder:
+        return DatabaseHolder(self.db, stream, dead, worker)
+
+    # -- upkeep ----------------------------------------------------------------------------
+
+    def check(self, stream: str | None, repair: bool) -> list[CheckProblem]:
+        """The schema is there, at this ephq's version; stale holders are reported (and
+        removed on repair). Rows are the database's to keep consistent."""
+        problems: list[CheckProblem] = []
+        with self.db.cursor("check the database") as cur:
+            cur.execute("SELECT version FROM ephq.schema_version")
+            row = cur.fetchone()
+            if row is None or row[0] != schema.VERSION:
+                problems.append(
+                    CheckProblem(
+                        stream or "",
+                        "schema",
+                        self.where,
+                        f"schema version {row and row[0]}, expected {schema.VERSION}",
+                    )
+                )
+            cur.execute(
+                """SELECT id, stream FROM ephq.holders
+                   WHERE backend_pid NOT IN (SELECT pid FROM pg_stat_activity)
+                     AND (%(stream)s::text IS NULL OR stream = %(stream)s)""",
+                {"stream": stream},
+            )
+            stale = cur.fetchall()
+            if repair and stale:
+                cur.execute("DELETE FROM ephq.holders WHERE id = ANY(%s)", ([r[0] for r in stale],))
+            for holder_id, holder_stream in stale:
+                problems.append(
+                    CheckProblem(
+                        holder_stream,
+                        "stale-holder",
+                        f"ephq.holders id {holder_id}",
+                        "left by a worker that is gone",
+                        repaired=repair,
+                    )
+                )
+        return problems
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class DatabaseHolder:
+    """A worker's row in ephq.holders, written on a connection of its own: the row is believed
+    while that connection's backend lives, so a killed worker's row says nothing."""
+
+    def __init__(self, db: Connections, stream: str, dead: bool, worker: str) -> None:
+        self._conn = db.connect()
+        self._db = db
+        with db.translated("register a worker"), self._conn.cursor() as cur:
+            cur.execute(
+                """INSERT INTO ephq.holders (stream, dead, backend_pid, host, pid, worker,
+                       started_at)
+                   VALUES (%s, %s, pg_backend_pid(), %s, %s, %s, %s) RETURNING id""",
+                (stream, dead, socket.gethostname(), os.getpid(), worker, db_now()),
+            )
+            row = cur.fetchone()
+        self._id = None if row is None else row[0]
+
+    def publish(self, leases: dict[str, int]) -> None:
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute(
+                    "UPDATE ephq.holders SET leases = %s WHERE id = %s",
+                    (json.dumps(leases), self._id),
+                )
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute("DELETE FROM ephq.holders WHERE id = %s", (self._id,))
+        except Exception:
+            pass
+        self._conn.close()
+
+
+def db_now() -> int:
+    import time
+
+    return time.time_ns()
+
+
+def _require_id(message_id: str) -> None:
+    if not isinstance(message_id, str) or not is_id(message_id):
+        raise BadInput(f"{message_id!r} is not a message id (24 hex digits, as enqueue prints)")

@@ -1,0 +1,143 @@
+"""Connections: one per thread, opened lazily, dropped when broken; errors made ephq's own.
+
+A URL's password never leaves this module: messages name the server by `redacted(url)`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from ..errors import BadInput, EphqError, StorageError, StoragePermissionDenied, Unavailable
+from . import schema
+
+# How long a command waits for an unreachable server before it says so (libpq's
+# connect_timeout, unless the URL sets one).
+CONNECT_TIMEOUT_S = 10
+
+
+def redacted(url: str) -> str:
+    """The URL without its password: what messages may show."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host += f":{parts.port}"
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+
+
+class Connections:
+    """A connection per thread (handlers run on several), made on first use, schema ensured
+    once per process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.where = redacted(url)
+        self._local = threading.local()
+        self._all: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        self._schema_ready = False
+
+    def connect(self, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+        """A new connection of this process's own (listeners and holders keep theirs)."""
+        options: dict[str, Any] = {
+            "autocommit": autocommit,
+            "application_name": f"ephq {socket.gethostname()} {os.getpid()}",
+        }
+        if "connect_timeout" not in self.url and "PGCONNECT_TIMEOUT" not in os.environ:
+            options["connect_timeout"] = CONNECT_TIMEOUT_S
+        with self.translated("connect"):
+            conn = psycopg.connect(self.url, **options)
+        if not self._schema_ready:
+            self._ensure_schema(conn)
+        return conn
+
+    def _ensure_schema(self, conn: psycopg.Connection[Any]) -> None:
+        with self.translated("create or migrate ephq's schema"):
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(
+                    "SELECT version FROM ephq.schema_version"
+                    if _has_version_table(cur)
+                    else "SELECT 0"
+                )
+                row = cur.fetchone()
+                found = int(row[0]) if row else 0
+                if found != schema.VERSION:
+                    found = schema.ensure(cur)
+            if found > schema.VERSION:
+                raise StorageError(
+                    f"the ephq schema in {self.where} is version {found}, newer than this ephq "
+                    f"({schema.VERSION}) knows: upgrade ephq"
+                )
+        self._schema_ready = True
+
+    def get(self) -> psycopg.Connection[Any]:
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            conn = self.connect()
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def cursor(self, doing: str) -> Iterator[psycopg.Cursor[Any]]:
+        conn = self.get()
+        with self.translated(doing), conn.cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def transaction(self, doing: str) -> Iterator[psycopg.Cursor[Any]]:
+        conn = self.get()
+        with self.translated(doing), conn.transaction(), conn.cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def translated(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except EphqError:
+            raise
+        except psycopg.Error as exc:
+            raise self.error(exc, doing) from None
+
+    def error(self, exc: psycopg.Error, doing: str) -> EphqError:
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, psycopg.OperationalError) and not isinstance(
+            exc, pg_errors.InsufficientPrivilege
+        ):
+            return Unavailable(
+                f"cannot {doing}: the database at {self.where} is unavailable: {why}"
+            )
+        if isinstance(exc, pg_errors.InsufficientPrivilege):
+            return StoragePermissionDenied(f"cannot {doing} in {self.where}: {why}")
+        if isinstance(exc, pg_errors.DiskFull):
+            from ..errors import DiskFull
+
+            return DiskFull(f"cannot {doing}: the database at {self.where} is out of space")
+        if isinstance(exc, psycopg.ProgrammingError) and "invalid" in why.lower():
+            return BadInput(f"cannot {doing}: {why}")
+        return StorageError(f"cannot {doing} in {self.where}: {why}")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+def _has_version_table(cur: psycopg.Cursor[Any]) -> bool:
+    cur.execute("SELECT to_regclass('ephq.schema_version') IS NOT NULL")
+    row = cur.fetchone()
+    return bool(row and row[0])

@@ -1,0 +1,92 @@
+"""The schema: created on first use, versioned so that a later release can migrate it.
+
+Every table lives in the schema `ephq`. A message is one row of `ephq.messages`, whose state is
+read from its columns, never stored as a word that could disagree with them:
+
+    dead        false: the stream's message; true: one of its dead letters
+    visible_at  nanoseconds since the epoch: leased or delayed until then, visible after
+    token       the current delivery's token while leased (also after the lease expired, until
+                it is leased again: that receipt stays good, as in the file backend)
+
+    ready     visible_at <= now                delayed   visible_at > now, token is null
+    inflight  visible_at > now, token set
+
+The claim is `UPDATE … FROM (SELECT … ORDER BY id … FOR UPDATE SKIP LOCKED LIMIT n)`; ack is a
+DELETE, so the hot table holds only what is queued. Autovacuum is made eager for it, because
+every lease updates a row (and leaves a dead tuple behind).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+VERSION = 1
+
+# Each entry brings the schema from the version before it to its index + 1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE ephq.streams (
+            name text PRIMARY KEY,
+            max_attempts integer NOT NULL DEFAULT 5 CHECK (max_attempts >= 1),
+            visibility_ms bigint NOT NULL DEFAULT 30000 CHECK (visibility_ms > 0),
+            max_size integer NOT NULL DEFAULT 1048576,
+            created_at timestamptz NOT NULL DEFAULT now()
+        )""",
+        """CREATE TABLE ephq.messages (
+            stream text NOT NULL,
+            dead boolean NOT NULL,
+            id text NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            visible_at bigint NOT NULL,
+            token text,
+            data text NOT NULL,
+            meta jsonb NOT NULL DEFAULT '{}',
+            PRIMARY KEY (stream, dead, id)
+        ) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_cost_delay = 0,
+                fillfactor = 90)""",
+        # Due times of what is not visible yet: the next due, and leases by deadline.
+        "CREATE INDEX messages_due ON ephq.messages (stream, dead, visible_at)",
+        """CREATE TABLE ephq.holders (
+            id bigserial PRIMARY KEY,
+            stream text NOT NULL,
+            dead boolean NOT NULL,
+            backend_pid integer NOT NULL,
+            host text NOT NULL,
+            pid integer NOT NULL,
+            worker text NOT NULL,
+            started_at bigint NOT NULL,
+            leases jsonb NOT NULL DEFAULT '{}'
+        )""",
+    ),
+)
+
+CREATE_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS ephq.schema_version (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version integer NOT NULL
+)"""
+
+# One lock number for "someone is creating or migrating ephq's schema" (an advisory lock: two
+# first uses at once must not both create it).
+MIGRATION_LOCK = 0x65706871  # "ephq"
+
+
+def ensure(cursor: Any) -> int:
+    """Create or migrate the schema to VERSION; the version found before. Runs in the caller's
+    transaction, under an advisory lock."""
+    cursor.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+    cursor.execute("CREATE SCHEMA IF NOT EXISTS ephq")
+    cursor.execute(CREATE_VERSION_TABLE)
+    cursor.execute("SELECT version FROM ephq.schema_version")
+    row = cursor.fetchone()
+    found = 0 if row is None else int(row[0])
+    if found > VERSION:
+        return found  # a newer ephq made it: the caller refuses to touch it
+    for statements in MIGRATIONS[found:]:
+        for statement in statements:
+            cursor.execute(statement)
+    cursor.execute(
+        "INSERT INTO ephq.schema_version (version) VALUES (%s) "
+        "ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version",
+        (VERSION,),
+    )
+    return found

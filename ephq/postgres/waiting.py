@@ -1,0 +1,70 @@
+"""Waiting for a stream's messages: LISTEN on a connection of the waiter's own.
+
+Every enqueue notifies channel `ephq` with the stream's name inside its transaction, so a
+notification arrives only once the message is visible. The Queue clears the waiter before it
+looks and waits after, and the LISTEN is in place before the first look: a notification between
+the look and the wait is queued, not lost. A notification is only a hint; the Queue's wait also
+wakes for the next due message and at least once a second (seconds_until_due), which is the
+fallback when notifications are lost with a dropped connection.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..errors import EphqError
+from .connection import Connections
+
+
+class Listener:
+    def __init__(self, db: Connections, stream: str) -> None:
+        self.stream = stream
+        self._db = db
+        self._conn: Any = None
+        self._heard = False
+        self._listen()
+
+    def _listen(self) -> None:
+        try:
+            self._conn = self._db.connect()
+            self._conn.execute("LISTEN ephq")
+        except EphqError:
+            self._conn = None  # the server is away: wait() sleeps, and the caller's look fails
+
+    def clear(self) -> None:
+        self._heard = False
+        self._drain(0)
+
+    def _drain(self, timeout_s: float) -> None:
+        if self._conn is None:
+            self._listen()
+            if self._conn is None:
+                time.sleep(timeout_s)
+                return
+        try:
+            for note in self._conn.notifies(timeout=timeout_s, stop_after=None):
+                if note.payload == self.stream:
+                    self._heard = True
+                    return
+        except Exception:
+            self.close()
+            time.sleep(min(timeout_s, 0.1))
+
+    def wait(self, timeout_s: float) -> None:
+        if timeout_s <= 0 or self._heard:
+            return
+        end = time.monotonic() + timeout_s
+        while not self._heard:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self._drain(left)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
