@@ -15,6 +15,9 @@ One implementation for Python and the shell: `Worker(queue, stream, handler)` ta
 - stop() (from SIGTERM or SIGINT) stops leasing and lets running handlers finish within `grace`;
   then they are cancelled and their messages released. stop(now=True) cancels at once.
 - Waiting for work is the queue's long-poll, in short slices so that a stop is seen promptly.
+- When the store is unavailable (a database restarting, a dropped connection) every call is
+  retried with backoff, with one notice when it goes and one when it is back; nothing is lost:
+  a lease that runs out meanwhile is delivered again.
 - drain: stop once nothing is visible and no handler runs; with drain_retries, not while a
   delayed message (a retry) comes due within that many seconds: it is waited for.
 """
@@ -27,8 +30,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from queue import SimpleQueue
+from typing import TypeVar
 
-from ..errors import LeaseLost
+from ..backend import Holder
+from ..errors import LeaseLost, Unavailable
 from ..message import Message
 from ..queue import Queue
 from .outcomes import Cancelled, HandlerBroken, PermanentFailure
@@ -36,6 +41,16 @@ from .outcomes import Cancelled, HandlerBroken, PermanentFailure
 Handler = Callable[[Message, threading.Event], object]
 # The part of a lease that passes before the keeper extends it.
 EXTEND_AFTER = 0.5
+# Retrying while the store is unavailable: the first pause, doubled up to the last.
+OUTAGE_FIRST_PAUSE_S = 0.25
+OUTAGE_MAX_PAUSE_S = 8.0
+T = TypeVar("T")
+
+
+class _GaveUp(Exception):
+    """The store stayed unavailable until the worker was told to stop."""
+
+
 # How often the keeper looks at leases to extend and announces the ones this worker holds.
 ANNOUNCE_EVERY_S = 0.1
 # How long one long-poll lasts before the loop looks at its stop flag again.
@@ -87,6 +102,7 @@ class Worker:
         dlq: bool = False,
         grace: float = 30.0,
         on_outcome: Callable[[Outcome], None] | None = None,
+        on_notice: Callable[[str], None] | None = None,
         name: str = "python",
     ) -> None:
         self.queue = queue
@@ -102,6 +118,7 @@ class Worker:
         self.dlq = dlq
         self.grace = grace
         self.on_outcome = on_outcome
+        self.on_notice = on_notice  # told, in one line, when the store goes away and comes back
         self.name = name  # what `ephq leases` shows as the holder's worker
         self.summary = Summary()
         self._jobs: dict[str, _Job] = {}
@@ -170,9 +187,20 @@ class Worker:
             settled, idle = self._settled, self.running == 0
             # Draining never long-polls: it ends as soon as nothing is visible and all is settled.
             wait = 0.0 if self.drain else POLL_SLICE_S
-            got = self.queue.dequeue_many(
-                self.stream, want, self.visibility, wait=wait, dlq=self.dlq
-            )
+            try:
+                got = self._through(
+                    "lease messages",
+                    functools.partial(
+                        self.queue.dequeue_many,
+                        self.stream,
+                        want,
+                        self.visibility,
+                        wait=wait,
+                        dlq=self.dlq,
+                    ),
+                )
+            except _GaveUp:
+                return
             for message in got:
                 self._start(message)
             if not got and self.drain:
@@ -191,7 +219,10 @@ class Worker:
         for it: within drain_retries from now."""
         if self.drain_retries is None:
             return None
-        due = self.queue.next_delayed(self.stream, dlq=self.dlq)
+        due = self._through(
+            "look for retries",
+            functools.partial(self.queue.next_delayed, self.stream, dlq=self.dlq),
+        )
         if due is None:
             return None
         seconds = max(0.0, due.timestamp() - time.time())
@@ -252,37 +283,71 @@ class Worker:
     def _settle(self, job: _Job, start: float) -> Outcome:
         m = job.message
         receipt = m.receipt or ""
+        q, stream = self.queue, self.stream
         try:
             try:
                 self.handler(m, job.cancelled)
             except Cancelled as exc:
-                self.queue.release(self.stream, receipt)
+                self._through("release a message", functools.partial(q.release, stream, receipt))
                 return Outcome(m, "released", time.monotonic() - start, str(exc))
             except HandlerBroken as exc:
-                self.queue.release(self.stream, receipt)
+                self._through("release a message", functools.partial(q.release, stream, receipt))
                 self.broken = str(exc)
                 self.stop()
                 return Outcome(m, "released", time.monotonic() - start, str(exc))
             except Exception as exc:
                 # A dead letter has nowhere further to go: its permanent failure is retried.
                 if isinstance(exc, PermanentFailure) and not self.dlq:
-                    self.queue.reject(self.stream, receipt, str(exc))
+                    reject = functools.partial(q.reject, stream, receipt, str(exc))
+                    self._through("dead-letter a message", reject)
                     return Outcome(m, "dead-lettered", time.monotonic() - start, str(exc))
                 return self._retry(m, start, exc)
-            self.queue.ack(self.stream, receipt)
+            self._through("ack a message", functools.partial(q.ack, stream, receipt))
             return Outcome(m, "acked", time.monotonic() - start)
         except LeaseLost as exc:
+            return Outcome(m, "lease-lost", time.monotonic() - start, str(exc))
+        except _GaveUp as exc:
             return Outcome(m, "lease-lost", time.monotonic() - start, str(exc))
 
     def _retry(self, m: Message, start: float, exc: BaseException) -> Outcome:
         """Nack with backoff; the queue dead-letters it instead if that was its last attempt."""
         reason = str(exc) or type(exc).__name__
         delay = min(self.retry_delay * 2 ** max(0, self._tries(m) - 1), self.max_retry_delay)
-        last = not self.dlq and m.attempts >= self.queue.config(self.stream).max_attempts
-        self.queue.nack(self.stream, m.receipt or "", delay=delay, reason=reason)
+        config = self._through("read settings", functools.partial(self.queue.config, self.stream))
+        last = not self.dlq and m.attempts >= config.max_attempts
+        nack = functools.partial(
+            self.queue.nack, self.stream, m.receipt or "", delay=delay, reason=reason
+        )
+        self._through("nack a message", nack)
         if last:
             return Outcome(m, "dead-lettered", time.monotonic() - start, reason)
         return Outcome(m, "retry", time.monotonic() - start, reason, retry_in=delay)
+
+    def _through(self, doing: str, call: Callable[[], T]) -> T:
+        """call(), again and again while the store is unavailable (a database restarting, a
+        dropped connection), with backoff: one notice when it goes, one when it is back.
+        _GaveUp once the worker is told to stop at once, or is stopping and was leasing."""
+        pause = OUTAGE_FIRST_PAUSE_S
+        failing = False
+        while True:
+            try:
+                result = call()
+            except Unavailable as exc:
+                if not failing:
+                    self._notice(f"cannot {doing}, retrying until the store answers: {exc}")
+                failing = True
+                if self._stop_now or (self._stopping and doing == "lease messages"):
+                    raise _GaveUp(f"the store is unavailable: {exc}") from None
+                time.sleep(pause)
+                pause = min(pause * 2, OUTAGE_MAX_PAUSE_S)
+                continue
+            if failing:
+                self._notice("the store answers again")
+            return result
+
+    def _notice(self, text: str) -> None:
+        if self.on_notice is not None:
+            self.on_notice(text)
 
     def _tries(self, m: Message) -> int:
         """This message's deliveries to this kind of consumer: a dead letter's attempts go on
@@ -312,7 +377,7 @@ class Worker:
     def _keep_leases(self) -> None:
         """Extend each running lease when half of it is left: a busy machine has time to spare.
         Also say which leases this worker holds, for `ephq leases`, when that changed."""
-        holder = self.queue.hold(self.stream, dlq=self.dlq, worker=self.name)
+        holder = self._holder()
         announced: set[str] = set()
         try:
             while not self._done.is_set():
@@ -326,13 +391,23 @@ class Worker:
                         job.extend_at = time.monotonic() + self.visibility * EXTEND_AFTER
                     except LeaseLost:
                         job.lost = True  # settling it will say so
+                    except Unavailable:
+                        continue  # the next tick tries again; the lease has half left
                 held = {j.message.receipt or "": j.leased_at_ns for j in jobs}
-                if held.keys() != announced:
+                if held.keys() != announced and holder is not None:
                     holder.publish(held)
                     announced = set(held)
                 self._done.wait(min(ANNOUNCE_EVERY_S, self.visibility / 20))
         finally:
-            holder.close()
+            if holder is not None:
+                holder.close()
+
+    def _holder(self) -> Holder | None:
+        """Announce this worker as a holder of leases; without it if the store is away."""
+        try:
+            return self.queue.hold(self.stream, dlq=self.dlq, worker=self.name)
+        except Unavailable:
+            return None
 
 
 def _before(moment: float) -> bool:

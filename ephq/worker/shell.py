@@ -99,6 +99,13 @@ class Log:
             sys.stderr.write(line + "\n")
             sys.stderr.flush()
 
+    def notice(self, text: str) -> None:
+        if self.json_logs:
+            record = {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "notice": text}
+            self._write(json.dumps(record, separators=(",", ":")))
+        else:
+            self._write(f"ephq worker: {one_line(text)}")
+
     def stopped(self, why: str) -> None:
         self._write(f"ephq worker: stopped: {one_line(why)}; messages were given back uncounted")
 
@@ -146,6 +153,7 @@ def run(
         log.outcome(o)
 
     worker.on_outcome = settled
+    worker.on_notice = log.notice
 
     def overdue() -> None:
         log.overdue(worker.running)

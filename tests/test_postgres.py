@@ -1,0 +1,258 @@
+"""The PostgreSQL backend against a real server: the CLI over TCP, workers on several
+"hosts" (processes) with SIGKILL, dropped connections and a server restart, an unreachable
+server, and a missing driver."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ephq import Queue
+from tests.conftest import fresh_database
+from tests.pgserver import Server, binaries
+from tests.test_cli import EPHQ
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _env(url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPHQ_")}
+    return env | {"EPHQ_URL": url}
+
+
+def _run(url: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [EPHQ, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=_env(url),
+        timeout=60,
+        check=False,
+    )
+
+
+def _until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _handler(tmp_path: Path, seconds: float) -> tuple[str, Path]:
+    """A handler that logs when each delivery starts and ends (appends: atomic lines)."""
+    log = tmp_path / "handled.log"
+    script = tmp_path / "handler.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "start $EPHQ_MESSAGE_ID $EPHQ_ATTEMPT $$ $(date +%s.%N)" >> {log}\n'
+        f"sleep {seconds}\n"
+        f'echo "end $EPHQ_MESSAGE_ID $EPHQ_ATTEMPT $$ $(date +%s.%N)" >> {log}\n'
+    )
+    script.chmod(0o755)
+    return str(script), log
+
+
+def _deliveries(log: Path) -> dict[str, list[tuple[float, float | None]]]:
+    """Each message's deliveries: (start, end or None if its handler was killed)."""
+    starts: dict[tuple[str, str], float] = {}
+    ends: dict[tuple[str, str], float] = {}
+    for line in log.read_text().splitlines():
+        kind, mid, attempt, pid, when = line.split()
+        (starts if kind == "start" else ends)[(mid, attempt + "/" + pid)] = float(when)
+    found: dict[str, list[tuple[float, float | None]]] = defaultdict(list)
+    for (mid, key), start in starts.items():
+        found[mid].append((start, ends.get((mid, key))))
+    return found
+
+
+def test_the_cli_round_trip_over_tcp(database_server: str) -> None:
+    url = fresh_database(database_server)
+    ids = _run(url, "enqueue", "jobs", "--lines", stdin='{"n": 1}\n{"n": 2}\n').stdout.split()
+    leased = _run(url, "dequeue", "jobs", "--max", "2")
+    assert [json.loads(line)["id"] for line in leased.stdout.splitlines()] == ids
+    assert _run(url, "ack", "jobs", "-", stdin=leased.stdout).returncode == 0
+    stats = json.loads(_run(url, "stats", "jobs", "--json").stdout)
+    assert (stats["ready"], stats["inflight"]) == (0, 0)
+    missing = _run(url, "stats", "typo")
+    assert missing.returncode == 4 and "no stream 'typo'" in missing.stderr
+    assert _run(url, "check").returncode == 0
+
+
+def test_workers_on_several_hosts_lose_nothing_when_one_is_killed(
+    database_server: str, tmp_path: Path
+) -> None:
+    """Three worker processes over TCP; one is SIGKILLed (with its handlers) mid-lease. Every
+    message is handled, and no message is ever handled by two deliveries at once."""
+    url = fresh_database(database_server)
+    with Queue(url=url) as q:
+        ids = set(q.enqueue_many("work", list(range(60))))
+    handler, log = _handler(tmp_path, 0.15)
+    workers = [
+        subprocess.Popen(
+            [
+                EPHQ,
+                "worker",
+                "work",
+                "--exec",
+                handler,
+                "--concurrency",
+                "2",
+                "--visibility",
+                "2s",
+                "--grace",
+                "0",
+            ],
+            env=_env(url),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for _ in range(3)
+    ]
+    victim = workers[0]
+    try:
+        _until(lambda: log.exists() and log.read_text().count("start") >= 10, "work to start")
+        os.killpg(victim.pid, signal.SIGKILL)  # the worker and the handlers it runs
+        killed_at = time.time()
+        victim.wait(timeout=30)
+        with Queue(url=url) as q:
+            _until(
+                lambda: (s := q.stats("work")).ready + s.inflight + s.delayed == 0,
+                "every message to be settled",
+            )
+    finally:
+        for w in workers[1:]:
+            w.send_signal(signal.SIGTERM)
+        for w in workers[1:]:
+            w.wait(timeout=60)
+    assert all(w.returncode == 0 for w in workers[1:])
+    deliveries = _deliveries(log)
+    assert set(deliveries) == ids  # nothing lost
+    for mid, runs in deliveries.items():
+        assert any(end is not None for _, end in runs), f"{mid} never finished"
+        spans = sorted((start, end if end is not None else killed_at) for start, end in runs)
+        for (_, first_end), (second_start, _) in itertools.pairwise(spans):
+            assert second_start >= first_end - 0.01, f"{mid} was handled twice at once"
+
+
+@pytest.fixture
+def own_server() -> Iterator[Server]:
+    """A server of the test's own, which it may restart."""
+    if os.environ.get("EPHQ_TEST_DATABASE_URL"):
+        pytest.skip("restarts a server of its own; EPHQ_TEST_DATABASE_URL names a shared one")
+    bin_dir = binaries()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries")
+    server = Server(bin_dir)
+    yield server
+    server.destroy()
+
+
+def test_a_worker_rides_out_dropped_connections_and_a_restart(
+    own_server: Server, tmp_path: Path
+) -> None:
+    url = own_server.url
+    with Queue(url=url) as q:
+        ids = set(q.enqueue_many("jobs", list(range(40))))
+    handler, log = _handler(tmp_path, 0.05)
+    worker = subprocess.Popen(
+        [EPHQ, "worker", "jobs", "--exec", handler, "--visibility", "5s"],
+        env=_env(url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _until(lambda: log.exists() and log.read_text().count("end") >= 5, "work to start")
+        with psycopg.connect(url, autocommit=True, application_name="test admin") as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name LIKE 'ephq %'"
+            )
+        _until(lambda: log.read_text().count("end") >= 15, "work to go on after the drop")
+        own_server.restart()
+        with Queue(url=url) as q:
+            _until(
+                lambda: (s := q.stats("jobs")).ready + s.inflight + s.delayed == 0,
+                "every message to be settled after the restart",
+            )
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert set(_deliveries(log)) == ids
+    assert "retrying until the store answers" in err and "the store answers again" in err
+    notices = [line for line in err.splitlines() if line.startswith("ephq worker: cannot")]
+    assert 1 <= len(notices) <= 10, err  # a line per outage, not per retry
+
+
+def test_an_unreachable_server_fails_at_once_with_its_own_exit_code(tmp_path: Path) -> None:
+    with socket_closed() as port:
+        url = f"postgresql://ann:hunter2@127.0.0.1:{port}/queue?connect_timeout=5"
+        done = _run(url, "stats")
+    assert done.returncode == 10, done.stderr
+    assert done.stderr.count("\n") == 1 and "is unavailable" in done.stderr
+    assert "hunter2" not in done.stderr and "ann@127.0.0.1" in done.stderr
+
+
+class socket_closed:  # noqa: N801 - used as a function
+    """A port of 127.0.0.1 that nothing listens on, for the duration."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        port: int = self.sock.getsockname()[1]
+        return port
+
+    def __exit__(self, *_: object) -> None:
+        self.sock.close()
+
+
+def test_without_the_driver_a_url_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "from ephq.cli.main import main\n"
+        "sys.exit(main(['--url', 'postgresql://127.0.0.1/x', 'stats']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "ephq: a postgresql:// URL needs the PostgreSQL driver (psycopg is missing): "
+        "pip install 'ephq[postgres]'\n"
+    )
+
+
+def test_the_file_backend_never_imports_the_driver(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from ephq.cli.main import main\n"
+        f"main(['--home', {str(tmp_path)!r}, 'enqueue', 's', '-'])\n"
+        "print('psycopg' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        input="1",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.stdout.splitlines()[-1] == "False", done.stderr
