@@ -57,6 +57,26 @@ class Lease(NamedTuple):
     dlq: bool
 
 
+class Exported(NamedTuple):
+    """One message as `export` writes it and `import` reads it: all a store needs to hold it
+    again, in any backend.
+
+    ``state``: ready, delayed, inflight (imported as ready: a lease does not move between
+    stores) or dead. ``visible_at_ns``: when a delayed message becomes visible (None
+    otherwise). ``data_json``: the data exactly as enqueued.
+    """
+
+    id: str
+    state: str
+    attempts: int
+    visible_at_ns: int | None
+    metadata: dict[str, Any]
+    data_json: str
+
+
+EXPORT_STATES = ("ready", "delayed", "inflight", "dead")
+
+
 class StreamStats(NamedTuple):
     stream: str
     ready: int

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any, overload
 
@@ -26,11 +26,13 @@ from .durations import NS_PER_SECOND, Duration, to_ns
 from .errors import BadInput, InvalidJSON
 from .files.backend import FileBackend
 from .files.fsio import translated
-from .ids import check_stream_name
+from .ids import check_stream_name, is_id
 from .message import (
+    EXPORT_STATES,
     MAX_MESSAGE_BYTES,
     MIN_MAX_MESSAGE_BYTES,
     CheckProblem,
+    Exported,
     Lease,
     Message,
     StreamConfig,
@@ -290,6 +292,26 @@ class Queue:
         with translated(f"list the leases of stream {stream!r}"):
             return self._backend.leases(stream)
 
+    def export(self, stream: str) -> Iterator[Exported]:
+        """Every message of the stream (ready, delayed, in flight) and its dead letters, in id
+        order; NotFound if there is no such stream."""
+        check_stream_name(stream)
+        with translated(f"export stream {stream!r}"):
+            yield from self._backend.export(stream)
+
+    def import_messages(self, stream: str, records: Iterable[Exported]) -> int:
+        """Take exported messages into the stream, all or nothing, keeping their ids (so their
+        order), attempts, due times and dead letters; a message in flight comes in ready.
+        BadInput for an id already in the stream. Returns how many."""
+        check_stream_name(stream)
+        given = list(records)
+        for record in given:
+            _check_exported(record)
+        if not given:
+            return 0
+        with translated(f"import into stream {stream!r}"):
+            return self._backend.import_messages(stream, given)
+
     def hold(self, stream: str, *, dlq: bool = False, worker: str = "python") -> Holder:
         """Announce this process as a holder of leases (Worker does this): publish() the
         receipts it holds, close() when done."""
@@ -405,6 +427,30 @@ class Queue:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _check_exported(record: Exported) -> None:
+    if not isinstance(record, Exported):
+        raise BadInput(f"import takes Exported records, not {type(record).__name__}")
+    if not is_id(record.id):
+        raise BadInput(f"{record.id!r} is not a message id (24 hex digits)")
+    if record.state not in EXPORT_STATES:
+        raise BadInput(f"message {record.id}: state must be one of {', '.join(EXPORT_STATES)}")
+    if isinstance(record.attempts, bool) or not isinstance(record.attempts, int):
+        raise BadInput(f"message {record.id}: attempts must be a whole number")
+    if not 0 <= record.attempts <= 999_999_999:
+        raise BadInput(f"message {record.id}: attempts must be from 0 to 999999999")
+    if record.visible_at_ns is not None and (
+        isinstance(record.visible_at_ns, bool)
+        or not isinstance(record.visible_at_ns, int)
+        or not 0 <= record.visible_at_ns < 1 << 63
+    ):
+        raise BadInput(f"message {record.id}: visible_at must be a time")
+    if not isinstance(record.metadata, dict):
+        raise BadInput(f"message {record.id}: metadata must be a JSON object")
+    checked_json(record.data_json)
+    if len(record.data_json.encode()) > MAX_MESSAGE_BYTES:
+        raise BadInput(f"message {record.id} is over {MAX_MESSAGE_BYTES:,} bytes")
 
 
 def _database(url: str, clock: Callable[[], int]) -> Backend:

@@ -32,6 +32,7 @@ import pytest
 
 from ephq import Message, Queue
 from ephq.files import sweep
+from ephq.message import Exported
 from tests.conftest import START_NS, FakeClock
 from tests.crashstates import Explorer, Image, Recorder
 
@@ -345,6 +346,31 @@ def dead_letter_handler_fails(s: Scenario) -> None:
     assert all("dlq_error" in m.metadata["dead"] for m in s.q.dead_letters(S))
 
 
+def import_a_backlog(s: Scenario) -> None:
+    """Import ready, delayed and dead messages at once: all or nothing, then all kept."""
+    s.put()
+    day = 86_400 * 1_000_000_000
+    base = s.clock.now_ns
+    items = [s._payload() for _ in range(4)]
+    records = [
+        Exported(f"{base - (9 - i) * 1000:016x}0000000{i}", state, i, due, meta, json.dumps(item))
+        for i, (item, state, due, meta) in enumerate(
+            zip(
+                items,
+                ["ready", "delayed", "inflight", "dead"],
+                [None, base + day // 2, None, None],
+                [{}, {}, {}, {"dead": {"stream": S, "error": "old", "attempts": 3}}],
+                strict=True,
+            )
+        )
+    ]
+    with s.recording():
+        s._mark("sending", items)
+        s._mark("batch", items)
+        s.q.import_messages(S, records)
+        s._promise([r.id for r in records], items)
+
+
 def dead_lettered_by_the_reaper(s: Scenario) -> None:
     """Expired leases whose attempts are spent (one with three, one with one, the limit then
     lowered to one): the reaper dead-letters them."""
@@ -440,6 +466,7 @@ SCENARIOS: dict[str, Callable[[Scenario], None]] = {
         dead_lettering,
         dead_letter_consumed_and_redriven,
         dead_letter_handler_fails,
+        import_a_backlog,
         dead_lettered_by_the_reaper,
         dead_lettered_when_taken,
         by_id_in_the_dead_letters,

@@ -256,3 +256,52 @@ def test_the_file_backend_never_imports_the_driver(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.stdout.splitlines()[-1] == "False", done.stderr
+
+
+def test_a_backlog_moves_from_files_to_postgresql_and_back(
+    database_server: str, tmp_path: Path
+) -> None:
+    url = fresh_database(database_server)
+    home = tmp_path / "home"
+    files = {k: v for k, v in os.environ.items() if not k.startswith("EPHQ_")}
+    files["EPHQ_HOME"] = str(home)
+
+    def on_files(*args: str, stdin: str | None = None) -> str:
+        done = subprocess.run(
+            [EPHQ, *args], input=stdin, capture_output=True, text=True, env=files, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    on_files("config", "s", "--max-attempts", "1")
+    on_files("enqueue", "s", "--lines", stdin='{"a":  1}\n"x\u2028y"\n[1.50, 2e3]\n')
+    on_files("enqueue", "s", "--delay", "1h", stdin="7")
+    receipt = json.loads(on_files("dequeue", "s"))["receipt"]
+    on_files("nack", "s", receipt, "--reason", "smtp 451")  # the first: a dead letter now
+    exported = on_files("export", "s")
+    moved = _run(url, "import", "s", stdin=exported)
+    assert (moved.returncode, moved.stdout) == (0, "4\n"), moved.stderr
+    again = _run(url, "import", "s", stdin=exported)
+    assert again.returncode == 2 and "already in stream 's'" in again.stderr
+    stats = json.loads(_run(url, "stats", "s", "--json").stdout)
+    assert (stats["ready"], stats["delayed"], stats["dlq"]) == (2, 1, 1)
+    back = _run(url, "export", "s").stdout
+    strip = [
+        {k: v for k, v in json.loads(line).items() if k != "metadata"}
+        for line in exported.split("\n")[:-1]
+    ]
+    assert [
+        {k: v for k, v in json.loads(line).items() if k != "metadata"}
+        for line in back.split("\n")[:-1]
+    ] == strip
+    data = [line.split(',"data":', 1)[1] for line in back.split("\n")[:-1]]
+    assert data == [line.split(',"data":', 1)[1] for line in exported.split("\n")[:-1]]
+    leased = json.loads(_run(url, "dequeue", "s").stdout)
+    assert leased["data"] == "x\u2028y"
+    dead = json.loads(
+        _run(url, "dlq", "show", "s", json.loads(exported.split("\n")[-2])["id"]).stdout
+    )
+    assert dead["metadata"]["dead"]["error"] == "smtp 451"
+    bad = _run(url, "import", "t", stdin='{"id": "x"}\n')
+    assert bad.returncode == 2 and bad.stderr.startswith("ephq: stdin, line 1: ")
+    assert _run(url, "stats", "t").returncode == 4  # nothing imported, nothing created

@@ -434,3 +434,45 @@ def test_a_large_message_round_trips_exactly(q: Queue) -> None:
     q.enqueue("s", "small")
     again = q.dequeue("s")
     assert again is not None and again.data == "small"
+
+
+def test_export_then_import_keeps_ids_order_attempts_and_dead_letters(
+    q: Queue, clock: FakeClock, tmp_path: Path
+) -> None:
+    q.configure("s", max_attempts=3)
+    first, second, later = q.enqueue("s", 1), q.enqueue("s", {"b": [2]}), q.enqueue("s", 3, 60)
+    doomed = q.enqueue("s", 4)
+    held, back, dies = q.dequeue_many("s", 3)
+    assert (held.id, back.id, dies.id) == (first, second, doomed)
+    q.nack("s", back.receipt or "")
+    q.reject("s", dies.receipt or "", "boom")
+    exported = list(q.export("s"))
+    by_id = {r.id: r for r in exported}
+    assert by_id[first].state == "inflight" and by_id[second].state == "ready"
+    assert by_id[later].state == "delayed" and by_id[doomed].state == "dead"
+    assert by_id[doomed].metadata["dead"]["error"] == "boom"
+    with Queue(tmp_path / "other", clock=clock) as other:
+        assert other.import_messages("t", exported) == 4
+        with pytest.raises(Exception, match="already in stream 't'"):
+            other.import_messages("t", exported[:1])  # all or nothing: none added twice
+        got = other.dequeue_many("t", 10, visibility=600)
+        assert [x.id for x in got] == [first, second]  # the lease came back ready, in order
+        assert [x.attempts for x in got] == [2, 2]
+        assert got[1].data_json == '{"b":[2]}'
+        assert [d.id for d in other.dead_letters("t")] == [doomed]
+        clock.advance(61)
+        delayed = other.dequeue("t")
+        assert delayed is not None and delayed.id == later
+        assert other.stats("t").ready == 0
+
+
+def test_import_refuses_a_bad_record_and_keeps_nothing(q: Queue) -> None:
+    q.enqueue("s", 1)
+    (good,) = list(q.export("s"))
+    bad = good._replace(id="nope")
+    with pytest.raises(Exception, match="'nope' is not a message id"):
+        q.import_messages("t", [good._replace(id=good.id[:-1] + "f"), bad])
+    with pytest.raises(Exception, match="state must be one of"):
+        q.import_messages("t", [good._replace(state="lost")])
+    with pytest.raises(NotFound):
+        q.stats("t")

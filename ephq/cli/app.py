@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from ..errors import BadInput
-from . import consume, dead, look, manage, metrics, produce, work
+from . import consume, dead, look, manage, metrics, produce, transfer, work
 from .params import Settings
 
 EXIT_CODES = """\
@@ -114,6 +114,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "purge": manage.purge,
     "check": manage.check,
     "worker": work.worker,
+    "export": transfer.export,
+    "import": transfer.import_command,
 }
 DLQ_COMMANDS: dict[str, Callable[..., None]] = {
     "list": dead.dlq_list,

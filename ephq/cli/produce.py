@@ -44,7 +44,7 @@ def enqueue(
     q = settings(ctx).queue()
     if not lines:
         limit = q.config(stream).max_size
-        raw, source = _read_input(file, limit + 1)
+        raw, source = read_input(file, limit + 1)
         if len(raw) > limit:
             raise BadInput(
                 f"{source}: the message is over {limit:,} bytes, the most stream {stream!r} "
@@ -55,14 +55,14 @@ def enqueue(
         except InvalidJSON as exc:
             raise _located(exc, source) from None
     else:
-        raw, source = _read_input(file, None)
+        raw, source = read_input(file, None)
         texts = json_lines(raw, source)
         with render.progress_bar("enqueuing", len(texts)) as progress:
             ids = q.enqueue_many_json(stream, texts, delay_s, progress=progress)
     sys.stdout.write("".join(i + "\n" for i in ids))
 
 
-def _read_input(file: str | None, limit: int | None) -> tuple[bytes, str]:
+def read_input(file: str | None, limit: int | None) -> tuple[bytes, str]:
     """The bytes of file (or stdin), at most limit of them: enough to know it is too long."""
     if file is None or file == "-":
         return _read(sys.stdin.buffer, limit), "stdin"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 
 from ..backend import Holder, Waiter
 from ..errors import BadInput, LeaseLost, NotFound, StorageError
-from ..message import CheckProblem, Lease, Message, StreamConfig, StreamStats
+from ..message import CheckProblem, Exported, Lease, Message, StreamConfig, StreamStats
 from .fsio import is_real_dir, listdir
 from .holders import HolderFile, live_holders
 from .names import IdSource, Receipt, check_stream_name, is_id, parse_receipt
@@ -214,6 +215,16 @@ class FileBackend:
         for message_id in ids or []:
             _require_id(message_id)
         return self._stream(stream).dead.remove(ids)
+
+    def export(self, stream: str) -> Iterator[Exported]:
+        owner = self._existing(stream)
+        yield from owner.main.exported()
+        yield from owner.dead.exported()
+
+    def import_messages(self, stream: str, records: list[Exported]) -> int:
+        owner = self._stream(stream)
+        with owner.exclusive():  # two imports of one file at once: one wins, one is refused
+            return owner.main.import_batch(records)
 
     def waiter(self, stream: str, dead: bool) -> Waiter:
         from .doorbell import Doorbell  # ctypes costs milliseconds that only waiting needs

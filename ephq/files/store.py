@@ -47,8 +47,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..errors import EphqError, LeaseLost, NotFound
-from ..message import Lease, Message, utc_from_ns
+from ..errors import BadInput, EphqError, LeaseLost, NotFound
+from ..message import Exported, Lease, Message, utc_from_ns
 from . import fsio, sweep
 from .census import Census
 from .fsio import (
@@ -94,6 +94,8 @@ from .tree import BATCH_SPACING_NS, READY_CUTS, TIMED_CUTS, Tree
 Clock = Callable[[], int]
 Progress = Callable[[int], None] | None  # told how many more messages are done
 REAP_INTERVAL_NS = 1_000_000_000
+# In a committed batch of a stream, the name of a file that goes to its dead letters (import).
+DEAD_PREFIX = "dlq."
 STATES = ("ready", "delayed", "inflight")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # Names in ready/ that this process found are not messages, skipped from then on; forgotten
@@ -227,6 +229,84 @@ class Store:
         self._arrived(now, delay_ns)
         return ids
 
+    def import_batch(self, records: list[Exported]) -> int:
+        """Take exported messages in, keeping ids, attempts, due times and dead letters: all or
+        nothing, by the batch protocol of enqueue_many (one commit for both the stream's
+        messages and its dead letters). BadInput, before anything is written, for an id that
+        is already here."""
+        now = self.clock()
+        here = {mid for _, mid, _ in self.entries(None, now)}
+        if self.graveyard is not None:
+            here |= {mid for _, mid, _ in self.graveyard.entries(None, now)}
+        for record in records:
+            if record.id in here:
+                raise BadInput(f"message {record.id} is already in stream {self.stream!r}")
+        batch = os.path.join(self.tmp, f"batch-{records[0].id}.{new_token()}")
+        try:
+            os.mkdir(batch, 0o700)
+        except FileNotFoundError:
+            self.create()
+            os.mkdir(batch, 0o700)
+        lock = os.open(batch, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                for record in records:
+                    self._stage_record(batch, record, now)
+                if self.durable:
+                    fsio.sync_file_system(lock)
+                commit = os.path.join(self.tmp, f"commit-{records[0].id}.{new_token()}")
+                os.rename(batch, commit)
+            except BaseException:
+                shutil.rmtree(batch, ignore_errors=True)
+                raise
+            self.install_batch(commit)
+        finally:
+            os.close(lock)
+        self._forget_head()
+        self.ring()
+        return len(records)
+
+    def _stage_record(self, batch: str, record: Exported, now: int) -> None:
+        content = encode(
+            record.id, self.stream, id_time_ns(record.id), record.data_json, record.metadata
+        )
+        due = record.visible_at_ns
+        if record.state == "dead":
+            name = DEAD_PREFIX + str(ReadyName(record.id, record.attempts))
+        elif record.state == "delayed" and due is not None and due > now:
+            name = str(TimedName(due, record.id, record.attempts))
+        else:  # ready, a delay that has passed, or a lease (leases do not move between stores)
+            name = str(ReadyName(record.id, record.attempts))
+        fd = self.pool.open_new(os.path.join(batch, name))
+        try:
+            write_all(fd, content)
+        finally:
+            os.close(fd)
+
+    def exported(self) -> Iterator[Exported]:
+        """Every message of this store, in id order, as export writes them."""
+        now = self.clock()
+        found = sorted(self.entries(None, now), key=lambda entry: entry[1])
+        for path, message_id, state in found:
+            record = self._load(path, message_id, taken=False)
+            name = os.path.basename(path)
+            parsed = parse_ready(name) if state == "ready" else parse_timed(name)
+            if record is None or parsed is None:
+                continue  # gone meanwhile, or not a message: check reports it
+            due = parsed.at_ns if isinstance(parsed, TimedName) and state == "delayed" else None
+            meta = record.meta
+            if self.graveyard is not None and "dead" in meta:
+                meta = {k: v for k, v in meta.items() if k != "dead"}
+            yield Exported(
+                message_id,
+                "dead" if self.graveyard is None else state,
+                parsed.attempts,
+                due,
+                meta,
+                record.data_json,
+            )
+
     def _stage(
         self,
         batch: str,
@@ -255,6 +335,19 @@ class Store:
         """
         touched: dict[str, str] = {}  # file name -> the directory it went to
         for name in sorted(listdir(commit)):
+            if name.startswith(DEAD_PREFIX) and self.graveyard is not None:
+                dead = parse_ready(name[len(DEAD_PREFIX) :])  # an imported dead letter
+                if dead is not None and dead.token is None:
+                    dest = self.graveyard.ready.leaf_dir(dead.id)
+                    if place(
+                        f"{commit}/{name}",
+                        dest,
+                        str(dead),
+                        durable_dirs=False,
+                        flush=False,
+                    ):
+                        touched[name] = dest
+                continue
             ready = parse_ready(name)
             if ready is not None and ready.token is None:
                 dest = self.ready.leaf_dir(ready.id)
@@ -977,8 +1070,9 @@ def _drop_second_names(commit: str, placed: dict[str, str]) -> None:
         dest = placed.get(name)
         if dest is None:
             continue
+        placed_as = name.removeprefix(DEAD_PREFIX)
         try:
-            if os.path.samestat(os.lstat(f"{commit}/{name}"), os.lstat(f"{dest}/{name}")):
+            if os.path.samestat(os.lstat(f"{commit}/{name}"), os.lstat(f"{dest}/{placed_as}")):
                 os.unlink(f"{commit}/{name}")
         except FileNotFoundError:
             continue

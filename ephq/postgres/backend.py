@@ -11,14 +11,22 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 from ..backend import Holder, Progress, Waiter
 from ..errors import BadInput, LeaseLost, NotFound
 from ..ids import IdSource, Receipt, format_receipt, id_time_ns, is_id, new_token, parse_receipt
-from ..message import CheckProblem, Lease, Message, StreamConfig, StreamStats, utc_from_ns
+from ..message import (
+    CheckProblem,
+    Exported,
+    Lease,
+    Message,
+    StreamConfig,
+    StreamStats,
+    utc_from_ns,
+)
 from . import schema
 from .connection import Connections
 
@@ -557,6 +565,74 @@ class PostgresBackend:
                 )
             )
         return found
+
+    # -- moving a backlog ------------------------------------------------------------------
+
+    def export(self, stream: str) -> Iterator[Exported]:
+        now = self.clock()
+        with self.db.cursor(f"export stream {stream!r}") as cur:
+            self._exists(cur, stream)
+        conn = self.db.get()
+        # A server-side cursor in one transaction: a consistent snapshot, read in slices.
+        with (
+            self.db.translated(f"export stream {stream!r}"),
+            conn.transaction(),
+            conn.cursor(name="ephq_export") as cur,
+        ):
+            cur.itersize = 1000
+            cur.execute(
+                """SELECT id, dead, attempts, visible_at, token, data, meta
+                   FROM ephq.messages WHERE stream = %s ORDER BY dead, id""",
+                (stream,),
+            )
+            for message_id, dead, attempts, visible_at, token, data, stored in cur:
+                if dead:
+                    state = "dead"
+                elif visible_at <= now:
+                    state = "ready"
+                else:
+                    state = "delayed" if token is None else "inflight"
+                meta = stored
+                if not dead and "dead" in stored:
+                    meta = {k: v for k, v in stored.items() if k != "dead"}
+                due = visible_at if state == "delayed" else None
+                yield Exported(message_id, state, attempts, due, meta, data)
+
+    def import_messages(self, stream: str, records: list[Exported]) -> int:
+        now = self.clock()
+        ids = [r.id for r in records]
+        self._create_stream(stream)
+        with self.db.transaction(f"import into stream {stream!r}") as cur:
+            cur.execute(
+                "SELECT id FROM ephq.messages WHERE stream = %s AND id = ANY(%s) LIMIT 1",
+                (stream, ids),
+            )
+            clash = cur.fetchone()
+            if clash is not None:
+                raise BadInput(f"message {clash[0]} is already in stream {stream!r}")
+            cur.execute(
+                """INSERT INTO ephq.messages
+                       (stream, dead, id, attempts, visible_at, data, meta)
+                   SELECT %s, d, i, a, v, t, m::jsonb
+                   FROM unnest(%s::boolean[], %s::text[], %s::integer[], %s::bigint[],
+                               %s::text[], %s::text[]) AS x(d, i, a, v, t, m)""",
+                (
+                    stream,
+                    [r.state == "dead" for r in records],
+                    ids,
+                    [r.attempts for r in records],
+                    [
+                        r.visible_at_ns
+                        if r.state == "delayed" and r.visible_at_ns is not None
+                        else now
+                        for r in records
+                    ],
+                    [r.data_json for r in records],
+                    [json.dumps(r.metadata) for r in records],
+                ),
+            )
+            cur.execute("SELECT pg_notify('ephq', %s)", (stream,))
+        return len(records)
 
     def hold(self, stream: str, dead: bool, worker: str) -> Holder:
         return DatabaseHolder(self.db, stream, dead, worker)
