@@ -332,7 +332,8 @@ def test_drain_can_wait_for_retries_due_soon(home: Path, tmp_path: Path) -> None
         f"touch {tmp_path}/tried-$EPHQ_MESSAGE_ID; exit 1\n",
     )
     ok(home, "enqueue", "s", "--lines", stdin="1\n2\n")
-    code, err = finish(start_worker(home, "s", "--exec", flaky, "--drain", "--retry-delay", "0.3"))
+    # Retries a minute away: even a slow machine's drain ends before they come due.
+    code, err = finish(start_worker(home, "s", "--exec", flaky, "--drain", "--retry-delay", "1m"))
     assert code == 0, err
     assert json.loads(ok(home, "stats", "s", "--json"))["delayed"] == 2  # left for later
     for name in os.listdir(tmp_path):
