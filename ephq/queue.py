@@ -225,6 +225,18 @@ class Queue:
         with translated(f"ack in stream {stream!r}"):
             self._backend.ack(stream, receipt)
 
+    def ack_many(self, stream: str, receipts: Iterable[str]) -> list[str]:
+        """Ack several deliveries at once (on PostgreSQL, in one statement); returns the
+        receipts whose deliveries had already ended (what ack would raise LeaseLost for)."""
+        check_stream_name(stream)
+        given = list(receipts)
+        for receipt in given:
+            self._backend.validate_receipt(receipt)
+        if not given:
+            return []
+        with translated(f"ack in stream {stream!r}"):
+            return self._backend.ack_many(stream, given)
+
     def nack(
         self, stream: str, receipt: str, delay: Duration = 0, reason: str | None = None
     ) -> None:

@@ -31,7 +31,8 @@ def _free_port() -> int:
 class Server:
     """A running cluster; url connects as its superuser over TCP."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, *, durable: bool = False) -> None:
+        self.durable = durable  # the server's defaults (fsync, synchronous_commit on)
         self.bin = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="ephq-pg-"))
         self.root.chmod(0o755)
@@ -54,11 +55,11 @@ class Server:
             raise RuntimeError(f"{tool} failed: {done.stdout}{done.stderr}")
 
     def start(self) -> None:
-        # fsync off: the tests are about ephq's semantics, not the server's durability.
-        options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+        options += "-c max_connections=200"
+        if not self.durable:
+            # The tests are about ephq's semantics, not the server's durability.
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:

@@ -72,6 +72,15 @@ class FileBackend:
         with _Explained(self, stream, parsed):
             store.ack(parsed.lease)
 
+    def ack_many(self, stream: str, receipts: list[str]) -> list[str]:
+        lost = []
+        for receipt in receipts:
+            try:
+                self.ack(stream, receipt)
+            except LeaseLost:
+                lost.append(receipt)
+        return lost
+
     def nack(self, stream: str, receipt: str, delay_ns: int, reason: str | None) -> None:
         owner, store, parsed = self._settle(stream, receipt)
         with _Explained(self, stream, parsed):

@@ -58,6 +58,11 @@ class Connections:
             options["connect_timeout"] = CONNECT_TIMEOUT_S
         with self.translated("connect"):
             conn = psycopg.connect(self.url, **options)
+            # Until the table has statistics, the planner takes a stream's rows for a handful
+            # and would fetch them all by bitmap and sort them to find the oldest: every claim
+            # would cost the depth of the queue. Without bitmap scans it walks the primary key
+            # in id order and stops at the first visible row. No ephq query needs one.
+            conn.execute("SET enable_bitmapscan = off")
         if not self._schema_ready:
             self._ensure_schema(conn)
         return conn
@@ -89,6 +94,17 @@ class Connections:
             with self._lock:
                 self._all.append(conn)
         return conn
+
+    def run(self, doing: str, sql: str, params: Any = None) -> psycopg.Cursor[Any]:
+        """Execute one statement (its own transaction) on this thread's connection; the
+        cursor holds its rows. The hot paths' way: no context manager to enter and leave."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            conn = self.get()
+        try:
+            return conn.execute(sql, params)
+        except psycopg.Error as exc:
+            raise self.error(exc, doing) from None
 
     @contextmanager
     def cursor(self, doing: str) -> Iterator[psycopg.Cursor[Any]]:

@@ -43,9 +43,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             meta jsonb NOT NULL DEFAULT '{}',
             PRIMARY KEY (stream, dead, id)
         ) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_cost_delay = 0,
-                fillfactor = 90)""",
-        # Due times of what is not visible yet: the next due, and leases by deadline.
-        "CREATE INDEX messages_due ON ephq.messages (stream, dead, visible_at)",
+                autovacuum_analyze_scale_factor = 0.02, fillfactor = 90)""",
+        # Due times of what is not visible yet (the next due, the leases by deadline), in two
+        # partial indexes that the claim cannot use: its WHERE says nothing of the token, so
+        # it walks the primary key in id order, whatever the statistics say (a sort of every
+        # visible row would make each claim cost the depth of the queue).
+        "CREATE INDEX messages_delayed ON ephq.messages (stream, dead, visible_at) "
+        "WHERE token IS NULL",
+        "CREATE INDEX messages_leased ON ephq.messages (stream, dead, visible_at) "
+        "WHERE token IS NOT NULL",
         """CREATE TABLE ephq.holders (
             id bigserial PRIMARY KEY,
             stream text NOT NULL,
