@@ -78,11 +78,33 @@ def fresh_database(url: str) -> str:
 
 
 @pytest.fixture
-def store(request: pytest.FixtureRequest, home: Path) -> str:
-    """What a Queue is opened on: "files" (the home fixture), or a PostgreSQL URL."""
+def store(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """What a Queue is opened on: "files" (the home fixture), or a PostgreSQL URL. The URL is
+    also put in EPHQ_TEST_URL, where the helpers that run `ephq` and open queues for a test
+    (open_store, tests/test_cli.py's ephq) find it."""
     if request.param == "files":
+        monkeypatch.delenv(TEST_URL, raising=False)
         return "files"
-    return fresh_database(request.getfixturevalue("database_server"))
+    url = fresh_database(request.getfixturevalue("database_server"))
+    monkeypatch.setenv(TEST_URL, url)
+    return url
+
+
+TEST_URL = "EPHQ_TEST_URL"
+
+
+def store_environment(home: Path) -> dict[str, str]:
+    """The variable naming the test's store to an `ephq` process: EPHQ_URL or EPHQ_HOME."""
+    url = os.environ.get(TEST_URL)
+    return {"EPHQ_URL": url} if url else {"EPHQ_HOME": str(home)}
+
+
+def open_store(home: Path, **options: object) -> Queue:
+    """A Queue on the test's store: PostgreSQL when the store fixture chose it, else home."""
+    url = os.environ.get(TEST_URL)
+    if url:
+        return Queue(url=url, **options)  # type: ignore[arg-type]
+    return Queue(home, **options)  # type: ignore[arg-type]
 
 
 def open_queue(store: str, home: Path, **options: object) -> Queue:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import snapshot
+from tests.conftest import snapshot, store_environment
 
 EPHQ = str(Path(sys.executable).parent / "ephq")
 
@@ -21,7 +21,7 @@ def ephq(
     home: Path, *args: str, stdin: str | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("EPHQ_")}
-    environ.update(EPHQ_HOME=str(home), **env)
+    environ.update(store_environment(home), **env)
     return subprocess.run(
         [EPHQ, *args],
         input=stdin,
@@ -47,7 +47,8 @@ def lease(home: Path, stream: str = "s", *args: str) -> dict[str, Any]:
     return record
 
 
-def test_enqueue_from_file_stdin_and_dash(home: Path, tmp_path: Path) -> None:
+@pytest.mark.both_backends
+def test_enqueue_from_file_stdin_and_dash(store: str, home: Path, tmp_path: Path) -> None:
     msg = tmp_path / "msg.json"
     msg.write_text('{"to": "a@example.com",\n "n": 1.50}\n')
     ids = [
@@ -66,13 +67,15 @@ def test_enqueue_from_file_stdin_and_dash(home: Path, tmp_path: Path) -> None:
     assert lease(home, "email")["data"] == [1, 2]
 
 
-def test_data_is_printed_as_enqueued(home: Path) -> None:
+@pytest.mark.both_backends
+def test_data_is_printed_as_enqueued(store: str, home: Path) -> None:
     ok(home, "enqueue", "s", stdin='{"b": 1.0, "a": 100000000000000000000001}')
     out = ok(home, "dequeue", "s")
     assert out.endswith(',"data":{"b": 1.0, "a": 100000000000000000000001}}\n')
 
 
-def test_lines_enqueues_all_and_prints_every_id(home: Path) -> None:
+@pytest.mark.both_backends
+def test_lines_enqueues_all_and_prints_every_id(store: str, home: Path) -> None:
     out = ok(home, "enqueue", "s", "--lines", stdin='{"n": 1}\n\n{"n": 2}\n  \n{"n": 3}\n')
     ids = out.split()
     assert len(ids) == 3
@@ -81,13 +84,15 @@ def test_lines_enqueues_all_and_prints_every_id(home: Path) -> None:
     assert [m["data"]["n"] for m in got] == [1, 2, 3]
 
 
-def test_dequeue_nothing_is_exit_1_with_empty_stdout(home: Path) -> None:
+@pytest.mark.both_backends
+def test_dequeue_nothing_is_exit_1_with_empty_stdout(store: str, home: Path) -> None:
     for args in (["dequeue", "s"], ["dequeue", "s", "--wait", "200ms"], ["peek", "s"]):
         result = ephq(home, *args)
         assert (result.returncode, result.stdout, result.stderr) == (1, "", "")
 
 
-def test_ack_nack_extend_release(home: Path) -> None:
+@pytest.mark.both_backends
+def test_ack_nack_extend_release(store: str, home: Path) -> None:
     ok(home, "enqueue", "s", stdin="1")
     ok(home, "enqueue", "s", stdin="2")
     a, b = (json.loads(x) for x in ok(home, "dequeue", "s", "-n", "2", "-v", "1m").splitlines())
@@ -107,7 +112,8 @@ def test_ack_nack_extend_release(home: Path) -> None:
     assert lease(home)["attempts"] == 2
 
 
-def test_ack_reports_each_lost_receipt_and_acks_the_rest(home: Path) -> None:
+@pytest.mark.both_backends
+def test_ack_reports_each_lost_receipt_and_acks_the_rest(store: str, home: Path) -> None:
     ok(home, "enqueue", "s", stdin="1")
     ok(home, "enqueue", "s", stdin="2")
     a = lease(home)
@@ -119,7 +125,8 @@ def test_ack_reports_each_lost_receipt_and_acks_the_rest(home: Path) -> None:
     assert ephq(home, "peek", "s").returncode == 1
 
 
-def test_dead_letters_from_the_shell(home: Path) -> None:
+@pytest.mark.both_backends
+def test_dead_letters_from_the_shell(store: str, home: Path) -> None:
     ok(home, "config", "jobs", "--max-attempts", "1")
     mid = ok(home, "enqueue", "jobs", stdin='{"job": 7}').strip()
     m = lease(home, "jobs")
@@ -144,7 +151,8 @@ def test_dead_letters_from_the_shell(home: Path) -> None:
     )
 
 
-def test_every_dlq_command_sees_a_dead_letter_in_every_state(home: Path) -> None:
+@pytest.mark.both_backends
+def test_every_dlq_command_sees_a_dead_letter_in_every_state(store: str, home: Path) -> None:
     """Leased by a dead-letter consumer, waiting for its retry, or ready: listed, shown,
     redriven and purged alike, with the attempts it was delivered."""
     ok(home, "config", "s", "--max-attempts", "2")
@@ -180,7 +188,8 @@ def test_every_dlq_command_sees_a_dead_letter_in_every_state(home: Path) -> None
     assert json.loads(ok(home, "stats", "s", "--json"))["dlq"] == 0
 
 
-def test_a_failing_dead_letter_handler_is_recorded(home: Path, tmp_path: Path) -> None:
+@pytest.mark.both_backends
+def test_a_failing_dead_letter_handler_is_recorded(store: str, home: Path, tmp_path: Path) -> None:
     ok(home, "config", "s", "--max-attempts", "1")
     mid = ok(home, "enqueue", "s", stdin="1").strip()
     ok(home, "nack", "s", lease(home)["receipt"], "--reason", "first")
@@ -194,7 +203,8 @@ def test_a_failing_dead_letter_handler_is_recorded(home: Path, tmp_path: Path) -
     assert dead["attempts"] == 1 and "dlq_failed_at" in dead
 
 
-def test_dlq_purge_by_id_and_all(home: Path) -> None:
+@pytest.mark.both_backends
+def test_dlq_purge_by_id_and_all(store: str, home: Path) -> None:
     ok(home, "config", "s", "--max-attempts", "1")
     ids = ok(home, "enqueue", "s", "--lines", stdin="1\n2\n3\n").split()
     for _ in ids:
@@ -209,7 +219,8 @@ def test_dlq_purge_by_id_and_all(home: Path) -> None:
     assert ok(home, "dlq", "list", "s").splitlines()[1:] == []
 
 
-def test_stats_plain_and_json(home: Path) -> None:
+@pytest.mark.both_backends
+def test_stats_plain_and_json(store: str, home: Path) -> None:
     ok(home, "enqueue", "a", stdin="1")
     ok(home, "enqueue", "a", "--delay", "1h", stdin="2")
     ok(home, "enqueue", "b", stdin="3")
@@ -233,7 +244,8 @@ def test_stats_plain_and_json(home: Path) -> None:
     assert one["ready"] == 1 and one["oldest_age"] >= 0
 
 
-def test_config_show_and_set(home: Path) -> None:
+@pytest.mark.both_backends
+def test_config_show_and_set(store: str, home: Path) -> None:
     shown = json.loads(ok(home, "config", "s"))
     assert shown == {"stream": "s", "max_attempts": 5, "visibility": 30.0, "max_size": 1 << 20}
     changed = json.loads(
@@ -471,7 +483,8 @@ def test_a_home_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
     assert home.read_text() == "notes"
 
 
-def test_a_receipt_of_another_stream_is_named_as_such(home: Path) -> None:
+@pytest.mark.both_backends
+def test_a_receipt_of_another_stream_is_named_as_such(store: str, home: Path) -> None:
     ok(home, "enqueue", "orders", stdin="1")
     ok(home, "enqueue", "emails", stdin="2")
     receipt = lease(home, "orders")["receipt"]

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from ephq import LeaseLost, Queue
+from tests.conftest import open_store
 
 PRODUCERS = 4
 CONSUMERS = 4
@@ -195,7 +196,8 @@ def test_sigkilled_batch_producer_is_all_or_nothing(tmp_path: Path, round_: int)
 CONSUMER_SCRIPT = """
 import sys, time
 from ephq import Queue
-q = Queue(sys.argv[1])
+where = sys.argv[1]
+q = Queue(url=where) if where.startswith("postgresql://") else Queue(where)
 for m in q.dequeue_many("held", 5, visibility=2):
     print(m.id, m.visible_until.timestamp(), flush=True)
 print("holding", flush=True)
@@ -204,12 +206,16 @@ time.sleep(600)
 
 
 @pytest.mark.timeout(60)
-def test_sigkilled_consumer_leases_come_back_after_their_deadline(tmp_path: Path) -> None:
-    home = str(tmp_path / "home")
-    q = Queue(home)
+@pytest.mark.both_backends
+def test_sigkilled_consumer_leases_come_back_after_their_deadline(
+    store: str, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    q = open_store(home)
     ids = q.enqueue_many("held", list(range(8)))
+    where = str(home) if store == "files" else store
     proc = subprocess.Popen(
-        [sys.executable, "-c", CONSUMER_SCRIPT, home], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", CONSUMER_SCRIPT, where], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
     deadlines = {}
@@ -276,7 +282,7 @@ from ephq import LeaseLost, Queue
 home, log_path, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rng = random.Random(seed)
 log = open(log_path, "a", buffering=1)
-q = Queue(home)
+q = Queue(url=home) if home.startswith("postgresql://") else Queue(home)
 S = "mix"
 
 def note(**event):
@@ -340,19 +346,21 @@ while True:
 
 
 @pytest.mark.timeout(180)
-def test_a_sigkill_campaign_over_every_operation(tmp_path: Path) -> None:
+@pytest.mark.both_backends
+def test_a_sigkill_campaign_over_every_operation(store: str, tmp_path: Path) -> None:
     """Six processes mix every operation; one is SIGKILLed at random every few tenths of a
     second and started again. Afterwards nothing promised is lost, no message is delivered
     with another's data, no two leases of a message were valid at once, attempts never go
     back, and the store checks clean."""
     home = str(tmp_path / "home")
-    Queue(home).configure("mix", max_attempts=CAMPAIGN_MAX)
+    open_store(Path(home)).configure("mix", max_attempts=CAMPAIGN_MAX)
+    where = home if store == "files" else store
     rng = random.Random(7)
     logs = [str(tmp_path / f"w{i}.log") for i in range(6)]
 
     def start(i: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-c", CAMPAIGN_SCRIPT, home, logs[i], str(rng.randrange(10**6))]
+            [sys.executable, "-c", CAMPAIGN_SCRIPT, where, logs[i], str(rng.randrange(10**6))]
         )
 
     procs = [start(i) for i in range(6)]
@@ -378,7 +386,7 @@ def test_a_sigkill_campaign_over_every_operation(tmp_path: Path) -> None:
     settled = {(e["id"], e["kind"]) for e in events if e["op"] == "settle"}
     # Drain what is left, a day later: every lease has run out, every delay is due.
     drained: dict[str, Any] = {}
-    with Queue(home, clock=lambda: time.time_ns() + 86_400 * 10**9) as q:
+    with open_store(Path(home), clock=lambda: time.time_ns() + 86_400 * 10**9) as q:
         for dlq in (False, True):
             while got := q.dequeue_many("mix", 100, dlq=dlq):
                 for m in got:
@@ -420,5 +428,5 @@ def _lease_histories(
             assert later["t"] >= earlier["ended"] - 0.002, "two leases of a message at once"
             died = earlier.get("kind") == "reject" or earlier["attempts"] >= CAMPAIGN_MAX
             if earlier.get("kind") != "release" and not died:
-                assert later["attempts"] > earlier["attempts"], "attempts went back"
+                assert later["attempts"] > earlier["attempts"], f"attempts went back {history}"
     return leases

@@ -15,15 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from ephq import Message, Queue
+from ephq import Message
 from ephq.worker import PermanentFailure, Worker
+from tests.conftest import open_store, store_environment
 
 EPHQ = str(Path(sys.executable).parent / "ephq")
 
 
 def start_worker(home: Path, *args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EPHQ_")}
-    env["EPHQ_HOME"] = str(home)
+    env.update(store_environment(home))
     return subprocess.Popen(
         [EPHQ, "worker", *args],
         env=env,
@@ -75,8 +76,11 @@ def wait_for(predicate: object, timeout: float = 30) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_exit_status_decides_ack_dead_letter_or_retry(home: Path, tmp_path: Path) -> None:
-    q = Queue(home)
+@pytest.mark.both_backends
+def test_exit_status_decides_ack_dead_letter_or_retry(
+    store: str, home: Path, tmp_path: Path
+) -> None:
+    q = open_store(home)
     q.configure("jobs", max_attempts=3)
     ok_id = q.enqueue("jobs", "ok")
     bad_id = q.enqueue("jobs", "permanent")
@@ -103,8 +107,11 @@ def test_exit_status_decides_ack_dead_letter_or_retry(home: Path, tmp_path: Path
 
 
 @pytest.mark.timeout(60)
-def test_handler_gets_data_on_stdin_and_facts_in_environment(home: Path, tmp_path: Path) -> None:
-    q = Queue(home)
+@pytest.mark.both_backends
+def test_handler_gets_data_on_stdin_and_facts_in_environment(
+    store: str, home: Path, tmp_path: Path
+) -> None:
+    q = open_store(home)
     text = '{ "to": "ann@example.com",  "n": 1.0 }'
     mid = q.enqueue_json("mail", text)
     out = tmp_path / "seen"
@@ -119,16 +126,20 @@ def test_handler_gets_data_on_stdin_and_facts_in_environment(home: Path, tmp_pat
     assert env["EPHQ_STREAM"] == "mail"
     assert env["EPHQ_MESSAGE_ID"] == mid
     assert env["EPHQ_ATTEMPT"] == "1"
-    assert env["EPHQ_HOME"] == str(home)
+    # The handler's own ephq reaches the same store: the home, or the database's URL.
+    assert {k: v for k, v in env.items() if k in ("EPHQ_HOME", "EPHQ_URL")} == (
+        {"EPHQ_HOME": str(home)} if store == "files" else {"EPHQ_URL": store}
+    )
     assert env["EPHQ_ENQUEUED_AT"].endswith("Z")
     assert env["EPHQ_RECEIPT"].count(".") == 3
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.both_backends
 def test_two_workers_short_leases_long_handlers_each_message_once(
-    home: Path, tmp_path: Path
+    store: str, home: Path, tmp_path: Path
 ) -> None:
-    q = Queue(home)
+    q = open_store(home)
     ids = q.enqueue_many("slow", list(range(4)))
     log = tmp_path / "handled"
     handler = script(tmp_path, f'sleep 3\necho "$EPHQ_MESSAGE_ID $EPHQ_ATTEMPT" >> {log}\n')
@@ -147,8 +158,9 @@ def test_two_workers_short_leases_long_handlers_each_message_once(
 
 
 @pytest.mark.timeout(60)
-def test_sigterm_lets_the_running_handler_finish(home: Path, tmp_path: Path) -> None:
-    q = Queue(home)
+@pytest.mark.both_backends
+def test_sigterm_lets_the_running_handler_finish(store: str, home: Path, tmp_path: Path) -> None:
+    q = open_store(home)
     q.enqueue("s", "job")
     worker = worker_with_running_handler(home, tmp_path, 1, "--grace", "20s")
     worker.send_signal(signal.SIGTERM)
@@ -159,8 +171,11 @@ def test_sigterm_lets_the_running_handler_finish(home: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.timeout(60)
-def test_after_grace_handlers_are_stopped_and_messages_released(home: Path, tmp_path: Path) -> None:
-    q = Queue(home)
+@pytest.mark.both_backends
+def test_after_grace_handlers_are_stopped_and_messages_released(
+    store: str, home: Path, tmp_path: Path
+) -> None:
+    q = open_store(home)
     mid = q.enqueue("s", "job")
     worker = worker_with_running_handler(home, tmp_path, 60, "--grace", "300ms")
     worker.send_signal(signal.SIGINT)
@@ -174,7 +189,7 @@ def test_after_grace_handlers_are_stopped_and_messages_released(home: Path, tmp_
 
 @pytest.mark.timeout(60)
 def test_second_sigint_stops_at_once(home: Path, tmp_path: Path) -> None:
-    q = Queue(home)
+    q = open_store(home)
     q.enqueue("s", "job")
     worker = worker_with_running_handler(home, tmp_path, 60, "--grace", "60s")
     worker.send_signal(signal.SIGINT)
@@ -187,8 +202,11 @@ def test_second_sigint_stops_at_once(home: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_sigkilled_worker_message_comes_back_after_its_lease(home: Path, tmp_path: Path) -> None:
-    q = Queue(home)
+@pytest.mark.both_backends
+def test_sigkilled_worker_message_comes_back_after_its_lease(
+    store: str, home: Path, tmp_path: Path
+) -> None:
+    q = open_store(home)
     mid = q.enqueue("s", "job")
     worker = worker_with_running_handler(home, tmp_path, 60, "--visibility", "1s")
     os.killpg(worker.pid, signal.SIGKILL)  # the worker and its handler die together
@@ -200,7 +218,7 @@ def test_sigkilled_worker_message_comes_back_after_its_lease(home: Path, tmp_pat
 
 @pytest.mark.timeout(60)
 def test_timeout_kills_the_handler_and_its_children(home: Path, tmp_path: Path) -> None:
-    q = Queue(home)
+    q = open_store(home)
     q.configure("s", max_attempts=1)
     mid = q.enqueue("s", "job")
     pid_file = tmp_path / "child.pid"
@@ -213,8 +231,11 @@ def test_timeout_kills_the_handler_and_its_children(home: Path, tmp_path: Path) 
 
 
 @pytest.mark.timeout(120)
-def test_concurrency_four_handles_500_messages_once_each(home: Path, tmp_path: Path) -> None:
-    q = Queue(home)
+@pytest.mark.both_backends
+def test_concurrency_four_handles_500_messages_once_each(
+    store: str, home: Path, tmp_path: Path
+) -> None:
+    q = open_store(home)
     ids = q.enqueue_many("many", list(range(500)))
     log = tmp_path / "handled"
     handler = script(tmp_path, f"echo $EPHQ_MESSAGE_ID >> {log}\n")
@@ -228,8 +249,9 @@ def test_concurrency_four_handles_500_messages_once_each(home: Path, tmp_path: P
 
 
 @pytest.mark.timeout(60)
-def test_max_messages_and_json_logs(home: Path, tmp_path: Path) -> None:
-    q = Queue(home)
+@pytest.mark.both_backends
+def test_max_messages_and_json_logs(store: str, home: Path, tmp_path: Path) -> None:
+    q = open_store(home)
     q.enqueue_many("s", [1, 2, 3])
     code, err = finish(
         start_worker(home, "s", "--exec", "cat > /dev/null", "--max-messages", "2", "--json-logs")
@@ -242,8 +264,9 @@ def test_max_messages_and_json_logs(home: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_dlq_mode_consumes_dead_letters(home: Path, tmp_path: Path) -> None:
-    q = Queue(home)
+@pytest.mark.both_backends
+def test_dlq_mode_consumes_dead_letters(store: str, home: Path, tmp_path: Path) -> None:
+    q = open_store(home)
     q.configure("s", max_attempts=1)
     q.enqueue("s", "doomed")
     m = q.dequeue("s")
@@ -257,8 +280,9 @@ def test_dlq_mode_consumes_dead_letters(home: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_python_worker_with_a_callable(home: Path) -> None:
-    q = Queue(home)
+@pytest.mark.both_backends
+def test_python_worker_with_a_callable(store: str, home: Path) -> None:
+    q = open_store(home)
     q.configure("py", max_attempts=2)
     q.enqueue_many("py", ["fine", "fatal", "flaky"])
     seen: list[str] = []
@@ -278,11 +302,12 @@ def test_python_worker_with_a_callable(home: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_idle_worker_wakes_for_a_new_message(home: Path, tmp_path: Path) -> None:
+@pytest.mark.both_backends
+def test_idle_worker_wakes_for_a_new_message(store: str, home: Path, tmp_path: Path) -> None:
     done = tmp_path / "done"
     worker = start_worker(home, "idle", "--exec", f"cat > {done}")
     time.sleep(1)
-    Queue(home).enqueue("idle", "wake up")
+    open_store(home).enqueue("idle", "wake up")
     wait_for(done.exists)
     worker.send_signal(signal.SIGTERM)
     code, err = finish(worker)
@@ -322,7 +347,7 @@ def _strace_attach(pid: int) -> subprocess.Popen[str] | None:
 def test_sigterm_ends_the_worker_even_when_storage_hangs(home: Path, tmp_path: Path) -> None:
     """A rename that takes two minutes holds the main thread, where Python runs its signal
     handlers; the worker still ends within --grace and a few seconds."""
-    q = Queue(home)
+    q = open_store(home)
     q.enqueue("s", "first")
     done, log = tmp_path / "done", tmp_path / "stderr"
     handler = script(tmp_path, f"touch {done}\n")
@@ -362,12 +387,13 @@ def test_sigterm_ends_the_worker_even_when_storage_hangs(home: Path, tmp_path: P
     ("command", "why"),
     [("./does-not-exist.sh", "exit 127, not found"), ("{not_executable}", "exit 126, not exec")],
 )
+@pytest.mark.both_backends
 def test_a_handler_that_cannot_run_stops_the_worker_and_spends_nothing(
-    home: Path, tmp_path: Path, command: str, why: str
+    store: str, home: Path, tmp_path: Path, command: str, why: str
 ) -> None:
     plain = tmp_path / "plain.sh"
     plain.write_text("#!/bin/sh\nexit 0\n")  # no execute bit
-    q = Queue(home)
+    q = open_store(home)
     ids = q.enqueue_many("s", list(range(10)))
     worker = start_worker(home, "s", "--exec", command.format(not_executable=plain))
     code, err = finish(worker)
@@ -385,7 +411,7 @@ def test_a_handler_that_cannot_run_stops_the_worker_and_spends_nothing(
 def test_a_handlers_many_lines_of_stderr_stay_on_its_one_log_line(
     home: Path, tmp_path: Path
 ) -> None:
-    q = Queue(home)
+    q = open_store(home)
     q.configure("s", max_attempts=1)
     mid = q.enqueue("s", "x")
     handler = script(tmp_path, "printf 'first\\nsecond\\tcol\\\\end\\n' >&2\nexit 3\n")
@@ -402,7 +428,7 @@ def test_a_handlers_many_lines_of_stderr_stay_on_its_one_log_line(
 def test_the_stopped_line_keeps_a_broken_handlers_stderr_on_one_line(
     home: Path, tmp_path: Path
 ) -> None:
-    q = Queue(home)
+    q = open_store(home)
     q.enqueue("s", 1)
     handler = script(tmp_path, "echo 'first' >&2\necho 'second' >&2\nexit 127\n")
     code, err = finish(start_worker(home, "s", "--exec", handler))
