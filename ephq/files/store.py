@@ -382,19 +382,22 @@ class Store:
         else:
             self.ring()
 
-    def receive(self, message_id: str, content: bytes, attempts: int, due_ns: int = 0) -> None:
-        """Take a complete message file (a dead letter) into ready/, or delayed/ until due_ns,
+    def file_in(self, path: str, message_id: str, attempts: int, due_ns: int) -> None:
+        """Move a complete message file (a dead letter) into ready/, or delayed/ until due_ns,
         durably: the dead-letter queue keeps counting deliveries from attempts."""
         if due_ns > self.clock():
-            name = str(TimedName(due_ns, message_id, attempts))
-            self._write_in(content, self.delayed.leaf_dir(f"{due_ns:016x}"), name)
+            dest, name = (
+                self.delayed.leaf_dir(f"{due_ns:016x}"),
+                str(TimedName(due_ns, message_id, attempts)),
+            )
+        else:
+            dest, name = self.ready.leaf_dir(message_id), str(ReadyName(message_id, attempts))
+        place(path, dest, name, durable_dirs=self.durable, flush=self.durable)
+        if due_ns > self.clock():
             self._note_due(due_ns)
-            return
-        self._write_in(
-            content, self.ready.leaf_dir(message_id), str(ReadyName(message_id, attempts))
-        )
-        self.ring()
-        self._forget_head()  # it may come before what this process has cached
+        else:
+            self.ring()
+            self._forget_head()  # it may come before what this process has cached
 
     def _write_in(self, content: bytes, dest_dir: str, name: str) -> None:
         try:
@@ -718,8 +721,21 @@ class Store:
             dead["dlq_failed_at"] = now
             meta["dead"] = dead
         content = encode(message_id, self.stream, id_time_ns(message_id), found.data_json, meta)
-        target.receive(message_id, content, attempts, due_ns)
-        os.unlink(dying)
+        # The new record takes the dying file's place (written beside it, locked, flushed, then
+        # renamed over it), and one rename files it: a crash leaves either the dying file for
+        # recovery, or the dead letter, never both (which a redrive in between would turn into
+        # a second delivery of a message already acked).
+        fresh = f"{dying}.{new_token()}.w"
+        wfd = self.pool.open_new(fresh)
+        fill_locked(wfd, fresh, content, durable=self.durable)
+        try:
+            os.rename(fresh, dying)
+            target.file_in(dying, message_id, attempts, due_ns)
+        except BaseException:
+            unlink_quietly(fresh)
+            raise
+        finally:
+            os.close(wfd)
 
     @staticmethod
     def _dying_record(fd: int, dying: str, message_id: str) -> Record | NotOurs:
