@@ -287,24 +287,30 @@ class PostgresBackend:
         self._settle(stream, receipt, f"DELETE FROM ephq.messages WHERE {_MATCH} RETURNING 1", {})
 
     def ack_many(self, stream: str, receipts: list[str]) -> list[str]:
-        """Ack in one statement; the receipts whose deliveries had ended."""
+        """Ack in one statement per kind (messages, dead letters); the receipts whose
+        deliveries had ended. The ids go in as `id = ANY(…)` so the primary key finds them."""
         parsed = [(r, parse_receipt(r)) for r in receipts]
-        gone = self.db.run(
-            f"ack in stream {stream!r}",
-            """DELETE FROM ephq.messages m USING unnest(%s::boolean[], %s::text[],
-                   %s::integer[], %s::text[]) AS r(dead, id, attempts, token)
-               WHERE m.stream = %s AND m.dead = r.dead AND m.id = r.id
-                 AND m.attempts = r.attempts AND m.token = r.token
-               RETURNING m.dead, m.id, m.attempts, m.token""",
-            (
-                [p.dead for _, p in parsed],
-                [p.lease.id for _, p in parsed],
-                [p.lease.attempts for _, p in parsed],
-                [p.lease.token for _, p in parsed],
-                stream,
-            ),
-        ).fetchall()
-        acked = {tuple(row) for row in gone}
+        acked: set[tuple[bool, str, int, str | None]] = set()
+        for dead in sorted({p.dead for _, p in parsed}):
+            mine = [p.lease for _, p in parsed if p.dead == dead]
+            rows = self.db.run(
+                f"ack in stream {stream!r}",
+                """DELETE FROM ephq.messages m
+                   USING unnest(%(ids)s::text[], %(attempts)s::integer[], %(tokens)s::text[])
+                       AS r(id, attempts, token)
+                   WHERE m.stream = %(stream)s AND m.dead = %(dead)s
+                     AND m.id = ANY(%(ids)s::text[])
+                     AND m.id = r.id AND m.attempts = r.attempts AND m.token = r.token
+                   RETURNING m.id, m.attempts, m.token""",
+                {
+                    "stream": stream,
+                    "dead": dead,
+                    "ids": [lease.id for lease in mine],
+                    "attempts": [lease.attempts for lease in mine],
+                    "tokens": [lease.token for lease in mine],
+                },
+            ).fetchall()
+            acked |= {(dead, row[0], row[1], row[2]) for row in rows}
         return [
             r
             for r, p in parsed
@@ -584,13 +590,10 @@ class PostgresBackend:
     def seconds_until_due(self, stream: str, dead: bool) -> float:
         now = self.clock()
         with self.db.cursor(f"read stream {stream!r}") as cur:
-            cur.execute(  # in two halves, one per partial index (schema.py)
-                """SELECT least(
-                    (SELECT min(visible_at) FROM ephq.messages WHERE stream = %(stream)s
-                        AND dead = %(dead)s AND token IS NULL AND visible_at > %(now)s),
-                    (SELECT min(visible_at) FROM ephq.messages WHERE stream = %(stream)s
-                        AND dead = %(dead)s AND token IS NOT NULL AND visible_at > %(now)s))""",
-                {"stream": stream, "dead": dead, "now": now},
+            cur.execute(
+                """SELECT min(visible_at) FROM ephq.messages
+                   WHERE stream = %s AND dead = %s AND visible_at > %s""",
+                (stream, dead, now),
             )
             row = cur.fetchone()
         due = None if row is None else row[0]

@@ -44,14 +44,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (stream, dead, id)
         ) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_cost_delay = 0,
                 autovacuum_analyze_scale_factor = 0.02, fillfactor = 90)""",
-        # Due times of what is not visible yet (the next due, the leases by deadline), in two
-        # partial indexes that the claim cannot use: its WHERE says nothing of the token, so
-        # it walks the primary key in id order, whatever the statistics say (a sort of every
-        # visible row would make each claim cost the depth of the queue).
-        "CREATE INDEX messages_delayed ON ephq.messages (stream, dead, visible_at) "
-        "WHERE token IS NULL",
-        "CREATE INDEX messages_leased ON ephq.messages (stream, dead, visible_at) "
-        "WHERE token IS NOT NULL",
+        # No index on visible_at or token: a lease then changes no indexed column, so it is a
+        # HOT update (fillfactor leaves room on the page) that adds no index entries, which
+        # is most of what a claim costs. What looks for due times (a waiting consumer, once a
+        # second; `leases`; the next retry) walks the stream's rows instead.
         """CREATE TABLE ephq.holders (
             id bigserial PRIMARY KEY,
             stream text NOT NULL,
