@@ -19,7 +19,6 @@ command that prints once and exits does not need.
 from __future__ import annotations
 
 import math
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -172,6 +171,7 @@ def serve(address: tuple[str, int], render: Render) -> ThreadingHTTPServer:
 
     OSError if the address cannot be bound: the caller says so.
     """
+    import socket
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -71,6 +70,8 @@ def _render(q: Queue, stream: str | None) -> str:
 def write_atomically(path: Path, body: str) -> None:
     """Write a whole file under path's name at once (a temporary file renamed over it): a
     collector reading it never sees half."""
+    import tempfile
+
     directory = path.parent
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
