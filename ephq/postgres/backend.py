@@ -32,15 +32,15 @@ from .connection import Connections
 
 NS = 1_000_000_000
 MAX_ERROR_CHARS = 4096
-# A batch this large is followed by ANALYZE (see _analyze).
-ANALYZE_AFTER = 5000
+# This process ANALYZEs the table after adding this many rows, and ten times as many, ...
+ANALYZE_FIRST = 1000
 DEFAULTS = StreamConfig()
 
 # The columns a delivery is built from, in this order.
 _ROW = "m.id, m.attempts, m.visible_at, m.token, m.data, m.meta"
 
-# Messages of a stream that ran out of attempts, dead-lettered: the claim and stats run this
-# first, as the file backend's reaper does. %(error)s is used for what was not leased.
+# Messages of a stream that ran out of attempts, dead-lettered: stats runs this first, as the
+# file backend's reaper does (the claim dead-letters what it picks). %(error)s is used for what was not leased.
 _BURY_SPENT = """
 UPDATE ephq.messages m SET dead = true, token = NULL, visible_at = %(now)s,
     meta = m.meta || jsonb_build_object('dead', jsonb_build_object(
@@ -77,46 +77,11 @@ SELECT CASE WHEN %(ring)s THEN pg_notify('ephq', %(stream)s) END
 FROM (SELECT count(*) FROM added) n
 """
 
-# One statement per dequeue: pick the oldest visible rows (skipping those another consumer is
-# claiming), dead-letter those whose attempts are spent, lease the rest. Every row returned
-# carries how many were dead-lettered, so that the caller looks again for what they left.
-_CLAIM = f"""
-WITH cfg AS (
-    SELECT COALESCE(max(max_attempts), 5) AS max_attempts,
-           COALESCE(max(visibility_ms), 30000) AS visibility_ms
-    FROM ephq.streams WHERE name = %(stream)s
-),
-picked AS (
-    SELECT id, attempts, token FROM ephq.messages
-    WHERE stream = %(stream)s AND dead = %(dead)s AND visible_at <= %(now)s
-    ORDER BY id LIMIT %(count)s
-    FOR UPDATE SKIP LOCKED
-),
-buried AS (
-    UPDATE ephq.messages m SET dead = true, token = NULL, visible_at = %(now)s,
-        meta = m.meta || jsonb_build_object('dead', jsonb_build_object(
-            'stream', m.stream,
-            'error', CASE WHEN picked.token IS NOT NULL THEN 'lease expired'
-                     ELSE 'delivered ' || picked.attempts || ' times; max_attempts is '
-                          || cfg.max_attempts END,
-            'attempts', picked.attempts,
-            'died_at', %(died_at)s::text))
-    FROM picked, cfg
-    WHERE NOT %(dead)s AND m.stream = %(stream)s AND NOT m.dead AND m.id = picked.id
-      AND picked.attempts >= cfg.max_attempts
-    RETURNING m.id
-),
-leased AS (
-    UPDATE ephq.messages m SET attempts = m.attempts + 1, token = %(token)s,
-        visible_at = %(now)s + COALESCE(%(visibility)s, cfg.visibility_ms * 1000000)
-    FROM picked, cfg
-    WHERE m.stream = %(stream)s AND m.dead = %(dead)s AND m.id = picked.id
-      AND (%(dead)s OR picked.attempts < cfg.max_attempts)
-    RETURNING {_ROW}
-)
-SELECT (SELECT count(*) FROM buried), leased.*
-FROM (SELECT 1) one LEFT JOIN leased ON true
-"""
+# One statement per dequeue (ephq.claim, schema.py): pick the oldest visible rows (skipping
+# those another consumer is claiming), dead-letter those whose attempts are spent, lease the
+# rest. A row with an id is a lease; one without carries how many were dead-lettered, so that
+# the caller looks again for what they left.
+_CLAIM = "SELECT * FROM ephq.claim(%s, %s, %s, %s, %s, %s, %s)"
 
 
 # The row of the delivery a receipt names (alone, and with the alias m).
@@ -142,6 +107,8 @@ class PostgresBackend:
         self.where = self.db.where
         self._ids = IdSource()
         self._known_streams: set[str] = set()
+        self._added = 0
+        self._analyze_at = ANALYZE_FIRST
 
     # -- produce ---------------------------------------------------------------------------
 
@@ -182,14 +149,22 @@ class PostgresBackend:
             )
         if progress is not None:
             progress(len(items))
-        if len(items) >= ANALYZE_AFTER:
-            self._analyze()
+        self._grew(len(items))
         return ids
 
+    def _grew(self, rows: int) -> None:
+        """Count what this process added; ANALYZE when the count passes 1,000, then 10,000 and
+        so on (see _analyze), so a table filled faster than autovacuum looks has statistics."""
+        self._added += rows
+        if self._added >= self._analyze_at:
+            while self._analyze_at <= self._added:
+                self._analyze_at *= 10
+            self._analyze()
+
     def _analyze(self) -> None:
-        """Tell the planner how big the table has grown, now rather than at autovacuum's next
-        round: planning for a small table, it would sort every visible row to find the first
-        instead of walking the primary key, and each claim would cost the depth."""
+        """Give the planner statistics now rather than at autovacuum's next round (up to a
+        minute): without them it takes a stream for a handful of rows and plans claims that
+        look at every row of the stream (connection.py has the first line of defence)."""
         with self.db.cursor("analyze ephq.messages") as cur:
             cur.execute("ANALYZE ephq.messages")
 
@@ -205,17 +180,9 @@ class PostgresBackend:
             rows = self.db.run(
                 doing,
                 _CLAIM,
-                {
-                    "stream": stream,
-                    "dead": dead,
-                    "now": now,
-                    "count": count - len(got),
-                    "token": new_token(),
-                    "visibility": visibility_ns,
-                    "died_at": iso_utc(now),
-                },
+                (stream, dead, now, count - len(got), new_token(), visibility_ns, iso_utc(now)),
             ).fetchall()
-            buried = rows[0][0] if rows else 0
+            buried = sum(row[0] for row in rows)
             leased = sorted(row[1:] for row in rows if row[1] is not None)
             got += [self._message(stream, row, dead, receipt=True) for row in leased]
             if not buried:
@@ -722,8 +689,7 @@ class PostgresBackend:
                 ),
             )
             cur.execute("SELECT pg_notify('ephq', %s)", (stream,))
-        if len(records) >= ANALYZE_AFTER:
-            self._analyze()
+        self._grew(len(records))
         return len(records)
 
     def hold(self, stream: str, dead: bool, worker: str) -> Holder:

@@ -85,6 +85,19 @@ class Connections:
                     f"({schema.VERSION}) knows: upgrade ephq"
                 )
         self._schema_ready = True
+        self._analyze_if_unknown(conn)
+
+    def _analyze_if_unknown(self, conn: psycopg.Connection[Any]) -> None:
+        """ANALYZE a table that has rows but no statistics yet (filled by another process
+        faster than autovacuum looks): see PostgresBackend._analyze."""
+        with self.translated("read the table's statistics"):
+            row = conn.execute(
+                """SELECT NOT EXISTS (SELECT 1 FROM pg_stats WHERE schemaname = 'ephq'
+                                      AND tablename = 'messages' AND attname = 'stream')
+                          AND EXISTS (SELECT 1 FROM ephq.messages)"""
+            ).fetchone()
+            if row is not None and row[0]:
+                conn.execute("ANALYZE ephq.messages")
 
     def get(self) -> psycopg.Connection[Any]:
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)

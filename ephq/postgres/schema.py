@@ -48,6 +48,57 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # HOT update (fillfactor leaves room on the page) that adds no index entries, which
         # is most of what a claim costs. What looks for due times (a waiting consumer, once a
         # second; `leases`; the next retry) walks the stream's rows instead.
+        # The claim, as a function: the row to take is chosen by walking the primary key in
+        # id order, and each one taken is updated by its whole key. As one SQL statement the
+        # planner, before the table has statistics, joined the picked rows to every row of
+        # the stream (50-77 ms for a claim of 100 at 1,000 deep); a loop has no join to get
+        # wrong.
+        """CREATE FUNCTION ephq.claim(p_stream text, p_dead boolean, p_now bigint,
+                p_count integer, p_token text, p_visibility bigint, p_died_at text)
+            RETURNS TABLE (buried integer, id text, attempts integer, visible_at bigint,
+                           token text, data text, meta jsonb)
+            LANGUAGE plpgsql AS $$
+            #variable_conflict use_column
+            DECLARE
+                v_max integer;
+                v_visibility bigint;
+                picked record;
+                n_buried integer := 0;
+            BEGIN
+                SELECT COALESCE(max(s.max_attempts), 5), COALESCE(max(s.visibility_ms), 30000)
+                    INTO v_max, v_visibility FROM ephq.streams s WHERE s.name = p_stream;
+                FOR picked IN
+                    SELECT m.id, m.attempts, m.token FROM ephq.messages m
+                    WHERE m.stream = p_stream AND m.dead = p_dead AND m.visible_at <= p_now
+                    ORDER BY m.id LIMIT p_count
+                    FOR UPDATE SKIP LOCKED
+                LOOP
+                    IF NOT p_dead AND picked.attempts >= v_max THEN
+                        UPDATE ephq.messages m SET dead = true, token = NULL,
+                            visible_at = p_now,
+                            meta = m.meta || jsonb_build_object('dead', jsonb_build_object(
+                                'stream', p_stream,
+                                'error', CASE WHEN picked.token IS NOT NULL THEN 'lease expired'
+                                         ELSE 'delivered ' || picked.attempts
+                                              || ' times; max_attempts is ' || v_max END,
+                                'attempts', picked.attempts,
+                                'died_at', p_died_at))
+                        WHERE m.stream = p_stream AND m.dead = false AND m.id = picked.id;
+                        n_buried := n_buried + 1;
+                    ELSE
+                        RETURN QUERY
+                        UPDATE ephq.messages m SET attempts = m.attempts + 1, token = p_token,
+                            visible_at = p_now + COALESCE(p_visibility, v_visibility * 1000000)
+                        WHERE m.stream = p_stream AND m.dead = p_dead AND m.id = picked.id
+                        RETURNING 0, m.id, m.attempts, m.visible_at, m.token, m.data, m.meta;
+                    END IF;
+                END LOOP;
+                IF n_buried > 0 THEN
+                    RETURN QUERY SELECT n_buried, NULL::text, NULL::integer, NULL::bigint,
+                        NULL::text, NULL::text, NULL::jsonb;
+                END IF;
+            END
+            $$""",
         """CREATE TABLE ephq.holders (
             id bigserial PRIMARY KEY,
             stream text NOT NULL,
