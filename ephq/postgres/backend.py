@@ -40,7 +40,7 @@ DEFAULTS = StreamConfig()
 _ROW = "m.id, m.attempts, m.visible_at, m.token, m.data, m.meta"
 
 # Messages of a stream that ran out of attempts, dead-lettered: stats runs this first, as the
-# file backend's reaper does (the claim dead-letters what it picks). %(error)s is used for what was not leased.
+# file backend's reaper does (the claim dead-letters what it picks).
 _BURY_SPENT = """
 UPDATE ephq.messages m SET dead = true, token = NULL, visible_at = %(now)s,
     meta = m.meta || jsonb_build_object('dead', jsonb_build_object(
