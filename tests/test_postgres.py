@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -309,3 +310,51 @@ def test_a_backlog_moves_from_files_to_postgresql_and_back(
     bad = _run(url, "import", "t", stdin='{"id": "x"}\n')
     assert bad.returncode == 2 and bad.stderr.startswith("ephq: stdin, line 1: ")
     assert _run(url, "stats", "t").returncode == 4  # nothing imported, nothing created
+
+
+def test_a_claim_reads_a_few_pages_however_deep_and_without_statistics(
+    database_server: str,
+) -> None:
+    """The claim walks the primary key and stops at what it takes: on a table with no
+    statistics (filled faster than autovacuum looks) it must not read the whole stream, as the
+    plan that sorted every visible row did. Measured in pages the server touched, not time."""
+    url = fresh_database(database_server)
+    with Queue(url=url) as q:
+        q.configure("deep")  # the schema, and the stream, with no rows yet
+    with psycopg.connect(url, autocommit=True) as conn:
+        # Rows as another process adds them, faster than autovacuum looks.
+        conn.execute(
+            """INSERT INTO ephq.messages (stream, dead, id, visible_at, data)
+               SELECT 'deep', false, lpad(to_hex(n), 24, '0'), 0, '"x"'
+               FROM generate_series(1, 20000) AS n"""
+        )
+        conn.execute("SET enable_bitmapscan = off")  # as ephq's connections are
+        stats = conn.execute(
+            "SELECT count(*) FROM pg_stats WHERE schemaname = 'ephq' AND tablename = 'messages'"
+        ).fetchone()
+        assert stats == (0,), "the table was analyzed: this test needs one without statistics"
+        pages = conn.execute(
+            "SELECT pg_relation_size('ephq.messages') / current_setting('block_size')::int"
+        ).fetchone()
+        _claim_buffers(conn, 1)  # the first call also reads the catalogs to plan
+        touched = [_claim_buffers(conn, count) for count in (1, 100)]
+    assert pages is not None and pages[0] > 100, pages
+    # A claim of one touches a handful of index and heap pages, one of 100 about ten a message;
+    # a scan of the stream would touch every page of it (over a hundred, here).
+    assert touched[0] < 30, touched
+    assert touched[1] < 100 * 15, touched
+
+
+def _claim_buffers(conn: psycopg.Connection[Any], count: int) -> int:
+    """Pages the server touched for one claim of count messages (rolled back)."""
+    with conn.transaction():
+        plan = conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT * FROM "
+            "ephq.claim('deep', false, %s, %s, 'abcd1234', NULL, 'now')",
+            (time.time_ns(), count),
+        ).fetchone()
+        assert plan is not None
+        node = plan[0][0]["Plan"]
+        touched = int(node["Shared Hit Blocks"] + node["Shared Read Blocks"])
+        raise psycopg.Rollback()
+    return touched
