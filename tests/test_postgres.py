@@ -358,3 +358,43 @@ def _claim_buffers(conn: psycopg.Connection[Any], count: int) -> int:
         touched = int(node["Shared Hit Blocks"] + node["Shared Read Blocks"])
         raise psycopg.Rollback()
     return touched
+
+
+def test_leases_name_a_live_worker_and_forget_a_killed_one(
+    database_server: str, tmp_path: Path
+) -> None:
+    url = fresh_database(database_server)
+    assert _run(url, "enqueue", "s", stdin="1").returncode == 0
+    handler, _ = _handler(tmp_path, 60)
+    worker = subprocess.Popen(
+        [EPHQ, "worker", "s", "--exec", handler],
+        env=_env(url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+    def lease() -> dict[str, Any]:
+        found = json.loads(_run(url, "leases", "s", "--json").stdout or "null")
+        return found if isinstance(found, dict) else {}
+
+    try:
+        _until(lambda: bool(lease().get("holder")), "the worker to announce its lease")
+        holder = lease()["holder"]
+        assert holder["pid"] == worker.pid and holder["worker"] == handler
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    _until(lambda: lease().get("holder", 1) is None, "the killed worker's row to say nothing")
+    stale = _run(url, "check")
+    assert stale.returncode == 8 and "stale-holder" in stale.stdout
+    ok = subprocess.run(  # the next worker clears what the killed one left
+        [EPHQ, "worker", "s", "--exec", "true", "--drain", "--visibility", "1s"],
+        env=_env(url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert _run(url, "check").returncode == 0

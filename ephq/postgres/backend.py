@@ -746,6 +746,13 @@ class DatabaseHolder:
         self._conn = db.connect()
         self._db = db
         with db.translated("register a worker"), self._conn.cursor() as cur:
+            # What workers that are gone left (their connections ended), as the file
+            # backend's next worker removes their files.
+            cur.execute(
+                "DELETE FROM ephq.holders WHERE stream = %s "
+                "AND backend_pid NOT IN (SELECT pid FROM pg_stat_activity)",
+                (stream,),
+            )
             cur.execute(
                 """INSERT INTO ephq.holders (stream, dead, backend_pid, host, pid, worker,
                        started_at)
