@@ -255,19 +255,24 @@ class PostgresBackend:
 
     def ack_many(self, stream: str, receipts: list[str]) -> list[str]:
         """Ack in one statement per kind (messages, dead letters); the receipts whose
-        deliveries had ended. The ids go in as `id = ANY(…)` so the primary key finds them."""
+        deliveries had ended."""
         parsed = [(r, parse_receipt(r)) for r in receipts]
         acked: set[tuple[bool, str, int, str | None]] = set()
         for dead in sorted({p.dead for _, p in parsed}):
             mine = [p.lease for _, p in parsed if p.dead == dead]
             rows = self.db.run(
                 f"ack in stream {stream!r}",
-                """DELETE FROM ephq.messages m
-                   USING unnest(%(ids)s::text[], %(attempts)s::integer[], %(tokens)s::text[])
-                       AS r(id, attempts, token)
-                   WHERE m.stream = %(stream)s AND m.dead = %(dead)s
-                     AND m.id = ANY(%(ids)s::text[])
-                     AND m.id = r.id AND m.attempts = r.attempts AND m.token = r.token
+                # Each receipt's row found by its whole key (an index lookup whatever the
+                # statistics), then deleted by ctid (the one plan there is): as a join or by
+                # `id = ANY(…)`, a planner without statistics may scan the whole stream.
+                """DELETE FROM ephq.messages m WHERE m.ctid = ANY(ARRAY(
+                       SELECT found.row
+                       FROM unnest(%(ids)s::text[], %(attempts)s::integer[],
+                                   %(tokens)s::text[]) AS r(id, attempts, token)
+                       CROSS JOIN LATERAL (
+                           SELECT ctid AS row FROM ephq.messages x
+                           WHERE x.stream = %(stream)s AND x.dead = %(dead)s AND x.id = r.id
+                             AND x.attempts = r.attempts AND x.token = r.token) found))
                    RETURNING m.id, m.attempts, m.token""",
                 {
                     "stream": stream,
