@@ -54,7 +54,7 @@ def database_server() -> Iterator[str]:
     """A PostgreSQL server for this test process: EPHQ_TEST_DATABASE_URL, or a throwaway one."""
     given = os.environ.get("EPHQ_TEST_DATABASE_URL")
     if given:
-        yield given
+        yield _database_of_this_process(given)
         return
     from tests.pgserver import Server, binaries
 
@@ -66,6 +66,23 @@ def database_server() -> Iterator[str]:
         yield server.url
     finally:
         server.destroy()
+
+
+def _database_of_this_process(url: str) -> str:
+    """A database of its own for each test process on a shared server (pytest -n runs several,
+    and each test drops the schema): <the URL's database>_<worker>, made if missing."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+    from psycopg import sql
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    parts = urlsplit(url)
+    name = f"{parts.path.strip('/') or 'postgres'}_ephq_{worker}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 def fresh_database(url: str) -> str:
