@@ -19,11 +19,12 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import BadInput
 from .fsio import NotOurs, ensure_dir, listdir, read_regular, try_lock, unlink_quietly
-from .names import new_token, parse_receipt
+from .names import TimedName, new_token, parse_receipt
 
 HOLDERS = "holders"
 HOLDER_NAME = re.compile(r"holder-[0-9]{1,10}-[0-9a-f]{8}\.json", re.ASCII)
@@ -138,3 +139,31 @@ def stale_files(directory: str) -> list[str]:
 def remove_stale(directory: str) -> None:
     for path in stale_files(directory):
         unlink_quietly(path)
+
+
+def orphaned_leases(directory: str, dead: bool) -> Iterator[TimedName]:
+    """The leases that workers now gone had announced: of the stream's own messages, or with
+    dead of its dead letters. Each holder's file stays locked by us while its leases are
+    yielded, so two processes never give back the same ones, and is removed after."""
+    for name in listdir(directory):
+        path = os.path.join(directory, name)
+        if HOLDER_NAME.fullmatch(name) is None:
+            continue
+        try:
+            fd = try_lock(path)
+        except (NotOurs, OSError):
+            continue
+        if fd is None:
+            continue  # its worker lives (or the file is gone)
+        try:
+            doc = _read(path)
+            if doc is None or bool(doc.get("dlq")) != dead:
+                continue  # being created (empty yet), damaged, or the other queue's
+            for receipt in doc["leases"]:
+                try:
+                    yield parse_receipt(receipt).lease
+                except BadInput:
+                    continue
+            unlink_quietly(path)
+        finally:
+            os.close(fd)

@@ -65,6 +65,7 @@ from .fsio import (
     unlink_quietly,
     write_all,
 )
+from .holders import orphaned_leases
 from .names import (
     READY_NAME,
     TIMED_NAME,
@@ -116,12 +117,14 @@ class Store:
         ids: IdSource,
         graveyard: Store | None,
         quarantine: Quarantine,
+        holders_dir: str,
     ) -> None:
         self.path = path
         self.stream = stream
         self.durable = durable
         self.clock = clock
         self.graveyard = graveyard  # where dead letters go; None for a dead-letter queue itself
+        self.holders_dir = holders_dir  # workers' announcements of their leases (holders.py)
         self.quarantine = quarantine
         self.ready = Tree(os.path.join(path, "ready"), READY_CUTS, self._set_aside_dir)
         self.delayed = Tree(os.path.join(path, "delayed"), TIMED_CUTS, self._set_aside_dir)
@@ -939,6 +942,7 @@ class Store:
                 returned = bool(clean_tmp(self))
             except (OSError, EphqError):
                 returned = False  # best effort here (a full disk, say); check() runs it too
+            returned |= self._release_orphans(now, max_attempts)
             returned |= self._reap_tree(self.inflight, now, max_attempts)
             returned |= self._reap_tree(self.delayed, now, None)
         finally:
@@ -946,6 +950,39 @@ class Store:
         if returned:
             self._forget_head()
             self.ring()
+
+    def _release_orphans(self, now: int, max_attempts: int | None) -> bool:
+        """Leases of a worker that died come back now, as if they had run out, instead of at
+        their deadlines (holders.py: a worker's flocked file names its leases)."""
+        returned = False
+        for lease in orphaned_leases(self.holders_dir, self.is_dead_letter_queue):
+            path = self._inflight_path(lease)
+            if path is None:
+                continue  # settled, or already back
+            if max_attempts is not None and lease.attempts >= max_attempts:
+                self._dead_letter_if_room(path, lease.id, lease.attempts, "its worker died")
+                continue
+            back = ReadyName(lease.id, lease.attempts, lease.token)
+            returned |= place(
+                path,
+                self.ready.leaf_dir(lease.id),
+                str(back),
+                durable_dirs=self.durable,
+                flush=False,
+            )
+        return returned
+
+    def _inflight_path(self, lease: TimedName) -> str | None:
+        """Where the delivery's file is in inflight/, under its first deadline or a later one."""
+        name = str(lease)
+        path = f"{self.inflight.leaf_dir(name)}/{name}"
+        if os.path.lexists(path):
+            return path
+        suffix = name[16:]
+        for leaf, found in self.inflight.all_names(self.clock()):
+            if found.endswith(suffix) and len(found) == len(name):
+                return os.path.join(leaf.path, found)
+        return None
 
     def _reap_tree(self, tree: Tree, now: int, max_attempts: int | None) -> bool:
         returned = False

@@ -56,6 +56,7 @@ class Stream:
             ids=ids,
             graveyard=None,
             quarantine=self.quarantine,
+            holders_dir=os.path.join(self.path, HOLDERS),
         )
         self.main = Store(
             self.path,
@@ -65,6 +66,7 @@ class Stream:
             ids=ids,
             graveyard=self.dead,
             quarantine=self.quarantine,
+            holders_dir=os.path.join(self.path, HOLDERS),
         )
         self.config_file = ConfigFile(self.path)
 

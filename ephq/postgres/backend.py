@@ -95,6 +95,29 @@ _MATCH_M = (
 )
 
 
+# Leases that workers now gone had announced come back now, as if they had run out: the
+# holders' rows whose connections have ended are deleted, and the messages they held made
+# visible (a receipt is <deadline>.<id>.<attempts>.<token>, after 'dlq:' for a dead letter's).
+_RELEASE_ORPHANS = """
+WITH gone AS (
+    DELETE FROM ephq.holders h
+    WHERE h.stream = %(stream)s AND h.dead = %(dead)s
+      AND h.backend_pid NOT IN (SELECT pid FROM pg_stat_activity)
+    RETURNING h.leases
+),
+lease AS (
+    SELECT split_part(r.key, '.', 2) AS id, split_part(r.key, '.', 3)::integer AS attempts,
+           split_part(r.key, '.', 4) AS token
+    FROM gone, jsonb_each(gone.leases) AS r
+)
+UPDATE ephq.messages m SET visible_at = %(now)s
+FROM lease
+WHERE m.stream = %(stream)s AND m.dead = %(dead)s AND m.id = lease.id
+  AND m.attempts = lease.attempts AND m.token = lease.token AND m.visible_at > %(now)s
+"""
+ORPHAN_LOOK_EVERY_NS = 1_000_000_000
+
+
 def iso_utc(ns: int) -> str:
     return datetime.fromtimestamp(ns / NS, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -109,6 +132,7 @@ class PostgresBackend:
         self._known_streams: set[str] = set()
         self._added = 0
         self._analyze_at = ANALYZE_FIRST
+        self._orphans_next: dict[tuple[str, bool], int] = {}
 
     # -- produce ---------------------------------------------------------------------------
 
@@ -175,6 +199,8 @@ class PostgresBackend:
     ) -> list[Message]:
         got: list[Message] = []
         doing = f"dequeue from stream {stream!r}"
+        if self.clock() >= self._orphans_next.get((stream, dead), 0):
+            self._release_orphans(stream, dead)
         while len(got) < count:
             now = self.clock()
             rows = self.db.run(
@@ -188,6 +214,16 @@ class PostgresBackend:
             if not buried:
                 break  # what was not leased is not there (or another consumer has it)
         return got
+
+    def _release_orphans(self, stream: str, dead: bool) -> None:
+        """At most once a second per stream: give back the leases of workers that died."""
+        now = self.clock()
+        self._orphans_next[(stream, dead)] = now + ORPHAN_LOOK_EVERY_NS
+        self.db.run(
+            f"release the leases of workers of stream {stream!r} that are gone",
+            _RELEASE_ORPHANS,
+            {"stream": stream, "dead": dead, "now": now},
+        )
 
     def _message(
         self, stream: str, row: Any, dead: bool, *, receipt: bool, state: str | None = None
@@ -698,7 +734,7 @@ class PostgresBackend:
         return len(records)
 
     def hold(self, stream: str, dead: bool, worker: str) -> Holder:
-        return DatabaseHolder(self.db, stream, dead, worker)
+        return DatabaseHolder(self.db, stream, dead, worker, self.clock())
 
     # -- upkeep ----------------------------------------------------------------------------
 
@@ -747,17 +783,13 @@ class DatabaseHolder:
     """A worker's row in ephq.holders, written on a connection of its own: the row is believed
     while that connection's backend lives, so a killed worker's row says nothing."""
 
-    def __init__(self, db: Connections, stream: str, dead: bool, worker: str) -> None:
+    def __init__(self, db: Connections, stream: str, dead: bool, worker: str, now: int) -> None:
         self._conn = db.connect()
         self._db = db
         with db.translated("register a worker"), self._conn.cursor() as cur:
-            # What workers that are gone left (their connections ended), as the file
-            # backend's next worker removes their files.
-            cur.execute(
-                "DELETE FROM ephq.holders WHERE stream = %s "
-                "AND backend_pid NOT IN (SELECT pid FROM pg_stat_activity)",
-                (stream,),
-            )
+            # What workers that are gone left (their connections ended): their leases come
+            # back now, and their rows go, as the file backend's next worker does.
+            cur.execute(_RELEASE_ORPHANS, {"stream": stream, "dead": dead, "now": now})
             cur.execute(
                 """INSERT INTO ephq.holders (stream, dead, backend_pid, host, pid, worker,
                        started_at)
