@@ -7,9 +7,10 @@
 A worker creates its file and keeps it flocked while it lives, and rewrites it in place (the
 lock is on the inode) when its leases change, at most every few tenths of a second: off the
 hot path, so a lease younger than that may show no holder yet. A reader believes a holder file
-only while its lock is held: a dead worker's file says nothing, and is removed by the next
-worker to start and by `check --repair`. Like every file in the store, a holder file is read
-without following links, bounded in size, and skipped when it does not parse.
+only while its lock is held: a dead worker's file says nothing; the next reap gives its leases
+back and removes it (orphaned_leases), and `check --repair` removes one it cannot read. Like
+every file in the store, a holder file is read without following links, bounded in size, and
+skipped when it does not parse.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ class HolderFile:
     def __init__(self, store_path: str, worker: str, dead: bool, *, durable: bool) -> None:
         directory = os.path.join(store_path, HOLDERS)
         ensure_dir(directory, durable=durable)
-        remove_stale(directory)
         self.path = os.path.join(directory, f"holder-{os.getpid()}-{new_token()}.json")
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         self._fd = os.open(self.path, flags, 0o600)
@@ -134,11 +134,6 @@ def stale_files(directory: str) -> list[str]:
         if _is_stale(path):
             found.append(path)
     return found
-
-
-def remove_stale(directory: str) -> None:
-    for path in stale_files(directory):
-        unlink_quietly(path)
 
 
 def orphaned_leases(directory: str, dead: bool) -> Iterator[TimedName]:

@@ -51,7 +51,15 @@ class Finisher(Protocol):
 
     def install_batch(self, commit: str) -> None: ...
     def bury(
-        self, fd: int, dying: str, message_id: str, attempts: int, error: str | None
+        self,
+        fd: int,
+        dying: str,
+        message_id: str,
+        attempts: int,
+        error: str | None,
+        due_ns: int = 0,
+        *,
+        recovering: bool = False,
     ) -> None: ...
 
 
@@ -139,7 +147,8 @@ def _finish_dying(store: Finisher, path: str, name: str) -> bool:
         # In a dead-letter queue a dying file is a dead letter whose handler failed: refiled as
         # it was (the error is lost, never the message).
         why = "its dead-lettering was interrupted (a crash, or a full disk) and finished later"
-        store.bury(fd, path, fields[0], fields[1], None if store.is_dead_letter_queue else why)
+        error = None if store.is_dead_letter_queue else why
+        store.bury(fd, path, fields[0], fields[1], error, recovering=True)
         return True
     finally:
         os.close(fd)

@@ -208,27 +208,9 @@ class Store:
         """All or nothing: written to a batch directory, committed by one rename, then placed."""
         now = self.clock()
         ids = [self._ids.next(now + i * BATCH_SPACING_NS) for i in range(len(items))]
-        batch = os.path.join(self.tmp, f"batch-{ids[0]}")
-        try:
-            os.mkdir(batch, 0o700)
-        except FileNotFoundError:
-            self.create()
-            os.mkdir(batch, 0o700)
-        lock = os.open(batch, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                self._stage(batch, ids, items, now, delay_ns, progress)
-                if self.durable:  # every file's bytes, before anything names them as committed
-                    fsio.sync_file_system(lock)
-                commit = os.path.join(self.tmp, f"commit-{ids[0]}")
-                os.rename(batch, commit)
-            except BaseException:
-                shutil.rmtree(batch, ignore_errors=True)
-                raise
-            self.install_batch(commit)
-        finally:
-            os.close(lock)
+        self._commit_batch(
+            ids[0], lambda batch: self._stage(batch, ids, items, now, delay_ns, progress)
+        )
         self._arrived(now, delay_ns)
         return ids
 
@@ -244,7 +226,22 @@ class Store:
         for record in records:
             if record.id in here:
                 raise BadInput(f"message {record.id} is already in stream {self.stream!r}")
-        batch = os.path.join(self.tmp, f"batch-{records[0].id}.{new_token()}")
+
+        def stage(batch: str) -> None:
+            for record in records:
+                self._stage_record(batch, record, now)
+
+        self._commit_batch(records[0].id, stage)
+        self._forget_head()
+        self.ring()
+        return len(records)
+
+    def _commit_batch(self, first_id: str, stage: Callable[[str], None]) -> None:
+        """The batch protocol: stage(batch) writes the files into a locked batch directory in
+        tmp/; when durable one flush of the file system makes their bytes stick, one rename
+        commits them, and install_batch places them (which recovery finishes after a crash)."""
+        token = new_token()  # an import's ids are not new: this keeps its names unique
+        batch = os.path.join(self.tmp, f"batch-{first_id}.{token}")
         try:
             os.mkdir(batch, 0o700)
         except FileNotFoundError:
@@ -254,11 +251,10 @@ class Store:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                for record in records:
-                    self._stage_record(batch, record, now)
-                if self.durable:
+                stage(batch)
+                if self.durable:  # every file's bytes, before anything names them as committed
                     fsio.sync_file_system(lock)
-                commit = os.path.join(self.tmp, f"commit-{records[0].id}.{new_token()}")
+                commit = os.path.join(self.tmp, f"commit-{first_id}.{token}")
                 os.rename(batch, commit)
             except BaseException:
                 shutil.rmtree(batch, ignore_errors=True)
@@ -266,9 +262,6 @@ class Store:
             self.install_batch(commit)
         finally:
             os.close(lock)
-        self._forget_head()
-        self.ring()
-        return len(records)
 
     def _stage_record(self, batch: str, record: Exported, now: int) -> None:
         content = encode(
@@ -692,6 +685,8 @@ class Store:
         attempts: int,
         error: str | None,
         due_ns: int = 0,
+        *,
+        recovering: bool = False,
     ) -> None:
         """Write the record of the locked dying file fd anew, then remove the dying file.
 
@@ -705,8 +700,10 @@ class Store:
             self.set_aside(dying, found)
             return
         target = self.graveyard or self
-        if target.find(message_id) is not None:
-            os.unlink(dying)  # a crash came after the rewrite and before this unlink
+        if recovering and target.find(message_id) is not None:
+            # After a power loss (both names can survive a rename on a file system without a
+            # journal) the dead letter may be filed already.
+            os.unlink(dying)
             return
         meta = dict(found.meta)
         now = iso_utc(self.clock())
