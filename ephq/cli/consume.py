@@ -65,20 +65,9 @@ def ack(ctx: typer.Context, stream: Stream, receipts: Receipts) -> None:
     Every receipt is tried; exit status 3 if any lease was already lost.
     """
     q = settings(ctx).queue()
-    given = _receipts(receipts)
-    lost = q.ack_many(stream, given)  # checks every receipt first; one statement on PostgreSQL
-    if not lost:
-        return
-    errors: list[LeaseLost] = []
-    for receipt in lost:  # ack of each alone says why, as ack of one receipt does
-        try:
-            q.ack(stream, receipt)
-        except LeaseLost as exc:
-            errors.append(exc)
-    for error in errors[:-1]:
-        print(f"ephq: {error}", file=sys.stderr)
-    if errors:
-        raise errors[-1]
+    lost = q.ack_many(stream, _receipts(receipts))  # checks all first; one statement on PG
+    # What was lost is acked again one by one, which says why for each, as ack of one does.
+    _settle_each(q, lost, lambda receipt: q.ack(stream, receipt))
 
 
 def nack(

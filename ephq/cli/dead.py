@@ -31,10 +31,7 @@ def dlq_list(
         sys.stdout.write("".join(render.message_line(m) + "\n" for m in dead))
         return
     rows = render.dead_letter_rows(dead)
-    if render.for_people():
-        render.console().print(render.rich_table(None, render.DEAD_COLUMNS, rows))
-    else:
-        print(render.plain_table(render.DEAD_COLUMNS, rows))
+    render.print_table(render.DEAD_COLUMNS, rows)
 
 
 def dlq_show(

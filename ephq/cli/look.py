@@ -119,7 +119,4 @@ def leases(ctx: typer.Context, stream: Stream, as_json: AsJson = False) -> None:
         sys.stdout.write("".join(line + "\n" for line in lines))
         return
     rows = render.lease_rows(found)
-    if render.for_people():
-        render.console().print(render.rich_table(None, render.LEASE_COLUMNS, rows))
-    else:
-        print(render.plain_table(render.LEASE_COLUMNS, rows))
+    render.print_table(render.LEASE_COLUMNS, rows)

@@ -94,22 +94,9 @@ def _located(exc: InvalidJSON, source: str, line_offset: int | None = None) -> B
 
 
 def json_lines(raw: bytes, source: str) -> list[str]:
-    """The JSON values of a JSON Lines text, each exactly as written.
-
-    By the JSON Lines rules: UTF-8, lines end with '\\n' (a '\\r' before it is part of the line
-    ending), the last line may lack one. Only '\\n' ends a line: U+2028 and other characters
-    that Python's splitlines() would also split on can stand inside a JSON string. A line of
-    only spaces is skipped.
-    """
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError as exc:
-        raise BadInput(f"{source}: not UTF-8 text: {exc}") from None
+    """The JSON values of a JSON Lines text, each exactly as written (lines_of)."""
     texts = []
-    for number, raw_line in enumerate(text.split("\n"), 1):
-        line = raw_line.removesuffix("\r")
-        if not line.strip(" \t\r"):
-            continue
+    for number, line in lines_of(raw, source):
         try:
             texts.append(checked_json(line))
         except InvalidJSON as exc:
@@ -119,3 +106,21 @@ def json_lines(raw: bytes, source: str) -> list[str]:
     if not texts:
         raise BadInput(f"{source}: no messages: every line is empty")
     return texts
+
+
+def lines_of(raw: bytes, source: str) -> list[tuple[int, str]]:
+    """The numbered lines of a JSON Lines text that hold something.
+
+    By the JSON Lines rules: UTF-8, lines end with '\\n' (a '\\r' before it is part of the line
+    ending), the last line may lack one. Only '\\n' ends a line: U+2028 and other characters
+    that Python's splitlines() would also split on can stand inside a JSON string. A line of
+    only JSON whitespace is skipped.
+    """
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{source}: not UTF-8 text: {exc}") from None
+    numbered = (
+        (number, line.removesuffix("\r")) for number, line in enumerate(text.split("\n"), 1)
+    )
+    return [(number, line) for number, line in numbered if line.strip(" \t\r")]

@@ -127,6 +127,14 @@ def plain_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     )
 
 
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A table on stdout: drawn for a person at a terminal, plain and stable for a pipe."""
+    if for_people():
+        console().print(rich_table(None, columns, rows))
+    else:
+        print(plain_table(columns, rows))
+
+
 def rich_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Any:
     from rich.table import Table
 

@@ -16,7 +16,7 @@ from ..ids import id_time_ns
 from ..message import Exported
 from . import render
 from .params import Stream, settings
-from .produce import read_input
+from .produce import lines_of, read_input
 
 NS = 1_000_000_000
 
@@ -62,17 +62,12 @@ def import_command(
     attempts, due times and dead letters; a message that was in flight comes in ready. Prints
     how many. Exit status 2, with nothing imported, for a bad line or an id already there."""
     raw, source = read_input(file, None)
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError as exc:
-        raise BadInput(f"{source}: not UTF-8 text: {exc}") from None
     records = []
-    for number, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            try:
-                records.append(_record(line.removesuffix("\r")))
-            except BadInput as exc:
-                raise BadInput(f"{source}, line {number}: {exc}") from None
+    for number, line in lines_of(raw, source):
+        try:
+            records.append(_record(line))
+        except BadInput as exc:
+            raise BadInput(f"{source}, line {number}: {exc}") from None
     print(settings(ctx).queue().import_messages(stream, records))
 
 
