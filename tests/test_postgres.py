@@ -398,3 +398,20 @@ def test_leases_name_a_live_worker_and_forget_a_killed_one(
     )
     assert ok.returncode == 0, ok.stderr
     assert _run(url, "check").returncode == 0
+
+
+def test_a_damaged_holder_row_and_a_malformed_url_are_one_line_each(database_server: str) -> None:
+    url = fresh_database(database_server)
+    with Queue(url=url) as q:
+        mid = q.enqueue("s", 1)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(  # a dead holder whose row holds junk where receipts belong
+            "INSERT INTO ephq.holders (stream, dead, backend_pid, host, pid, worker, started_at,"
+            " leases) VALUES ('s', false, -1, 'h', 1, 'w', 0, '{\"not.a.receipt\": \"x\"}')"
+        )
+    leased = _run(url, "dequeue", "s")
+    assert leased.returncode == 0 and json.loads(leased.stdout)["id"] == mid
+    assert _run(url, "leases", "s").returncode == 0
+    bad = _run("postgresql://ann:hunter2@db host/x", "stats")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "not a usable database URL" in bad.stderr and "hunter2" not in bad.stderr

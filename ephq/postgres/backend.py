@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
@@ -98,7 +99,7 @@ _MATCH_M = (
 # Leases that workers now gone had announced come back now, as if they had run out: the
 # holders' rows whose connections have ended are deleted, and the messages they held made
 # visible (a receipt is <deadline>.<id>.<attempts>.<token>, after 'dlq:' for a dead letter's).
-_RELEASE_ORPHANS = """
+_RELEASE_ORPHANS = r"""
 WITH gone AS (
     DELETE FROM ephq.holders h
     WHERE h.stream = %(stream)s AND h.dead = %(dead)s
@@ -109,6 +110,8 @@ lease AS (
     SELECT split_part(r.key, '.', 2) AS id, split_part(r.key, '.', 3)::integer AS attempts,
            split_part(r.key, '.', 4) AS token
     FROM gone, jsonb_each(gone.leases) AS r
+    -- Only what has a receipt's form: a damaged row must not make every dequeue fail.
+    WHERE r.key ~ '^(dlq:)?[0-9a-f]{16}\.[0-9a-f]{24}\.[0-9]{1,9}\.[0-9a-f]{8}$'
 )
 UPDATE ephq.messages m SET visible_at = %(now)s
 FROM lease
@@ -637,7 +640,8 @@ class PostgresBackend:
                         lease = parse_receipt(receipt).lease
                     except BadInput:
                         continue
-                    held[(lease.id, lease.token or "")] = (who, int(when))
+                    if isinstance(when, int):  # what a worker wrote: anything else says nothing
+                        held[(lease.id, lease.token or "")] = (who, when)
             cur.execute(
                 """SELECT id, attempts, visible_at, token, dead FROM ephq.messages
                    WHERE stream = %s AND token IS NOT NULL AND visible_at > %s
@@ -794,7 +798,7 @@ class DatabaseHolder:
                 """INSERT INTO ephq.holders (stream, dead, backend_pid, host, pid, worker,
                        started_at)
                    VALUES (%s, %s, pg_backend_pid(), %s, %s, %s, %s) RETURNING id""",
-                (stream, dead, socket.gethostname(), os.getpid(), worker, db_now()),
+                (stream, dead, socket.gethostname(), os.getpid(), worker, time.time_ns()),
             )
             row = cur.fetchone()
         self._id = None if row is None else row[0]
@@ -816,12 +820,6 @@ class DatabaseHolder:
         except Exception:
             pass
         self._conn.close()
-
-
-def db_now() -> int:
-    import time
-
-    return time.time_ns()
 
 
 def _require_id(message_id: str) -> None:

@@ -16,7 +16,14 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import errors as pg_errors
 
-from ..errors import BadInput, EphqError, StorageError, StoragePermissionDenied, Unavailable
+from ..errors import (
+    BadInput,
+    DiskFull,
+    EphqError,
+    StorageError,
+    StoragePermissionDenied,
+    Unavailable,
+)
 from . import schema
 
 # How long a command waits for an unreachable server before it says so (libpq's
@@ -56,8 +63,14 @@ class Connections:
         }
         if "connect_timeout" not in self.url and "PGCONNECT_TIMEOUT" not in os.environ:
             options["connect_timeout"] = CONNECT_TIMEOUT_S
-        with self.translated("connect"):
+        try:
             conn = psycopg.connect(self.url, **options)
+        except psycopg.ProgrammingError as exc:  # libpq could not read the URL
+            why = " ".join(str(exc).split())  # libpq's messages end in a newline
+            raise BadInput(f"{self.where} is not a usable database URL: {why}") from None
+        except psycopg.Error as exc:
+            raise self.error(exc, "connect") from None
+        with self.translated("connect"):
             # Until the table has statistics, the planner takes a stream's rows for a handful
             # and would fetch them all by bitmap and sort them to find the oldest: every claim
             # would cost the depth of the queue. Without bitmap scans it walks the primary key
@@ -151,11 +164,7 @@ class Connections:
         if isinstance(exc, pg_errors.InsufficientPrivilege):
             return StoragePermissionDenied(f"cannot {doing} in {self.where}: {why}")
         if isinstance(exc, pg_errors.DiskFull):
-            from ..errors import DiskFull
-
             return DiskFull(f"cannot {doing}: the database at {self.where} is out of space")
-        if isinstance(exc, psycopg.ProgrammingError) and "invalid" in why.lower():
-            return BadInput(f"cannot {doing}: {why}")
         return StorageError(f"cannot {doing} in {self.where}: {why}")
 
     def close(self) -> None:
