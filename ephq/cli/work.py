@@ -29,6 +29,15 @@ def worker(
         int,
         typer.Option("--concurrency", "-c", min=1, metavar="N", help="Handlers running at once."),
     ] = 1,
+    rate: Annotated[
+        str | None,
+        typer.Option(
+            "--rate",
+            metavar="N/UNIT",
+            help="Start at most N handlers per second, minute or hour (10/s, 100/m, 1000/h), "
+            "in bursts of up to N. Messages wait in the stream meanwhile, not leased.",
+        ),
+    ] = None,
     visibility: Visibility = None,
     timeout: Annotated[
         str | None,
@@ -87,10 +96,12 @@ def worker(
     """
     from .. import metrics
     from ..worker import shell
+    from ..worker.rate import parse_rate
 
     q = settings(ctx).queue()
     check_stream_name(stream)
     lease = seconds(visibility, "--visibility")
+    limit = None if rate is None else parse_rate(rate, "--rate")
     if wait_retries is not None and not drain:
         raise typer.BadParameter("--wait-retries goes with --drain", param_hint="--wait-retries")
     address = (
@@ -114,5 +125,6 @@ def worker(
         max_messages=max_messages,
         dlq=dlq,
         grace=durations.parse(grace, "--grace"),
+        rate=limit,
     )
     raise typer.Exit(code)

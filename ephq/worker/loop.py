@@ -18,6 +18,8 @@ One implementation for Python and the shell: `Worker(queue, stream, handler)` ta
 - When the store is unavailable (a database restarting, a dropped connection) every call is
   retried with backoff, with one notice when it goes and one when it is back; nothing is lost:
   a lease that runs out meanwhile is delivered again.
+- rate: at most so many handlers start per unit of time (rate.py); the loop waits for a token
+  before it leases, so a message it may not start yet is never held.
 - drain: stop once nothing is visible and no handler runs; with drain_retries, not while a
   delayed message (a retry) comes due within that many seconds: it is waited for.
 """
@@ -37,6 +39,7 @@ from ..errors import LeaseLost, Unavailable
 from ..message import Message
 from ..queue import Queue
 from .outcomes import Cancelled, HandlerBroken, PermanentFailure
+from .rate import Rate, TokenBucket, parse_rate
 
 Handler = Callable[[Message, threading.Event], object]
 # The part of a lease that passes before the keeper extends it.
@@ -104,6 +107,7 @@ class Worker:
         on_outcome: Callable[[Outcome], None] | None = None,
         on_notice: Callable[[str], None] | None = None,
         name: str = "python",
+        rate: Rate | str | None = None,
     ) -> None:
         self.queue = queue
         self.stream = stream
@@ -120,6 +124,10 @@ class Worker:
         self.on_outcome = on_outcome
         self.on_notice = on_notice  # told, in one line, when the store goes away and comes back
         self.name = name  # what `ephq leases` shows as the holder's worker
+        if isinstance(rate, str):
+            rate = parse_rate(rate, "rate")
+        self._bucket = None if rate is None else TokenBucket(rate)
+        self.rate_limited = False  # waiting for the rate limit to let the next handler start
         self.summary = Summary()
         self._jobs: dict[str, _Job] = {}
         self._changed = threading.Condition()
@@ -184,6 +192,17 @@ class Worker:
             want = self._free_slots()
             if self._stopping or want == 0:
                 continue
+            if self._bucket is not None:
+                # Wait for a token before leasing: a message this worker may not start yet
+                # stays visible to others.
+                tokens = self._bucket.available()
+                if tokens == 0:
+                    until = time.monotonic() + self._bucket.seconds_until_token()
+                    self.rate_limited = True
+                    self._wait_for_change(_always, until)
+                    self.rate_limited = False
+                    continue
+                want = min(want, tokens)
             settled, idle = self._settled, self.running == 0
             # Draining never long-polls: it ends as soon as nothing is visible and all is settled.
             wait = 0.0 if self.drain else POLL_SLICE_S
@@ -201,6 +220,8 @@ class Worker:
                 )
             except _GaveUp:
                 return
+            if self._bucket is not None:
+                self._bucket.take(len(got))
             for message in got:
                 self._start(message)
             if not got and self.drain:
@@ -209,7 +230,7 @@ class Worker:
                     if retry_in is None:
                         return
                     # A retry comes due soon enough to wait for (drain_retries).
-                    self._wait_for_change(functools.partial(_before, time.monotonic() + retry_in))
+                    self._wait_for_change(_always, time.monotonic() + retry_in)
                     continue
                 # A running handler may yet give its message back: wait for one to settle.
                 self._wait_for_change(functools.partial(self._none_settled_since, settled))
@@ -231,14 +252,21 @@ class Worker:
     def _none_settled_since(self, settled: int) -> bool:
         return self._settled == settled
 
-    def _wait_for_change(self, still: Callable[[], bool]) -> None:
-        """Wait while still() holds, waking whenever a handler settles (or to look at stop).
+    def _wait_for_change(self, still: Callable[[], bool], until: float | None = None) -> None:
+        """Wait while still() holds and (if given) time.monotonic() is before until, waking
+        whenever a handler settles (or to look at stop).
 
         The test and the wait are under one lock, so a handler settling in between is not missed.
         """
         with self._changed:
             while still() and not self._stopping:
-                self._changed.wait(POLL_SLICE_S)
+                if until is None:
+                    self._changed.wait(POLL_SLICE_S)
+                    continue
+                left = until - time.monotonic()
+                if left <= 0:
+                    return
+                self._changed.wait(min(POLL_SLICE_S, left))
 
     def _free_slots(self) -> int:
         free = self.concurrency - self.running
@@ -410,5 +438,5 @@ class Worker:
             return None
 
 
-def _before(moment: float) -> bool:
-    return time.monotonic() < moment
+def _always() -> bool:
+    return True

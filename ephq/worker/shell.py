@@ -59,6 +59,8 @@ class Log:
                 if running
                 else "stopping"
             )
+        elif worker.rate_limited:
+            doing = f"{running} running, waiting for --rate" if running else "waiting for --rate"
         elif running:
             doing = f"{running} running"
         else:
