@@ -8,7 +8,7 @@ suite (tests/test_semantics.py) is written against the Queue and so holds any ba
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from .message import CheckProblem, Exported, Lease, Message, StreamConfig, StreamStats
 
@@ -31,7 +31,12 @@ class Holder(Protocol):
 
 class Backend(Protocol):
     def enqueue(
-        self, stream: str, items: list[str], delay_ns: int, progress: Progress = None
+        self,
+        stream: str,
+        items: list[str],
+        delay_ns: int,
+        progress: Progress = None,
+        keys: list[str | None] | None = None,
     ) -> list[str]: ...
     def dequeue(
         self, stream: str, count: int, visibility_ns: int | None, dead: bool
@@ -48,13 +53,7 @@ class Backend(Protocol):
     def streams(self) -> list[str]: ...
     def purge(self, stream: str) -> int: ...
     def config(self, stream: str) -> StreamConfig: ...
-    def configure(
-        self,
-        stream: str,
-        max_attempts: int | None,
-        visibility_ns: int | None,
-        max_size: int | None = None,
-    ) -> StreamConfig: ...
+    def configure(self, stream: str, changes: dict[str, Any]) -> StreamConfig: ...
     def dead_letters(self, stream: str, count: int) -> list[Message]: ...
     def dead_letter(self, stream: str, message_id: str) -> Message: ...
     def redrive(

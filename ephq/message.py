@@ -99,6 +99,8 @@ class StreamConfig(NamedTuple):
     """Default lease length in seconds, used when dequeue is given none."""
     max_size: int = DEFAULT_MAX_MESSAGE_BYTES
     """The largest message the stream takes, in bytes of its JSON text."""
+    dedup_window: float = 300.0
+    """Seconds a deduplication key is remembered after its first enqueue (as SQS FIFO's)."""
 
 
 class CheckProblem(NamedTuple):

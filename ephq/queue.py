@@ -100,13 +100,24 @@ class Queue:
 
     # -- produce ---------------------------------------------------------------------------
 
-    def enqueue(self, stream: str, data: Any, delay: Duration = 0) -> str:
-        """Add a message whose data is any JSON value; returns its id once it is on disk."""
-        return self._enqueue(check_stream_name(stream), [_json_of(data)], delay)[0]
+    def enqueue(
+        self, stream: str, data: Any, delay: Duration = 0, *, dedup_key: str | None = None
+    ) -> str:
+        """Add a message whose data is any JSON value; returns its id once it is on disk.
 
-    def enqueue_json(self, stream: str, text: str | bytes, delay: Duration = 0) -> str:
+        ``dedup_key``: if the stream took this key within its dedup window (default 5 minutes),
+        store nothing and return the id of the message that took it, even if that message was
+        acked since.
+        """
+        keys = None if dedup_key is None else [dedup_key]
+        return self._enqueue(check_stream_name(stream), [_json_of(data)], delay, keys=keys)[0]
+
+    def enqueue_json(
+        self, stream: str, text: str | bytes, delay: Duration = 0, *, dedup_key: str | None = None
+    ) -> str:
         """Add a message given as JSON text; the text is kept exactly as given."""
-        return self._enqueue(check_stream_name(stream), [checked_json(text)], delay)[0]
+        keys = None if dedup_key is None else [dedup_key]
+        return self._enqueue(check_stream_name(stream), [checked_json(text)], delay, keys=keys)[0]
 
     def enqueue_many(
         self,
@@ -115,13 +126,16 @@ class Queue:
         delay: Duration = 0,
         *,
         progress: Progress = None,
+        dedup_keys: Iterable[str | None] | None = None,
     ) -> list[str]:
         """Add several messages, all or nothing: a crash midway leaves none of them.
 
         ``progress``, if given, is called with 1 as each message is written.
+        ``dedup_keys``: one key (or None) per item, as enqueue's ``dedup_key``; an item whose
+        key an earlier item of the batch has gets that item's id.
         """
         texts = [_json_of(item) for item in items]
-        return self._enqueue(check_stream_name(stream), texts, delay, progress)
+        return self._enqueue(check_stream_name(stream), texts, delay, progress, dedup_keys)
 
     def enqueue_many_json(
         self,
@@ -130,20 +144,27 @@ class Queue:
         delay: Duration = 0,
         *,
         progress: Progress = None,
+        dedup_keys: Iterable[str | None] | None = None,
     ) -> list[str]:
         checked = [checked_json(t) for t in texts]
-        return self._enqueue(check_stream_name(stream), checked, delay, progress)
+        return self._enqueue(check_stream_name(stream), checked, delay, progress, dedup_keys)
 
     def _enqueue(
-        self, stream: str, items: list[str], delay: Duration, progress: Progress = None
+        self,
+        stream: str,
+        items: list[str],
+        delay: Duration,
+        progress: Progress = None,
+        keys: Iterable[str | None] | None = None,
     ) -> list[str]:
         """Store already-validated items; every caller has checked the stream's name first."""
         delay_ns = to_ns(delay, "delay")
+        checked_keys = None if keys is None else _checked_keys(keys, len(items))
         if not items:
             return []
         with translated(f"enqueue to stream {stream!r}"):
             self._check_sizes(stream, items)
-            return self._backend.enqueue(stream, items, delay_ns, progress)
+            return self._backend.enqueue(stream, items, delay_ns, progress, checked_keys)
 
     def _check_sizes(self, stream: str, items: list[str]) -> None:
         """BadInput naming the first item larger than the stream's max_size. A character is at
@@ -360,22 +381,31 @@ class Queue:
         max_attempts: int | None = None,
         visibility: Duration | None = None,
         max_size: int | None = None,
+        *,
+        dedup_window: Duration | None = None,
     ) -> StreamConfig:
         """Change the stream's settings (kept with the stream); returns them all.
 
         ``max_size``: the largest message the stream takes, in bytes of JSON text (1 KiB to 64
         MiB; default 1 MiB); a larger one is refused with BadInput and nothing is written.
+        ``dedup_window``: how long a deduplication key is remembered (default 5 minutes).
         """
         check_stream_name(stream)
+        changes: dict[str, Any] = {}
         if max_attempts is not None and (
             isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
         ):
             raise BadInput(
                 f"max_attempts must be a whole number of at least 1, not {max_attempts!r}"
             )
-        visibility_ns = (
-            None if visibility is None else to_ns(visibility, "visibility", allow_zero=False)
-        )
+        if max_attempts is not None:
+            changes["max_attempts"] = max_attempts
+        if visibility is not None:
+            visibility_ns = to_ns(visibility, "visibility", allow_zero=False)
+            changes["visibility"] = visibility_ns / NS_PER_SECOND
+        if dedup_window is not None:
+            window_ns = to_ns(dedup_window, "dedup_window", allow_zero=False)
+            changes["dedup_window"] = window_ns / NS_PER_SECOND
         if max_size is not None and (
             isinstance(max_size, bool)
             or not isinstance(max_size, int)
@@ -385,8 +415,10 @@ class Queue:
                 f"max_size must be a whole number of bytes from {MIN_MAX_MESSAGE_BYTES:,} to "
                 f"{MAX_MESSAGE_BYTES:,} (64 MiB), not {max_size!r}"
             )
+        if max_size is not None:
+            changes["max_size"] = max_size
         with translated(f"configure stream {stream!r}"):
-            return self._backend.configure(stream, max_attempts, visibility_ns, max_size)
+            return self._backend.configure(stream, changes)
 
     # -- dead letters ----------------------------------------------------------------------
 
@@ -439,6 +471,32 @@ class Queue:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+# The longest deduplication key, in bytes of UTF-8 (SQS allows 128 characters).
+MAX_DEDUP_KEY_BYTES = 512
+
+
+def _checked_keys(keys: Iterable[str | None], count: int) -> list[str | None]:
+    """The keys, one per item, each None or a non-empty text of at most 512 bytes."""
+    given = list(keys)
+    if len(given) != count:
+        raise BadInput(f"dedup_keys has {len(given)} keys for {count} messages: give one each")
+    for key in given:
+        if key is None:
+            continue
+        if not isinstance(key, str):
+            raise BadInput(f"a dedup key must be text, not {type(key).__name__}")
+        if not key or len(key.encode(errors="replace")) > MAX_DEDUP_KEY_BYTES or "\x00" in key:
+            raise BadInput(
+                f"dedup key {key[:40]!r} must be 1 to {MAX_DEDUP_KEY_BYTES} bytes of text "
+                "without NUL"
+            )
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            raise BadInput(f"dedup key {key[:40]!r} is not valid Unicode text") from None
+    return given
 
 
 def _check_exported(record: Exported) -> None:

@@ -1,11 +1,13 @@
 """Run by the crash-state explorer in a fresh process for each state it checks.
 
-    python -m tests.crash_drain HOME CLOCK_NS
+    python -m tests.crash_drain HOME CLOCK_NS [KEY,...]
 
-With a clock at CLOCK_NS: check, enqueue three messages, drain the stream and its dead letters
-(acking all), check --repair, check again. Prints one JSON object: what check found first, the
-messages drained ([id, data] in order), the ids and data of the three it enqueued, and what the
-last check left besides the quarantine. An exception is printed as {"error": ...}.
+With a clock at CLOCK_NS: check, enqueue three messages (and one with each dedup KEY), drain
+the stream and its dead letters (acking all), check --repair, check again. Prints one JSON
+object: what check found first, the messages drained ([id, data] in order), the ids and data of
+the three it enqueued, the id each keyed enqueue returned ([id, key]: a new message's, or the
+one that took the key), and what the last check left besides the quarantine.
+An exception is printed as {"error": ...}.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ STREAM = "s"
 DRAIN_ROUNDS = 1000
 
 
-def drain(home: str, clock_ns: int) -> dict[str, Any]:
+def drain(home: str, clock_ns: int, keys: list[str]) -> dict[str, Any]:
     with Queue(home, clock=lambda: clock_ns) as q:
         first = [p.kind for p in q.check()]
         after = [[q.enqueue(STREAM, {"after": i}), {"after": i}] for i in range(3)]
+        keyed = [[q.enqueue(STREAM, {"key": k}, dedup_key=k), k] for k in keys]
         drained: list[list[Any]] = []
         for dlq in (False, True):
             for _ in range(DRAIN_ROUNDS):
@@ -38,12 +41,13 @@ def drain(home: str, clock_ns: int) -> dict[str, Any]:
                 return {"error": "the drain did not end"}
         q.check(repair=True)
         left = [repr(p) for p in q.check() if p.kind != "quarantined"]
-    return {"first": first, "drained": drained, "after": after, "left": left}
+    return {"first": first, "drained": drained, "after": after, "keyed": keyed, "left": left}
 
 
 def main() -> None:
     try:
-        result = drain(sys.argv[1], int(sys.argv[2]))
+        keys = sys.argv[3].split(",") if len(sys.argv) > 3 and sys.argv[3] else []
+        result = drain(sys.argv[1], int(sys.argv[2]), keys)
     except Exception:
         result = {"error": traceback.format_exc()}
     print(json.dumps(result))

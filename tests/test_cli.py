@@ -247,11 +247,17 @@ def test_stats_plain_and_json(store: str, home: Path) -> None:
 @pytest.mark.both_backends
 def test_config_show_and_set(store: str, home: Path) -> None:
     shown = json.loads(ok(home, "config", "s"))
-    assert shown == {"stream": "s", "max_attempts": 5, "visibility": 30.0, "max_size": 1 << 20}
+    assert shown == {
+        "stream": "s",
+        "max_attempts": 5,
+        "visibility": 30.0,
+        "max_size": 1 << 20,
+        "dedup_window": 300.0,
+    }
     changed = json.loads(
         ok(home, "config", "s", "--max-attempts", "3", "--visibility", "2m", "--max-size", "2KiB")
     )
-    assert changed == {"stream": "s", "max_attempts": 3, "visibility": 120.0, "max_size": 2048}
+    assert changed == shown | {"max_attempts": 3, "visibility": 120.0, "max_size": 2048}
     assert json.loads(ok(home, "config", "s", "--json")) == changed
 
 

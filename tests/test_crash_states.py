@@ -50,6 +50,7 @@ class Scenario:
         self.kept: set[str] = set()  # promised before recording began
         self.recorder: Recorder | None = None
         self._serial = itertools.count(1)
+        self.keys: list[str] = []  # dedup keys the drain enqueues with again
 
     # -- what the scenario does ------------------------------------------------------------
 
@@ -82,6 +83,26 @@ class Scenario:
         self._mark("batch", items)
         ids = self.q.enqueue_many(S, items, delay=delay)
         self._promise(ids, items)
+        return ids
+
+    def put_keyed(self, keys: list[str | None]) -> list[str]:
+        """Enqueue one message per key (a batch when several); a key already taken returns
+        its message's id and stores nothing, so only new ids are promised here."""
+        items = [self._payload() for _ in keys]
+        # What is stored: items without a key, or with one neither taken before (the scenario
+        # keeps every key in its window) nor earlier in the batch.
+        stored = [
+            item
+            for n, (key, item) in enumerate(zip(keys, items, strict=True))
+            if key is None or (key not in self.keys and key not in keys[:n])
+        ]
+        self._mark("sending", stored)
+        if len(stored) > 1:
+            self._mark("batch", stored)
+        ids = self.q.enqueue_many(S, items, dedup_keys=keys)
+        new = [i for i, item in zip(ids, items, strict=True) if item in stored]
+        self._promise(new, stored)
+        self.keys += [k for k in keys if k is not None and k not in self.keys]
         return ids
 
     def take(self, n: int = 1, *, dlq: bool = False) -> list[Message]:
@@ -182,7 +203,14 @@ class Scenario:
         self, home: str, promised: set[str], sending: list[Any], batches: list[list[Any]]
     ) -> None:
         done = subprocess.run(
-            [sys.executable, "-m", "tests.crash_drain", home, str(self.clock.now_ns + DAY_NS)],
+            [
+                sys.executable,
+                "-m",
+                "tests.crash_drain",
+                home,
+                str(self.clock.now_ns + DAY_NS),
+                ",".join(self.keys),
+            ],
             capture_output=True,
             text=True,
             timeout=120,
@@ -194,13 +222,19 @@ class Scenario:
         assert "error" not in result, result["error"]
         assert result["left"] == [], f"check --repair left problems: {result['left']}"
         after = {mid: data for mid, data in result["after"]}
+        keyed = {mid for mid, _ in result["keyed"]}
         drained: dict[str, Any] = {}
         for mid, data in result["drained"]:
+            if mid in keyed and isinstance(data, dict) and "key" in data:
+                drained[mid] = data  # stored by the drain's own keyed enqueue
+                continue
             if mid in after:
                 assert data == after.pop(mid), f"{mid} came back changed"
                 continue
             self._delivered(mid, data, drained, sending)
         assert not after, f"enqueued after the crash, then lost: {sorted(after)}"
+        for mid, key in result["keyed"]:  # a key is never recorded without its message
+            assert mid in drained, f"enqueue with key {key} after the crash returned {mid}, lost"
         missing = promised - set(drained)
         assert not missing, f"promised messages lost: {sorted(missing)}"
         values = list(drained.values())
@@ -443,6 +477,19 @@ def purges(s: Scenario) -> None:
         s.put()
 
 
+def enqueue_with_dedup_keys(s: Scenario) -> None:
+    """Keyed enqueues: a new key, a key taken before (nothing is stored), a batch with a key
+    twice. After any crash an enqueue with one of the keys (the drain's) gets the id of a
+    message that is there: a message is stored before its key is recorded."""
+    s.q.configure(S, dedup_window=3 * 86400)  # the drain, a day later, is still in the window
+    s.put_keyed(["k1"])
+    s.fresh()
+    with s.recording():
+        s.put_keyed(["k2"])
+        s.put_keyed(["k1"])
+        s.put_keyed(["k3", None, "k3", "k4"])
+
+
 def steady_state(s: Scenario) -> None:
     _with_pool(s, 2)
     with s.recording():
@@ -472,6 +519,7 @@ SCENARIOS: dict[str, Callable[[Scenario], None]] = {
         by_id_in_the_dead_letters,
         extend_then_ack_from_another_process,
         purges,
+        enqueue_with_dedup_keys,
         steady_state,
     )
 }

@@ -5,15 +5,23 @@ Each is exercised through the CLI and the worker, with several real processes, o
 
 from __future__ import annotations
 
+import json
+import os
+import random
 import signal
+import subprocess
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from ephq import Queue
 from ephq.errors import BadInput
+from ephq.files.dedup import key_path
 from ephq.worker.rate import Rate, TokenBucket, parse_rate
-from tests.conftest import open_store
+from tests.conftest import FakeClock, fresh_database, open_store, store_environment
+from tests.test_cli import EPHQ, ephq
 from tests.test_worker import finish, script, start_worker, wait_for
 
 # -- rate limits ---------------------------------------------------------------------------
@@ -95,3 +103,202 @@ def test_a_bad_rate_is_one_line_and_exit_2(home: Path) -> None:
         "ephq: --rate 'fast' is not a rate: use a count per unit, as in 10/s, 100/m, 1000/h\n"
     )
     assert not (home / "s").exists()
+
+
+# -- deduplication keys --------------------------------------------------------------------
+
+
+@pytest.mark.both_backends
+def test_a_key_taken_within_the_window_stores_nothing_even_after_an_ack(
+    q: Queue, clock: FakeClock
+) -> None:
+    first = q.enqueue("orders", {"order": 1}, dedup_key="order-1")
+    assert q.enqueue("orders", {"order": 1, "retry": True}, dedup_key="order-1") == first
+    other = q.enqueue("orders", {"order": 2}, dedup_key="order-2")
+    plain = q.enqueue("orders", {"order": 3})
+    assert len({first, other, plain}) == 3
+    got = q.dequeue_many("orders", 10)
+    assert [m.id for m in got] == [first, other, plain]
+    assert got[0].data == {"order": 1}  # the first message, not the retry
+    for m in got:
+        q.ack("orders", m.receipt or "")
+    clock.advance(299)
+    assert q.enqueue("orders", {"order": 1}, dedup_key="order-1") == first  # acked, remembered
+    assert q.stats("orders").ready == 0
+    clock.advance(2)  # the default window, five minutes, has passed
+    again = q.enqueue("orders", {"order": 1}, dedup_key="order-1")
+    assert again != first
+    assert [m.id for m in q.dequeue_many("orders", 10)] == [again]
+
+
+@pytest.mark.both_backends
+def test_the_window_is_a_setting_of_the_stream(q: Queue, clock: FakeClock) -> None:
+    assert q.config("s").dedup_window == 300
+    assert q.configure("s", dedup_window=timedelta(hours=1)).dedup_window == 3600
+    first = q.enqueue("s", 1, dedup_key="k")
+    clock.advance(3599)
+    assert q.enqueue("s", 2, dedup_key="k") == first
+    clock.advance(2)
+    assert q.enqueue("s", 3, dedup_key="k") != first
+    assert q.config("s").dedup_window == 3600
+    for bad in (0, -1, "5m"):
+        with pytest.raises(BadInput, match="dedup_window"):
+            q.configure("s", dedup_window=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.both_backends
+def test_a_batch_takes_a_key_per_item(q: Queue) -> None:
+    taken = q.enqueue("s", "before", dedup_key="b")
+    ids = q.enqueue_many(
+        "s", ["a1", "n1", "a2", "b1", "n2", "c1"], dedup_keys=["a", None, "a", "b", None, "c"]
+    )
+    assert ids[0] == ids[2]  # the same key twice in one batch: one message
+    assert ids[3] == taken
+    assert len({ids[0], ids[1], ids[4], ids[5], taken}) == 5
+    assert [m.data for m in q.dequeue_many("s", 10)] == ["before", "a1", "n1", "n2", "c1"]
+    with pytest.raises(BadInput, match="2 keys for 3 messages"):
+        q.enqueue_many("s", [1, 2, 3], dedup_keys=["x", "y"])
+
+
+@pytest.mark.both_backends
+def test_bad_keys_are_refused_before_anything_is_stored(q: Queue) -> None:
+    for bad in ("", "x" * 513, "nul\x00", 7):
+        with pytest.raises(BadInput, match="dedup key"):
+            q.enqueue("s", 1, dedup_key=bad)  # type: ignore[arg-type]
+    q.enqueue("s", 1, dedup_key="é" * 256)  # 512 bytes: the longest key
+    assert q.stats("s").ready == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.both_backends
+def test_racing_producers_with_the_same_keys_store_each_once(
+    store: str, home: Path, tmp_path: Path
+) -> None:
+    """Eight processes at once: four enqueue one key, four enqueue batches of the same twenty
+    keys in different orders (whose locks must not deadlock)."""
+    procs = []
+    for n in range(4):
+        procs.append(_ephq_proc(home, "enqueue", "race", "--dedup-key", "the-one", stdin=f"{n}"))
+    for n in range(4):
+        order = list(range(20))
+        random.Random(n).shuffle(order)
+        lines = "".join(json.dumps({"k": f"key-{i}", "by": n}) + "\n" for i in order)
+        procs.append(
+            _ephq_proc(home, "enqueue", "race", "--lines", "--dedup-key-field", "k", stdin=lines)
+        )
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=100)
+        assert proc.returncode == 0, err
+        outs.append(out.split())
+    assert len({out[0] for out in outs[:4]}) == 1
+    ids_by_key: dict[str, set[str]] = {}
+    for n, out in enumerate(outs[4:]):
+        order = list(range(20))
+        random.Random(n).shuffle(order)
+        for i, message_id in zip(order, out, strict=True):
+            ids_by_key.setdefault(f"key-{i}", set()).add(message_id)
+    assert all(len(ids) == 1 for ids in ids_by_key.values()), ids_by_key
+    q = open_store(home)
+    assert q.stats("race").ready == 21
+    assert q.check() == []
+
+
+def _ephq_proc(home: Path, *args: str, stdin: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPHQ_")}
+    env.update(store_environment(home))
+    proc = subprocess.Popen(
+        [EPHQ, *args],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(stdin)
+    proc.stdin.close()
+    proc.stdin = None  # communicate() must not write again
+    return proc
+
+
+@pytest.mark.both_backends
+def test_the_cli_takes_keys_and_refuses_bad_ones(store: str, home: Path) -> None:
+    first = ephq(home, "enqueue", "s", "--dedup-key", "job-7", stdin='{"n": 1}')
+    assert first.returncode == 0, first.stderr
+    again = ephq(home, "enqueue", "s", "--dedup-key", "job-7", stdin='{"n": 2}')
+    assert (again.returncode, again.stdout) == (0, first.stdout)
+    lines = '{"id": 7, "n": 3}\n{"id": "x"}\n{"n": 4}\n{"id": 7}\n'
+    batch = ephq(home, "enqueue", "s", "--lines", "--dedup-key-field", "id", stdin=lines)
+    assert batch.returncode == 0, batch.stderr
+    ids = batch.stdout.split()
+    assert len(ids) == 4 and ids[0] == ids[3] and len(set(ids)) == 3
+    set_window = ephq(home, "config", "s", "--dedup-window", "1h", "--json")
+    assert json.loads(set_window.stdout)["dedup_window"] == 3600
+    for args, stdin, error in (
+        (
+            ["--lines", "--dedup-key", "k"],
+            "1\n",
+            "ephq: --dedup-key names one message: with --lines, use --dedup-key-field\n",
+        ),
+        (
+            ["--dedup-key-field", "id"],
+            "1",
+            "ephq: --dedup-key-field goes with --lines: for one message, use --dedup-key\n",
+        ),
+        (
+            ["--lines", "--dedup-key-field", "id"],
+            '{"id": 1}\n\n{"id": [1]}\n',
+            "ephq: stdin, line 3: field 'id' is list; a dedup key is text or a whole number\n",
+        ),
+        (
+            ["--dedup-key", ""],
+            "1",
+            "ephq: dedup key '' must be 1 to 512 bytes of text without NUL\n",
+        ),
+    ):
+        bad = ephq(home, "enqueue", "s", *args, stdin=stdin)
+        assert (bad.returncode, bad.stderr) == (2, error)
+    assert open_store(home).stats("s").ready == 4
+
+
+def test_expired_keys_are_forgotten_and_damaged_ones_reported(home: Path, clock: FakeClock) -> None:
+    q = Queue(home, clock=clock)
+    q.configure("s", dedup_window=60)
+    for n in range(50):
+        q.enqueue("s", n, dedup_key=f"k{n}")
+    keys = home / "s" / "keys"
+    assert len([p for p in keys.rglob("*") if p.is_file() and p.name != "pruned"]) == 50
+    clock.advance(61)
+    q.close()
+    q = Queue(home, clock=clock)  # another process: the sweep is due for the store
+    q.enqueue("s", "new", dedup_key="fresh")
+    assert [p.name for p in keys.rglob("*") if p.is_file() and p.name != "pruned"] == [
+        key_path("fresh")[1]
+    ]
+    bucket = keys / key_path("fresh")[0]
+    (bucket / ("0" * 30)).write_text("{}")
+    (bucket / ("1" * 30)).symlink_to("/etc/passwd")
+    (keys / "junk").write_text("x")
+    kinds = sorted(p.kind for p in q.check())
+    assert kinds == ["foreign", "foreign", "unreadable"]
+    q.check(repair=True)
+    assert [p.kind for p in q.check() if p.kind != "quarantined"] == []
+    assert q.enqueue("s", "again", dedup_key="fresh") != q.enqueue("s", "x", dedup_key="other")
+
+
+def test_expired_keys_leave_the_database(database_server: str, clock: FakeClock) -> None:
+    import psycopg
+
+    url = fresh_database(database_server)
+    q = Queue(url=url, clock=clock)
+    q.configure("s", dedup_window=60)
+    q.enqueue_many("s", list(range(50)), dedup_keys=[f"k{n}" for n in range(50)])
+    clock.advance(61)
+    q.close()
+    q = Queue(url=url, clock=clock)  # another process: it sweeps at its first keyed enqueue
+    q.enqueue("s", "new", dedup_key="fresh")
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT key FROM ephq.dedup_keys").fetchall()
+    assert rows == [("fresh",)]
+    q.close()

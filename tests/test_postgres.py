@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from ephq import Queue
+from ephq.postgres import schema
 from tests.conftest import fresh_database
 from tests.pgserver import Server, binaries
 from tests.test_cli import EPHQ
@@ -415,3 +416,29 @@ def test_a_damaged_holder_row_and_a_malformed_url_are_one_line_each(database_ser
     bad = _run("postgresql://ann:hunter2@db host/x", "stats")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
     assert "not a usable database URL" in bad.stderr and "hunter2" not in bad.stderr
+
+
+def test_a_store_made_by_the_first_schema_is_migrated_with_its_messages(
+    database_server: str,
+) -> None:
+    url = fresh_database(database_server)
+    with psycopg.connect(url) as conn, conn.cursor() as cur:  # what ephq 0.2 made
+        cur.execute("CREATE SCHEMA ephq")
+        cur.execute(schema.CREATE_VERSION_TABLE)
+        for statement in schema.MIGRATIONS[0]:
+            cur.execute(statement)
+        cur.execute("INSERT INTO ephq.schema_version (version) VALUES (1)")
+        cur.execute("INSERT INTO ephq.streams (name, max_attempts) VALUES ('s', 3)")
+        cur.execute(
+            "INSERT INTO ephq.messages (stream, dead, id, visible_at, data) "
+            "VALUES ('s', false, '18ecdd0000000000aaaaaaaa', 0, '\"old\"')"
+        )
+    with Queue(url=url) as q:
+        assert q.config("s").max_attempts == 3
+        assert q.config("s").dedup_window == 300
+        m = q.dequeue("s")
+        assert m is not None and m.data == "old"
+        assert q.enqueue("s", 1, dedup_key="k") == q.enqueue("s", 2, dedup_key="k")
+    with psycopg.connect(url) as conn:
+        version = conn.execute("SELECT version FROM ephq.schema_version").fetchone()
+    assert version == (schema.VERSION,)

@@ -39,19 +39,33 @@ def config(
             "larger one is refused with exit status 2.",
         ),
     ] = None,
+    dedup_window: Annotated[
+        str | None,
+        typer.Option(
+            "--dedup-window",
+            metavar="D",
+            help="How long an enqueue's --dedup-key is remembered (default 5m).",
+        ),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Show STREAM's settings, or change them (they are kept with the stream).
 
     A table on a terminal; one JSON object elsewhere or with --json (visibility in seconds,
-    max_size in bytes).
+    max_size in bytes, dedup_window in seconds).
     """
     q = settings(ctx).queue()
-    if max_attempts is None and visibility is None and max_size is None:
+    if max_attempts is None and visibility is None and max_size is None and dedup_window is None:
         found = q.config(stream)
     else:
         size = None if max_size is None else sizes.parse(max_size, "--max-size")
-        found = q.configure(stream, max_attempts, seconds(visibility, "--visibility"), size)
+        found = q.configure(
+            stream,
+            max_attempts,
+            seconds(visibility, "--visibility"),
+            size,
+            dedup_window=seconds(dedup_window, "--dedup-window"),
+        )
     if as_json or not render.for_people():
         print(json.dumps(_config_record(stream, found), separators=(",", ":")))
         return
@@ -59,6 +73,7 @@ def config(
         ("max_attempts", str(found.max_attempts)),
         ("visibility", f"{found.visibility:g}s"),
         ("max_size", sizes.text(found.max_size)),
+        ("dedup_window", f"{found.dedup_window:g}s"),
     ]
     render.console().print(render.rich_table(stream, ("setting", "value"), rows))
 
@@ -69,6 +84,7 @@ def _config_record(stream: str, found: StreamConfig) -> dict[str, Any]:
         "max_attempts": found.max_attempts,
         "visibility": found.visibility,
         "max_size": found.max_size,
+        "dedup_window": found.dedup_window,
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, BinaryIO
@@ -33,6 +34,24 @@ def enqueue(
             help="JSON Lines: one message per line (blank lines skipped), all enqueued or none.",
         ),
     ] = False,
+    dedup_key: Annotated[
+        str | None,
+        typer.Option(
+            "--dedup-key",
+            metavar="KEY",
+            help="If the stream took KEY within its dedup window (ephq config --dedup-window, "
+            "default 5m), store nothing and print the first message's id.",
+        ),
+    ] = None,
+    dedup_key_field: Annotated[
+        str | None,
+        typer.Option(
+            "--dedup-key-field",
+            metavar="NAME",
+            help="With --lines: each line's dedup key is its top-level field NAME (text or a "
+            "whole number; a line without it has none).",
+        ),
+    ] = None,
 ) -> None:
     """Add a message (or, with --lines, many) to STREAM and print each new id on its own line.
 
@@ -41,6 +60,10 @@ def enqueue(
     """
     check_stream_name(stream)
     delay_s = durations.parse(delay, "--delay")
+    if lines and dedup_key is not None:
+        raise BadInput("--dedup-key names one message: with --lines, use --dedup-key-field")
+    if dedup_key_field is not None and not lines:
+        raise BadInput("--dedup-key-field goes with --lines: for one message, use --dedup-key")
     q = settings(ctx).queue()
     if not lines:
         limit = q.config(stream).max_size
@@ -51,15 +74,37 @@ def enqueue(
                 f"takes (ephq config {stream} --max-size)"
             )
         try:
-            ids = [q.enqueue_json(stream, raw, delay_s)]
+            ids = [q.enqueue_json(stream, raw, delay_s, dedup_key=dedup_key)]
         except InvalidJSON as exc:
             raise _located(exc, source) from None
     else:
         raw, source = read_input(file, None)
         texts = json_lines(raw, source)
+        keys = None
+        if dedup_key_field is not None:
+            numbers = [number for number, _ in lines_of(raw, source)]
+            keys = keys_of(texts, numbers, dedup_key_field, source)
         with render.progress_bar("enqueuing", len(texts)) as progress:
-            ids = q.enqueue_many_json(stream, texts, delay_s, progress=progress)
+            ids = q.enqueue_many_json(stream, texts, delay_s, progress=progress, dedup_keys=keys)
     sys.stdout.write("".join(i + "\n" for i in ids))
+
+
+def keys_of(texts: list[str], line_numbers: list[int], field: str, source: str) -> list[str | None]:
+    """Each message's dedup key: its top-level field, as text (None where it has none)."""
+    keys: list[str | None] = []
+    for number, text in zip(line_numbers, texts, strict=True):
+        doc = json.loads(text)
+        value = doc.get(field) if isinstance(doc, dict) else None
+        if value is None or isinstance(value, str):
+            keys.append(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            keys.append(str(value))
+        else:
+            raise BadInput(
+                f"{source}, line {number}: field {field!r} is {type(value).__name__}; "
+                "a dedup key is text or a whole number"
+            )
+    return keys
 
 
 def read_input(file: str | None, limit: int | None) -> tuple[bytes, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from ..backend import Holder, Waiter
 from ..errors import BadInput, LeaseLost, NotFound, StorageError
@@ -50,11 +51,36 @@ class FileBackend:
         return owner, owner.store(parsed.dead), parsed
 
     def enqueue(
-        self, stream: str, items: list[str], delay_ns: int, progress: Progress = None
+        self,
+        stream: str,
+        items: list[str],
+        delay_ns: int,
+        progress: Progress = None,
+        keys: list[str | None] | None = None,
     ) -> list[str]:
-        store = self._stream(stream).main
+        owner = self._stream(stream)
+        store = owner.main
+        if keys is not None:
+            if not owner.exists():
+                owner.create()
+            window_ns = round(owner.config().dedup_window * NS)
+
+            def commit(fresh: list[int]) -> list[str]:
+                chosen = [items[i] for i in fresh]
+                if progress is not None:
+                    progress(len(items) - len(fresh))  # the duplicates are done
+                return self._store(store, chosen, delay_ns, progress)
+
+            return owner.keys.enqueue(keys, window_ns, commit)
+        return self._store(store, items, delay_ns, progress)
+
+    @staticmethod
+    def _store(store: Store, items: list[str], delay_ns: int, progress: Progress) -> list[str]:
         if len(items) == 1:
-            return [store.enqueue(items[0], delay_ns)]
+            ids = [store.enqueue(items[0], delay_ns)]
+            if progress is not None:
+                progress(1)
+            return ids
         return store.enqueue_many(items, delay_ns, progress)
 
     def dequeue(
@@ -178,21 +204,10 @@ class FileBackend:
     def config(self, stream: str) -> StreamConfig:
         return self._stream(stream).config()
 
-    def configure(
-        self,
-        stream: str,
-        max_attempts: int | None,
-        visibility_ns: int | None,
-        max_size: int | None = None,
-    ) -> StreamConfig:
+    def configure(self, stream: str, changes: dict[str, Any]) -> StreamConfig:
         owner = self._stream(stream)
         with owner.exclusive():
-            now = owner.config()
-            new = StreamConfig(
-                now.max_attempts if max_attempts is None else max_attempts,
-                now.visibility if visibility_ns is None else visibility_ns / NS,
-                now.max_size if max_size is None else max_size,
-            )
+            new = owner.config()._replace(**changes)
             owner.config_file.save(new, durable=self.durable)
             return new
 

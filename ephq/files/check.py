@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from ..message import CheckProblem
 from .config import MAX_CONFIG_BYTES, parse
+from .dedup import BUCKET_NAME, KEY_NAME, KEYS, PRUNED, key_path
 from .fsio import (
     NotOurs,
     describe_kind,
@@ -253,6 +254,34 @@ class _Walk:
                 fix = functools.partial(unlink_quietly, path)
                 self.report("stale-holder", path, "left by a worker that is gone", fix)
 
+    def keys(self) -> None:
+        """Deduplication keys (dedup.py): buckets of key files, and the sweep's stamp."""
+        ledger = self.stream.keys
+        if not stat.S_ISDIR(_mode(ledger.dir)):
+            return
+        window_ns = round(self.stream.config().dedup_window * 1_000_000_000)
+        sweep_keys = functools.partial(ledger.prune, window_ns)
+        for path, record, mode in ledger.entries():
+            name = os.path.basename(path)
+            if not mode:
+                continue
+            if os.path.dirname(path) == ledger.dir:
+                if name == PRUNED and stat.S_ISREG(mode):
+                    continue
+                if BUCKET_NAME.fullmatch(name) and stat.S_ISDIR(mode):
+                    continue
+                self.foreign(path, f"{describe_kind(mode)} that is not a directory of keys")
+            elif name.endswith(".w") and stat.S_ISREG(mode):
+                self.report("stale-tmp", path, "a key left by a writer that stopped", sweep_keys)
+            elif KEY_NAME.fullmatch(name) is None or not stat.S_ISREG(mode):
+                self.foreign(path, f"{describe_kind(mode)} that is not a deduplication key")
+            elif record is None or key_path(record.key) != (
+                os.path.basename(os.path.dirname(path)),
+                name,
+            ):
+                why = "not a deduplication key's record"
+                self.unreadable(path, why, NotOurs(why))
+
     def quarantined(self) -> None:
         for name in self.stream.quarantine.entries():
             path = os.path.join(self.stream.quarantine.dir, name)
@@ -308,13 +337,21 @@ def check_stream(stream: Stream, repair: bool) -> list[CheckProblem]:
         return []
     walk.layout(
         stream.main,
-        {"dlq": True, QUARANTINE: True, HOLDERS: True, "stream.json": False, LOCK_FILE: False},
+        {
+            "dlq": True,
+            QUARANTINE: True,
+            HOLDERS: True,
+            KEYS: True,
+            "stream.json": False,
+            LOCK_FILE: False,
+        },
     )
     if stat.S_ISDIR(_mode(stream.dead.path)):
         walk.layout(stream.dead, {})
     walk.store(stream.main, "")
     walk.store(stream.dead, "dlq/")
     walk.holders()
+    walk.keys()
     walk.duplicates()
     walk.config()
     walk.quarantined()

@@ -57,6 +57,7 @@ class ConfigFile:
             "max_attempts": config.max_attempts,
             "visibility": config.visibility,
             "max_size": config.max_size,
+            "dedup_window": config.dedup_window,
         }
         # In tmp/ as a .w file: if this process dies, recovery removes it (recovery.py).
         tmp = os.path.join(os.path.dirname(self.path), "tmp", f"{CONFIG_FILE}.{new_token()}.w")
@@ -85,4 +86,7 @@ def parse(raw: bytes) -> StreamConfig:
     max_size = int(doc.get("max_size", DEFAULT_MAX_MESSAGE_BYTES))  # absent before 0.2
     if not MIN_MAX_MESSAGE_BYTES <= max_size <= MAX_MESSAGE_BYTES:
         raise ValueError("max_size is out of bounds")
-    return StreamConfig(max_attempts, visibility, max_size)
+    dedup_window = float(doc.get("dedup_window", StreamConfig.dedup_window))  # absent before 0.3
+    if not (dedup_window > 0 and math.isfinite(dedup_window)):
+        raise ValueError("dedup_window must be positive")
+    return StreamConfig(max_attempts, visibility, max_size, dedup_window)

@@ -6,6 +6,7 @@
         census               the last count of each leaf, for stats (census.py)
         lock                 flocked by configure, purge and check --repair
         holders/             the workers holding leases, each flocking its file (holders.py)
+        keys/                deduplication keys taken within the stream's window (dedup.py)
         ready/ delayed/ inflight/ tmp/        the stream's messages (store.py)
         pool/                acked files kept for reuse (pool.py)
         quarantine/          what was found in the store but is not ephq's (quarantine.py)
@@ -32,6 +33,7 @@ from contextlib import contextmanager
 from ..errors import StorageError
 from ..message import StreamConfig
 from .config import ConfigFile
+from .dedup import KEYS, DedupKeys
 from .fsio import NotOurs, describe_kind, is_real_dir, open_regular
 from .holders import HOLDERS
 from .names import IdSource
@@ -69,6 +71,7 @@ class Stream:
             holders_dir=os.path.join(self.path, HOLDERS),
         )
         self.config_file = ConfigFile(self.path)
+        self.keys = DedupKeys(self.path, self.quarantine, durable=durable, clock=clock)
 
     def store(self, dead: bool) -> Store:
         return self.dead if dead else self.main
@@ -130,6 +133,7 @@ class Stream:
         yield self.config_file.path, False
         yield os.path.join(self.path, LOCK_FILE), False
         yield os.path.join(self.path, HOLDERS), True
+        yield os.path.join(self.path, KEYS), True
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:

@@ -78,6 +78,24 @@ SELECT CASE WHEN %(ring)s THEN pg_notify('ephq', %(stream)s) END
 FROM (SELECT count(*) FROM added) n
 """
 
+# Deduplication keys: insert each, or take over one older than the stream's window; the keys
+# returned are this transaction's. A key another transaction is inserting makes this one wait
+# for its commit, then it is a conflict like any other.
+_TAKE_KEYS = """
+INSERT INTO ephq.dedup_keys AS k (stream, key, id, at)
+SELECT %(stream)s, key, id, %(now)s
+FROM unnest(%(keys)s::text[], %(ids)s::text[]) AS t(key, id) ORDER BY key
+ON CONFLICT (stream, key) DO UPDATE SET id = EXCLUDED.id, at = EXCLUDED.at
+WHERE k.at <= %(now)s - 1000000 * (SELECT dedup_window_ms FROM ephq.streams
+                                   WHERE name = %(stream)s)
+RETURNING key
+"""
+_FORGET_KEYS = """
+DELETE FROM ephq.dedup_keys
+WHERE stream = %(stream)s AND at <= %(now)s - 1000000 * (SELECT dedup_window_ms
+                                                        FROM ephq.streams WHERE name = %(stream)s)
+"""
+
 # One statement per dequeue (ephq.claim, schema.py): pick the oldest visible rows (skipping
 # those another consumer is claiming), dead-letter those whose attempts are spent, lease the
 # rest. A row with an id is a lease; one without carries how many were dead-lettered, so that
@@ -119,6 +137,7 @@ WHERE m.stream = %(stream)s AND m.dead = %(dead)s AND m.id = lease.id
   AND m.attempts = lease.attempts AND m.token = lease.token AND m.visible_at > %(now)s
 """
 ORPHAN_LOOK_EVERY_NS = 1_000_000_000
+KEY_SWEEP_EVERY_NS = 60 * NS
 
 
 def iso_utc(ns: int) -> str:
@@ -136,6 +155,7 @@ class PostgresBackend:
         self._added = 0
         self._analyze_at = ANALYZE_FIRST
         self._orphans_next: dict[tuple[str, bool], int] = {}
+        self._keys_swept: dict[str, int] = {}
 
     # -- produce ---------------------------------------------------------------------------
 
@@ -149,9 +169,16 @@ class PostgresBackend:
         self._known_streams.add(stream)
 
     def enqueue(
-        self, stream: str, items: list[str], delay_ns: int, progress: Progress = None
+        self,
+        stream: str,
+        items: list[str],
+        delay_ns: int,
+        progress: Progress = None,
+        keys: list[str | None] | None = None,
     ) -> list[str]:
         self._create_stream(stream)
+        if keys is not None:
+            return self._enqueue_keyed(stream, items, delay_ns, keys, progress)
         now = self.clock()
         ids = [self._ids.next(now + i) for i in range(len(items))]
         visible = now + delay_ns
@@ -178,6 +205,68 @@ class PostgresBackend:
             progress(len(items))
         self._grew(len(items))
         return ids
+
+    def _enqueue_keyed(
+        self,
+        stream: str,
+        items: list[str],
+        delay_ns: int,
+        keys: list[str | None],
+        progress: Progress,
+    ) -> list[str]:
+        """One transaction: take the keys that are new (or past the window), look up the
+        others' messages, insert the messages of the items that own a taken key or have none.
+        Two producers with one key: the second's INSERT waits for the first's commit, then
+        finds the key taken."""
+        now = self.clock()
+        owner: dict[str, int] = {}  # key -> the index of its first item
+        for index, key in enumerate(keys):
+            if key is not None:
+                owner.setdefault(key, index)
+        ids = [self._ids.next(now + i) for i in range(len(items))]
+        by_key = sorted(owner)  # one order for every producer: no deadlock between batches
+        with self.db.transaction(f"enqueue to stream {stream!r}") as cur:
+            cur.execute(
+                _TAKE_KEYS,
+                {
+                    "stream": stream,
+                    "keys": by_key,
+                    "ids": [ids[owner[k]] for k in by_key],
+                    "now": now,
+                },
+            )
+            taken = {row[0] for row in cur.fetchall()}
+            if len(taken) < len(by_key):
+                cur.execute(
+                    "SELECT key, id FROM ephq.dedup_keys WHERE stream = %s AND key = ANY(%s)",
+                    (stream, [k for k in by_key if k not in taken]),
+                )
+                for key, message_id in cur.fetchall():
+                    ids[owner[key]] = message_id
+            fresh = [i for i, k in enumerate(keys) if k is None or (owner[k] == i and k in taken)]
+            if fresh:
+                cur.execute(
+                    _ENQUEUE_MANY,
+                    {
+                        "stream": stream,
+                        "visible": now + delay_ns,
+                        "ids": [ids[i] for i in fresh],
+                        "datas": [items[i] for i in fresh],
+                        "ring": delay_ns <= 0,
+                    },
+                )
+            self._forget_keys(cur, stream, now)
+        if progress is not None:
+            progress(len(items))
+        self._grew(len(fresh))
+        return [ids[i] if k is None else ids[owner[k]] for i, k in enumerate(keys)]
+
+    def _forget_keys(self, cur: Any, stream: str, now: int) -> None:
+        """Delete the stream's keys past its window, at most once a minute per process."""
+        if now < self._keys_swept.get(stream, 0):
+            return
+        self._keys_swept[stream] = now + KEY_SWEEP_EVERY_NS
+        cur.execute(_FORGET_KEYS, {"stream": stream, "now": now})
 
     def _grew(self, rows: int) -> None:
         """Count what this process added; ANALYZE when the count passes 1,000, then 10,000 and
@@ -473,40 +562,42 @@ class PostgresBackend:
 
     def _config(self, cur: Any, stream: str) -> StreamConfig:
         cur.execute(
-            "SELECT max_attempts, visibility_ms, max_size FROM ephq.streams WHERE name = %s",
+            "SELECT max_attempts, visibility_ms, max_size, dedup_window_ms FROM ephq.streams "
+            "WHERE name = %s",
             (stream,),
         )
         row = cur.fetchone()
         if row is None:
             return DEFAULTS
-        return StreamConfig(int(row[0]), int(row[1]) / 1000, int(row[2]))
+        return StreamConfig(int(row[0]), int(row[1]) / 1000, int(row[2]), int(row[3]) / 1000)
 
     def config(self, stream: str) -> StreamConfig:
         with self.db.cursor(f"read the settings of stream {stream!r}") as cur:
             return self._config(cur, stream)
 
-    def configure(
-        self,
-        stream: str,
-        max_attempts: int | None,
-        visibility_ns: int | None,
-        max_size: int | None = None,
-    ) -> StreamConfig:
-        visibility_ms = None if visibility_ns is None else max(1, round(visibility_ns / 1e6))
+    def configure(self, stream: str, changes: dict[str, Any]) -> StreamConfig:
+        def ms(seconds: float | None) -> int | None:
+            return None if seconds is None else max(1, round(seconds * 1000))
+
         with self.db.transaction(f"configure stream {stream!r}") as cur:
             cur.execute(
-                """INSERT INTO ephq.streams AS s (name, max_attempts, visibility_ms, max_size)
-                   VALUES (%(stream)s, COALESCE(%(attempts)s, 5), COALESCE(%(vis)s, 30000),
-                           COALESCE(%(size)s, 1048576))
-                   ON CONFLICT (name) DO UPDATE SET
+                """INSERT INTO ephq.streams AS s (name) VALUES (%(stream)s)
+                   ON CONFLICT (name) DO NOTHING""",
+                {"stream": stream},
+            )
+            cur.execute(
+                """UPDATE ephq.streams AS s SET
                        max_attempts = COALESCE(%(attempts)s, s.max_attempts),
                        visibility_ms = COALESCE(%(vis)s, s.visibility_ms),
-                       max_size = COALESCE(%(size)s, s.max_size)""",
+                       max_size = COALESCE(%(size)s, s.max_size),
+                       dedup_window_ms = COALESCE(%(window)s, s.dedup_window_ms)
+                   WHERE name = %(stream)s""",
                 {
                     "stream": stream,
-                    "attempts": max_attempts,
-                    "vis": visibility_ms,
-                    "size": max_size,
+                    "attempts": changes.get("max_attempts"),
+                    "vis": ms(changes.get("visibility")),
+                    "size": changes.get("max_size"),
+                    "window": ms(changes.get("dedup_window")),
                 },
             )
             self._known_streams.add(stream)

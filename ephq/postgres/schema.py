@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-VERSION = 1
+VERSION = 2
 
 # Each entry brings the schema from the version before it to its index + 1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -110,6 +110,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             started_at bigint NOT NULL,
             leases jsonb NOT NULL DEFAULT '{}'
         )""",
+    ),
+    # 2: deduplication keys. A key is one row, taken by INSERT … ON CONFLICT in the transaction
+    # that inserts its message, so a key is never without its message nor a message stored
+    # twice; rows older than the stream's window are deleted now and then (by `at`).
+    (
+        "ALTER TABLE ephq.streams ADD COLUMN dedup_window_ms bigint NOT NULL DEFAULT 300000",
+        """CREATE TABLE ephq.dedup_keys (
+            stream text NOT NULL,
+            key text NOT NULL,
+            id text NOT NULL,
+            at bigint NOT NULL,
+            PRIMARY KEY (stream, key)
+        )""",
+        "CREATE INDEX dedup_keys_by_age ON ephq.dedup_keys (stream, at)",
     ),
 )
 
