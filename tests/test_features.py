@@ -186,17 +186,17 @@ def test_racing_producers_with_the_same_keys_store_each_once(
         procs.append(
             _ephq_proc(home, "enqueue", "race", "--lines", "--dedup-key-field", "k", stdin=lines)
         )
-    outs = []
+    outs: list[list[str]] = []
     for proc in procs:
-        out, err = proc.communicate(timeout=100)
+        printed, err = proc.communicate(timeout=100)
         assert proc.returncode == 0, err
-        outs.append(out.split())
-    assert len({out[0] for out in outs[:4]}) == 1
+        outs.append(printed.split())
+    assert len({ids[0] for ids in outs[:4]}) == 1
     ids_by_key: dict[str, set[str]] = {}
-    for n, out in enumerate(outs[4:]):
+    for n, ids in enumerate(outs[4:]):
         order = list(range(20))
         random.Random(n).shuffle(order)
-        for i, message_id in zip(order, out, strict=True):
+        for i, message_id in zip(order, ids, strict=True):
             ids_by_key.setdefault(f"key-{i}", set()).add(message_id)
     assert all(len(ids) == 1 for ids in ids_by_key.values()), ids_by_key
     q = open_store(home)
