@@ -40,6 +40,24 @@ class Message(NamedTuple):
     state: str | None = None
 
 
+def died_elsewhere(meta: dict[str, Any], stream: str) -> bool:
+    """Whether a message's metadata.dead tells of a death in a stream other than this one:
+    the message is in a dead-letter stream."""
+    dead = meta.get("dead")
+    return (
+        isinstance(dead, dict) and isinstance(dead.get("stream"), str) and dead["stream"] != stream
+    )
+
+
+def live_metadata(meta: dict[str, Any], stream: str) -> dict[str, Any]:
+    """The metadata of a stream's (not a dead letter's) message that is a fact about it now.
+    A message that carries its own death in this stream was redriven: that is history, hidden.
+    In a dead-letter stream, the death in another stream is what the message is about."""
+    if "dead" not in meta or died_elsewhere(meta, stream):
+        return meta
+    return {key: value for key, value in meta.items() if key != "dead"}
+
+
 class Lease(NamedTuple):
     """A message in flight: leased by a consumer until ``deadline`` (its lease may be extended).
 
@@ -101,6 +119,8 @@ class StreamConfig(NamedTuple):
     """The largest message the stream takes, in bytes of its JSON text."""
     dedup_window: float = 300.0
     """Seconds a deduplication key is remembered after its first enqueue (as SQS FIFO's)."""
+    dead_letter_stream: str | None = None
+    """Where dead letters go as ordinary messages, instead of the stream's own dead letters."""
 
 
 class CheckProblem(NamedTuple):

@@ -383,12 +383,17 @@ class Queue:
         max_size: int | None = None,
         *,
         dedup_window: Duration | None = None,
+        dead_letter_stream: str | None = None,
     ) -> StreamConfig:
         """Change the stream's settings (kept with the stream); returns them all.
 
         ``max_size``: the largest message the stream takes, in bytes of JSON text (1 KiB to 64
         MiB; default 1 MiB); a larger one is refused with BadInput and nothing is written.
         ``dedup_window``: how long a deduplication key is remembered (default 5 minutes).
+        ``dead_letter_stream``: a stream whose ordinary messages this stream's dead letters
+        become from now on (with ``metadata.dead``), instead of staying in its own dead-letter
+        queue; "" goes back to that. Not the stream itself, nor a stream whose dead letters
+        lead back to it.
         """
         check_stream_name(stream)
         changes: dict[str, Any] = {}
@@ -418,7 +423,29 @@ class Queue:
         if max_size is not None:
             changes["max_size"] = max_size
         with translated(f"configure stream {stream!r}"):
+            if dead_letter_stream is not None:
+                changes["dead_letter_stream"] = self._checked_forward(stream, dead_letter_stream)
             return self._backend.configure(stream, changes)
+
+    def _checked_forward(self, stream: str, target: str) -> str | None:
+        """The dead-letter stream to set (None: the stream's own dead letters); BadInput for
+        the stream itself or one whose dead letters lead back to it."""
+        if not isinstance(target, str):
+            raise BadInput(f"dead_letter_stream must be a stream's name, not {target!r}")
+        if target == "":
+            return None
+        check_stream_name(target)
+        if target == stream:
+            raise BadInput(f"stream {stream!r} cannot be its own dead-letter stream")
+        chain = [stream, target]
+        after = self._backend.config(target).dead_letter_stream
+        while after is not None:
+            looped = after in chain
+            chain.append(after)
+            if looped:
+                raise BadInput(f"dead letters would go round in a loop: {' -> '.join(chain)}")
+            after = self._backend.config(after).dead_letter_stream
+        return target
 
     # -- dead letters ----------------------------------------------------------------------
 

@@ -253,6 +253,7 @@ def test_config_show_and_set(store: str, home: Path) -> None:
         "visibility": 30.0,
         "max_size": 1 << 20,
         "dedup_window": 300.0,
+        "dead_letter_stream": None,
     }
     changed = json.loads(
         ok(home, "config", "s", "--max-attempts", "3", "--visibility", "2m", "--max-size", "2KiB")

@@ -490,6 +490,24 @@ def enqueue_with_dedup_keys(s: Scenario) -> None:
         s.put_keyed(["k3", None, "k3", "k4"])
 
 
+def dead_letter_stream_and_back(s: Scenario) -> None:
+    """Dead letters filed into another stream as its messages (by nack, by reject, and by
+    the reaper when a lease runs out), then redriven home from there."""
+    s.q.configure(S, max_attempts=1, dead_letter_stream="elsewhere")
+    _with_pool(s, 1)
+    for _ in range(3):
+        s.put()
+    first, second = s.take(2)
+    s.fresh()
+    with s.recording():
+        s.q.nack(S, first.receipt or "", reason="failed")
+        s.q.reject(S, second.receipt or "", "rejected")
+        s.take()
+        s.clock.advance(60)  # its lease runs out: the next look buries it
+        s.q.stats(S)
+        s.q.redrive("elsewhere")
+
+
 def steady_state(s: Scenario) -> None:
     _with_pool(s, 2)
     with s.recording():
@@ -520,6 +538,7 @@ SCENARIOS: dict[str, Callable[[Scenario], None]] = {
         extend_then_ack_from_another_process,
         purges,
         enqueue_with_dedup_keys,
+        dead_letter_stream_and_back,
         steady_state,
     )
 }

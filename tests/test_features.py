@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ephq import Queue
-from ephq.errors import BadInput
+from ephq.errors import BadInput, NotFound
 from ephq.files.dedup import key_path
 from ephq.worker.rate import Rate, TokenBucket, parse_rate
 from tests.conftest import FakeClock, fresh_database, open_store, store_environment
@@ -302,3 +302,143 @@ def test_expired_keys_leave_the_database(database_server: str, clock: FakeClock)
         rows = conn.execute("SELECT key FROM ephq.dedup_keys").fetchall()
     assert rows == [("fresh",)]
     q.close()
+
+
+# -- a dead-letter stream ------------------------------------------------------------------
+
+
+def _die(q: Queue, stream: str, how: str, clock: FakeClock) -> str:
+    """Lease the stream's next message and make it die: nack, reject, or a lease run out."""
+    m = q.dequeue(stream, visibility=10)
+    assert m is not None and m.receipt
+    if how == "nack":
+        q.nack(stream, m.receipt, reason="smtp 550")
+    elif how == "reject":
+        q.reject(stream, m.receipt, "no such user")
+    else:
+        clock.advance(11)
+        assert q.dequeue(stream) is None  # its attempts are spent: dead-lettered, not leased
+    return m.id
+
+
+@pytest.mark.both_backends
+def test_dead_letters_become_messages_of_the_dead_letter_stream(q: Queue, clock: FakeClock) -> None:
+    q.configure("orders", max_attempts=1, dead_letter_stream="dead")
+    ids = q.enqueue_many("orders", [{"n": 1}, {"n": 2}, {"n": 3}])
+    assert [_die(q, "orders", how, clock) for how in ("nack", "reject", "expire")] == ids
+    assert q.stats("orders")._replace(oldest_age=None)[1:5] == (0, 0, 0, 0)
+    assert "dead" in q.streams() and q.stats("dead").ready == 3
+    got = q.dequeue_many("dead", 10)
+    assert [m.id for m in got] == ids and [m.data for m in got] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert all(m.stream == "dead" and m.attempts == 1 for m in got)  # its own first delivery
+    deaths = [m.metadata["dead"] for m in got]
+    assert [d["stream"] for d in deaths] == ["orders"] * 3
+    assert [d["attempts"] for d in deaths] == [1, 1, 1]
+    assert [d["error"] for d in deaths] == ["smtp 550", "no such user", "lease expired"]
+    assert all(d["died_at"].endswith("Z") for d in deaths)
+    assert q.dead_letters("orders") == []
+
+
+@pytest.mark.both_backends
+def test_redrive_from_the_dead_letter_stream_sends_each_home(q: Queue, clock: FakeClock) -> None:
+    for stream in ("orders", "emails"):
+        q.configure(stream, max_attempts=1, dead_letter_stream="dead")
+    first = q.enqueue_many("orders", ["o1", "o2"])
+    mail = q.enqueue("emails", "e1")
+    _die(q, "orders", "nack", clock)
+    _die(q, "emails", "reject", clock)
+    q.enqueue("dead", "a message of its own")  # not a dead letter: stays
+    assert q.redrive("dead", [first[0]]) == [first[0]]
+    with pytest.raises(BadInput, match="not a dead letter of another stream"):
+        q.redrive("dead", [q.peek("dead", 10)[-1].id])
+    with pytest.raises(NotFound):
+        q.redrive("dead", ["18ecdd0000000000aaaaaaaa"])
+    assert q.redrive("dead") == [mail]
+    assert [m.data for m in q.peek("dead", 10)] == ["a message of its own"]
+    back = q.dequeue_many("orders", 10)
+    assert [m.id for m in back] == first  # in its place, before o2
+    assert back[0].attempts == 1 and back[0].metadata == {}
+    assert [m.id for m in q.dequeue_many("emails", 10)] == [mail]
+
+
+@pytest.mark.both_backends
+def test_a_dead_letter_streams_own_dead_letters_keep_where_they_first_died(
+    q: Queue, clock: FakeClock
+) -> None:
+    q.configure("orders", max_attempts=1, dead_letter_stream="dead")
+    q.configure("dead", max_attempts=1)
+    mid = q.enqueue("orders", "x")
+    _die(q, "orders", "nack", clock)
+    _die(q, "dead", "nack", clock)  # its handler in the dead-letter stream fails for good
+    (letter,) = q.dead_letters("dead")
+    assert letter.id == mid and letter.metadata["dead"]["stream"] == "orders"
+    assert letter.metadata["dead"]["dlq_error"] == "smtp 550"
+    assert q.redrive("dead", [mid]) == [mid]  # back into the dead-letter stream by its id
+    assert q.peek("dead")[0].metadata["dead"]["stream"] == "orders"
+    _die(q, "dead", "nack", clock)
+    assert q.redrive("dead") == [mid]  # all of them: each goes home to where it first died
+    assert q.stats("dead")[1:5] == (0, 0, 0, 0)
+    assert q.dequeue("orders") is not None
+
+
+@pytest.mark.both_backends
+def test_dead_letter_streams_refuse_themselves_and_loops(q: Queue, clock: FakeClock) -> None:
+    with pytest.raises(BadInput, match="cannot be its own dead-letter stream"):
+        q.configure("a", dead_letter_stream="a")
+    q.configure("a", dead_letter_stream="b")
+    q.configure("b", dead_letter_stream="c")
+    with pytest.raises(BadInput, match="loop: c -> a -> b -> c"):
+        q.configure("c", dead_letter_stream="a")
+    with pytest.raises(BadInput, match="invalid stream name"):
+        q.configure("a", dead_letter_stream="no/such")
+    assert q.config("c").dead_letter_stream is None
+    q.configure("a", max_attempts=1, dead_letter_stream="")  # its own dead letters again
+    assert q.config("a").dead_letter_stream is None
+    q.enqueue("a", 1)
+    _die(q, "a", "nack", clock)
+    assert q.stats("a").dlq == 1
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.both_backends
+def test_a_worker_consumes_the_dead_letter_stream(store: str, home: Path, tmp_path: Path) -> None:
+    for stream in ("orders", "emails"):
+        assert (
+            ephq(
+                home, "config", stream, "--dead-letter-stream", "dlq", "--max-attempts", "2"
+            ).returncode
+            == 0
+        )
+    open_store(home).enqueue_many("orders", [1, 2])
+    open_store(home).enqueue("emails", 3)
+    for stream in ("orders", "emails"):
+        code, err = finish(
+            start_worker(
+                home,
+                stream,
+                "--exec",
+                "exit 1",
+                "--retry-delay",
+                "0",
+                "--drain",
+                "--wait-retries",
+                "10s",
+            )
+        )
+        assert code == 0, err
+    seen = tmp_path / "seen"
+    handler = script(
+        tmp_path,
+        f'echo "$(cat) $EPHQ_STREAM $EPHQ_ATTEMPT $EPHQ_METADATA" >> {seen}\n',
+    )
+    code, err = finish(start_worker(home, "dlq", "--exec", handler, "--drain"))
+    assert code == 0, err
+    lines = sorted(seen.read_text().splitlines())
+    assert [line.split(" ", 3)[:3] for line in lines] == [
+        ["1", "dlq", "1"],
+        ["2", "dlq", "1"],
+        ["3", "dlq", "1"],
+    ]
+    deaths = [json.loads(line.split(" ", 3)[3])["dead"] for line in lines]
+    assert [d["stream"] for d in deaths] == ["orders", "orders", "emails"]
+    assert all(d["attempts"] == 2 and d["error"] == "exit 1" for d in deaths)

@@ -59,8 +59,10 @@ def dlq_redrive(
 ) -> None:
     """Put dead letters back in STREAM with fresh attempts; prints the ids moved.
 
-    A dead letter leased by a dead-letter consumer is taken back from it too: its receipt then
-    gets exit status 3.
+    When STREAM is a dead-letter stream (another stream's `config --dead-letter-stream`), its
+    messages that died in another stream go back there, each to its place in FIFO order. A
+    dead letter leased by a consumer is taken back from it too: its receipt then gets exit
+    status 3.
     """
     q = settings(ctx).queue()
     total = len(ids) if ids else q.stats(stream).dlq

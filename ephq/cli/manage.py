@@ -47,6 +47,23 @@ def config(
             help="How long an enqueue's --dedup-key is remembered (default 5m).",
         ),
     ] = None,
+    dead_letter_stream: Annotated[
+        str | None,
+        typer.Option(
+            "--dead-letter-stream",
+            metavar="NAME",
+            help="From now on, STREAM's dead letters become ordinary messages of stream NAME "
+            "(metadata.dead says where they died and why); `ephq dlq redrive NAME` sends them "
+            "back. Not STREAM itself, nor a loop of such streams.",
+        ),
+    ] = None,
+    own_dead_letters: Annotated[
+        bool,
+        typer.Option(
+            "--no-dead-letter-stream",
+            help="Keep STREAM's dead letters in its own dead-letter queue again (the default).",
+        ),
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
     """Show STREAM's settings, or change them (they are kept with the stream).
@@ -55,7 +72,10 @@ def config(
     max_size in bytes, dedup_window in seconds).
     """
     q = settings(ctx).queue()
-    if max_attempts is None and visibility is None and max_size is None and dedup_window is None:
+    if dead_letter_stream is not None and own_dead_letters:
+        raise BadInput("--dead-letter-stream and --no-dead-letter-stream: give one")
+    forward = "" if own_dead_letters else dead_letter_stream
+    if (max_attempts, visibility, max_size, dedup_window, forward) == (None,) * 5:
         found = q.config(stream)
     else:
         size = None if max_size is None else sizes.parse(max_size, "--max-size")
@@ -65,6 +85,7 @@ def config(
             seconds(visibility, "--visibility"),
             size,
             dedup_window=seconds(dedup_window, "--dedup-window"),
+            dead_letter_stream=forward,
         )
     if as_json or not render.for_people():
         print(json.dumps(_config_record(stream, found), separators=(",", ":")))
@@ -74,6 +95,7 @@ def config(
         ("visibility", f"{found.visibility:g}s"),
         ("max_size", sizes.text(found.max_size)),
         ("dedup_window", f"{found.dedup_window:g}s"),
+        ("dead_letter_stream", found.dead_letter_stream or "(its own dead letters)"),
     ]
     render.console().print(render.rich_table(stream, ("setting", "value"), rows))
 
@@ -85,6 +107,7 @@ def _config_record(stream: str, found: StreamConfig) -> dict[str, Any]:
         "visibility": found.visibility,
         "max_size": found.max_size,
         "dedup_window": found.dedup_window,
+        "dead_letter_stream": found.dead_letter_stream,
     }
 
 

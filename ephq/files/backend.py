@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -39,8 +40,21 @@ class FileBackend:
                 if stream is None:
                     stream = self._new_stream(name)
                     stream.verify()
+                    stream.main.dead_letter_stream = functools.partial(
+                        self._dead_letter_store, name
+                    )
                     self._streams[name] = stream
         return stream
+
+    def _dead_letter_store(self, name: str) -> Store | None:
+        """The store that stream name's dead letters go to as messages, if it names one."""
+        target = self._stream(name).config().dead_letter_stream
+        if target is None or target == name:
+            return None
+        owner = self._stream(target)
+        if not owner.exists():
+            owner.create()
+        return owner.main
 
     def _new_stream(self, name: str) -> Stream:
         return Stream(self.home, name, durable=self.durable, clock=self.clock, ids=self._ids)
@@ -233,7 +247,24 @@ class FileBackend:
         for message_id in ids or []:
             _require_id(message_id)
         owner = self._stream(stream)
-        return owner.dead.redrive_into(owner.main, ids, progress)
+        if ids is None:
+            # A dead letter of this stream that first died in another one goes there too.
+            moved = owner.dead.redrive_into(owner.main, None, progress)
+            moved += owner.main.send_home(self._home_of, None, progress)
+            return list(dict.fromkeys(moved))
+        dead = [i for i in ids if owner.dead.find(i) is not None]
+        others = [i for i in ids if i not in set(dead)]
+        moved = owner.dead.redrive_into(owner.main, dead, progress) if dead else []
+        if others:
+            moved += owner.main.send_home(self._home_of, others, progress)
+        return moved
+
+    def _home_of(self, stream: str) -> Store:
+        """The store a dead-letter stream's message goes back to (made if need be)."""
+        owner = self._stream(stream)
+        if not owner.exists():
+            owner.create()
+        return owner.main
 
     def purge_dead_letters(self, stream: str, ids: list[str] | None) -> list[str]:
         for message_id in ids or []:

@@ -11,6 +11,7 @@ import math
 import os
 import stat
 
+from ..errors import BadInput
 from ..message import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MAX_MESSAGE_BYTES,
@@ -18,7 +19,7 @@ from ..message import (
     StreamConfig,
 )
 from .fsio import FILE_MODE, NotOurs, fsync_dir, read_regular, unlink_quietly, write_all
-from .names import new_token
+from .names import check_stream_name, new_token
 
 CONFIG_FILE = "stream.json"
 MAX_CONFIG_BYTES = 65536
@@ -58,6 +59,7 @@ class ConfigFile:
             "visibility": config.visibility,
             "max_size": config.max_size,
             "dedup_window": config.dedup_window,
+            "dead_letter_stream": config.dead_letter_stream,
         }
         # In tmp/ as a .w file: if this process dies, recovery removes it (recovery.py).
         tmp = os.path.join(os.path.dirname(self.path), "tmp", f"{CONFIG_FILE}.{new_token()}.w")
@@ -89,4 +91,10 @@ def parse(raw: bytes) -> StreamConfig:
     dedup_window = float(doc.get("dedup_window", StreamConfig.dedup_window))  # absent before 0.3
     if not (dedup_window > 0 and math.isfinite(dedup_window)):
         raise ValueError("dedup_window must be positive")
-    return StreamConfig(max_attempts, visibility, max_size, dedup_window)
+    dead_letter_stream = doc.get("dead_letter_stream")
+    if dead_letter_stream is not None:
+        try:
+            check_stream_name(dead_letter_stream)
+        except BadInput:
+            raise ValueError("dead_letter_stream is not a stream's name") from None
+    return StreamConfig(max_attempts, visibility, max_size, dedup_window, dead_letter_stream)

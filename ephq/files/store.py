@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import BadInput, EphqError, LeaseLost, NotFound
-from ..message import Exported, Lease, Message, utc_from_ns
+from ..message import Exported, Lease, Message, died_elsewhere, live_metadata, utc_from_ns
 from . import fsio, sweep
 from .census import Census
 from .fsio import (
@@ -72,6 +72,7 @@ from .names import (
     IdSource,
     ReadyName,
     TimedName,
+    check_stream_name,
     format_receipt,
     id_time_ns,
     new_token,
@@ -124,6 +125,9 @@ class Store:
         self.durable = durable
         self.clock = clock
         self.graveyard = graveyard  # where dead letters go; None for a dead-letter queue itself
+        # The store of the stream's dead-letter stream, if it has one (its setting, read at
+        # each death): there dead letters become ordinary messages instead of going to graveyard.
+        self.dead_letter_stream: Callable[[], Store | None] = _none
         self.holders_dir = holders_dir  # workers' announcements of their leases (holders.py)
         self.quarantine = quarantine
         self.ready = Tree(os.path.join(path, "ready"), READY_CUTS, self._set_aside_dir)
@@ -291,9 +295,7 @@ class Store:
             if record is None or parsed is None:
                 continue  # gone meanwhile, or not a message: check reports it
             due = parsed.at_ns if isinstance(parsed, TimedName) and state == "delayed" else None
-            meta = record.meta
-            if self.graveyard is not None and "dead" in meta:
-                meta = {k: v for k, v in meta.items() if k != "dead"}
+            meta = self._live_meta(record.meta)
             yield Exported(
                 message_id,
                 "dead" if self.graveyard is None else state,
@@ -518,10 +520,7 @@ class Store:
     def _message(
         self, record: Record, attempts: int, receipt: str | None, visible_until: int | None
     ) -> Message:
-        meta = record.meta
-        if "dead" in meta and self.graveyard is not None:
-            # A redriven message: its death is history, not a fact about it now.
-            meta = {key: value for key, value in meta.items() if key != "dead"}
+        meta = self._live_meta(record.meta)
         return Message(
             id=record.id,
             receipt=receipt,
@@ -533,6 +532,9 @@ class Store:
             visible_until=None if visible_until is None else utc_from_ns(visible_until),
             metadata=meta,
         )
+
+    def _live_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
+        return meta if self.graveyard is None else live_metadata(meta, self.stream)
 
     # -- settle a delivery -----------------------------------------------------------------
 
@@ -700,6 +702,11 @@ class Store:
             self.set_aside(dying, found)
             return
         target = self.graveyard or self
+        forward = self.dead_letter_stream() if self.graveyard is not None else None
+        if forward is not None:
+            target, attempts_there = forward, 0  # an ordinary message there, from its start
+        else:
+            attempts_there = attempts
         if recovering and target.find(message_id) is not None:
             # After a power loss (both names can survive a rename on a file system without a
             # journal) the dead letter may be filed already.
@@ -707,7 +714,8 @@ class Store:
             return
         meta = dict(found.meta)
         now = iso_utc(self.clock())
-        if self.graveyard is not None:
+        earlier = meta.get("dead")
+        if self.graveyard is not None and not died_elsewhere(meta, self.stream):
             meta["dead"] = {
                 "stream": self.stream,
                 "error": (error or "")[:MAX_ERROR_CHARS],
@@ -715,8 +723,9 @@ class Store:
                 "died_at": now,
             }
         elif error is not None:
-            dead = meta.get("dead")
-            dead = dict(dead) if isinstance(dead, dict) else {"stream": self.stream}
+            # A dead letter's handler failed, here in a dead-letter queue or in a dead-letter
+            # stream (whose own dead letters keep the stream they first died in).
+            dead = dict(earlier) if isinstance(earlier, dict) else {"stream": self.stream}
             dead["dlq_error"] = error[:MAX_ERROR_CHARS]
             dead["dlq_failed_at"] = now
             meta["dead"] = dead
@@ -730,7 +739,7 @@ class Store:
         fill_locked(wfd, fresh, content, durable=self.durable)
         try:
             os.rename(fresh, dying)
-            target.file_in(dying, message_id, attempts, due_ns)
+            target.file_in(dying, message_id, attempts_there, due_ns)
         except BaseException:
             unlink_quietly(fresh)
             raise
@@ -748,11 +757,44 @@ class Store:
         self, target: Store, ids: list[str] | None, progress: Progress = None
     ) -> list[str]:
         """Move dead letters (all, or those with the given ids) back into target's ready/."""
-        now = self.clock()
+        return self._move_out(lambda path, message_id: target, ids, progress)
+
+    def send_home(
+        self, home_of: Callable[[str], Store], ids: list[str] | None, progress: Progress = None
+    ) -> list[str]:
+        """In a dead-letter stream: move messages that died in another stream (all, or these
+        ids) back to it, each to its place in FIFO order with fresh attempts. NotFound for an
+        id that is not here; BadInput for one that did not come from another stream."""
+
+        def home(path: str, message_id: str) -> Store | None:
+            record = self._load(path, message_id, taken=False)
+            origin = _died_in(None if record is None else record.meta.get("dead"))
+            if origin is not None and origin != self.stream:
+                return home_of(origin)
+            if ids is not None and record is not None:
+                raise BadInput(
+                    f"message {message_id} of stream {self.stream!r} is not a dead letter "
+                    "of another stream: nothing to redrive it to"
+                )
+            return None
+
+        return self._move_out(home, ids, progress)
+
+    def _move_out(
+        self,
+        target_of: Callable[[str, str], Store | None],
+        ids: list[str] | None,
+        progress: Progress,
+    ) -> list[str]:
+        """Move messages (all, or these ids; one held by a consumer is taken from it) into
+        the ready/ of the store target_of(path, id) names (None: it stays), with fresh attempts
+        and their ids, so in their places in FIFO order."""
         moved: list[str] = []
         emptied: set[str] = set()
-        for path, message_id, _ in self.entries(ids, now):
-            if place(
+        woken: dict[str, Store] = {}
+        for path, message_id, _ in self.entries(ids, self.clock()):
+            target = target_of(path, message_id)
+            if target is not None and place(
                 path,
                 target.ready.leaf_dir(message_id),
                 str(ReadyName(message_id, 0)),
@@ -761,12 +803,13 @@ class Store:
             ):
                 moved.append(message_id)
                 emptied.add(os.path.dirname(path))
+                woken[target.path] = target
                 if progress is not None:
                     progress(1)
-        self._flush_dirs(emptied)  # or a power loss could leave a redriven message dead too
-        if moved:
+        self._flush_dirs(emptied)  # or a power loss could leave a moved message here too
+        for target in woken.values():
             target.ring()
-            target._forget_head()
+            target._forget_head()  # they may come before what this process has cached
         return moved
 
     def remove(self, ids: list[str] | None) -> list[str]:
@@ -1090,6 +1133,21 @@ class Store:
             os.utime(self.bell, follow_symlinks=False)
         except FileNotFoundError:
             pass
+
+
+def _none() -> None:
+    return None
+
+
+def _died_in(dead: object) -> str | None:
+    """The stream a message's metadata.dead says it died in, if it names one."""
+    stream = dead.get("stream") if isinstance(dead, dict) else None
+    if not isinstance(stream, str):
+        return None
+    try:
+        return check_stream_name(stream)
+    except BadInput:
+        return None
 
 
 def _vetted(raw: bytes, st: os.stat_result, message_id: str) -> Record | NotOurs:

@@ -18,7 +18,16 @@ from typing import Any
 
 from ..backend import Holder, Progress, Waiter
 from ..errors import BadInput, LeaseLost, NotFound
-from ..ids import IdSource, Receipt, format_receipt, id_time_ns, is_id, new_token, parse_receipt
+from ..ids import (
+    IdSource,
+    Receipt,
+    check_stream_name,
+    format_receipt,
+    id_time_ns,
+    is_id,
+    new_token,
+    parse_receipt,
+)
 from ..message import (
     CheckProblem,
     Exported,
@@ -26,6 +35,7 @@ from ..message import (
     Message,
     StreamConfig,
     StreamStats,
+    live_metadata,
     utc_from_ns,
 )
 from . import schema
@@ -321,8 +331,8 @@ class PostgresBackend:
         self, stream: str, row: Any, dead: bool, *, receipt: bool, state: str | None = None
     ) -> Message:
         message_id, attempts, visible_at, token, data, meta = row
-        if not dead and "dead" in meta:
-            meta = {k: v for k, v in meta.items() if k != "dead"}  # redriven: history
+        if not dead:
+            meta = live_metadata(meta, stream)
         leased = receipt and token is not None
         return Message(
             id=message_id,
@@ -562,14 +572,16 @@ class PostgresBackend:
 
     def _config(self, cur: Any, stream: str) -> StreamConfig:
         cur.execute(
-            "SELECT max_attempts, visibility_ms, max_size, dedup_window_ms FROM ephq.streams "
-            "WHERE name = %s",
+            "SELECT max_attempts, visibility_ms, max_size, dedup_window_ms, dead_letter_stream "
+            "FROM ephq.streams WHERE name = %s",
             (stream,),
         )
         row = cur.fetchone()
         if row is None:
             return DEFAULTS
-        return StreamConfig(int(row[0]), int(row[1]) / 1000, int(row[2]), int(row[3]) / 1000)
+        return StreamConfig(
+            int(row[0]), int(row[1]) / 1000, int(row[2]), int(row[3]) / 1000, row[4]
+        )
 
     def config(self, stream: str) -> StreamConfig:
         with self.db.cursor(f"read the settings of stream {stream!r}") as cur:
@@ -590,7 +602,9 @@ class PostgresBackend:
                        max_attempts = COALESCE(%(attempts)s, s.max_attempts),
                        visibility_ms = COALESCE(%(vis)s, s.visibility_ms),
                        max_size = COALESCE(%(size)s, s.max_size),
-                       dedup_window_ms = COALESCE(%(window)s, s.dedup_window_ms)
+                       dedup_window_ms = COALESCE(%(window)s, s.dedup_window_ms),
+                       dead_letter_stream = CASE WHEN %(forward)s THEN %(target)s
+                                            ELSE s.dead_letter_stream END
                    WHERE name = %(stream)s""",
                 {
                     "stream": stream,
@@ -598,6 +612,8 @@ class PostgresBackend:
                     "vis": ms(changes.get("visibility")),
                     "size": changes.get("max_size"),
                     "window": ms(changes.get("dedup_window")),
+                    "forward": "dead_letter_stream" in changes,
+                    "target": changes.get("dead_letter_stream"),
                 },
             )
             self._known_streams.add(stream)
@@ -660,18 +676,78 @@ class PostgresBackend:
 
     def redrive(self, stream: str, ids: list[str] | None, progress: Progress = None) -> list[str]:
         with self.db.transaction(f"redrive dead letters of stream {stream!r}") as cur:
-            chosen = self._dead_ids(cur, stream, ids)
+            others: list[str] | None = None
+            if ids is not None:  # ids not among the stream's dead letters: its own messages
+                for message_id in ids:
+                    _require_id(message_id)
+                cur.execute(
+                    "SELECT id FROM ephq.messages WHERE stream = %s AND dead AND id = ANY(%s)",
+                    (stream, ids),
+                )
+                dead = {row[0] for row in cur.fetchall()}
+                others = [i for i in dict.fromkeys(ids) if i not in dead]
+                ids = [i for i in ids if i in dead]
+            chosen = self._dead_ids(cur, stream, ids) if ids != [] else []
             cur.execute(
+                # A dead letter that first died in another stream stays one (a message of a
+                # dead-letter stream): its metadata.dead is what it is about.
                 """UPDATE ephq.messages SET dead = false, attempts = 0, token = NULL,
-                       visible_at = %s, meta = meta - 'dead'
-                   WHERE stream = %s AND dead AND id = ANY(%s)""",
-                (self.clock(), stream, chosen),
+                       visible_at = %(now)s,
+                       meta = CASE WHEN COALESCE(meta->'dead'->>'stream', %(stream)s)
+                                        <> %(stream)s THEN meta
+                              ELSE meta - 'dead' END
+                   WHERE stream = %(stream)s AND dead AND id = ANY(%(ids)s)""",
+                {"now": self.clock(), "stream": stream, "ids": chosen},
             )
             if chosen:
                 cur.execute("SELECT pg_notify('ephq', %s)", (stream,))
+            # A dead letter of this stream that first died in another one goes there too.
+            chosen = list(dict.fromkeys(chosen + self._send_home(cur, stream, others)))
         if progress is not None:
             progress(len(chosen))
         return chosen
+
+    def _send_home(self, cur: Any, stream: str, ids: list[str] | None) -> list[str]:
+        """In a dead-letter stream: its messages that died in another stream (all, or these
+        ids), back there with fresh attempts, in their places by id."""
+        if ids == []:
+            return []
+        cur.execute(
+            """SELECT id, meta->'dead'->>'stream' FROM ephq.messages
+                WHERE stream = %(stream)s AND NOT dead
+                  AND (%(all)s OR id = ANY(%(ids)s))
+                ORDER BY id FOR UPDATE""",
+            {"stream": stream, "all": ids is None, "ids": ids or []},
+        )
+        origins = dict(cur.fetchall())
+        for message_id in ids or []:
+            if message_id not in origins:
+                raise NotFound(f"no message with id {message_id} in stream {stream!r}")
+        homes = {}
+        for message_id, origin in origins.items():
+            if origin is not None and origin != stream and _is_stream_name(origin):
+                homes[message_id] = origin
+            elif ids is not None:
+                raise BadInput(
+                    f"message {message_id} of stream {stream!r} is not a dead letter "
+                    "of another stream: nothing to redrive it to"
+                )
+        if not homes:
+            return []
+        cur.execute(
+            "INSERT INTO ephq.streams (name) SELECT DISTINCT unnest(%s::text[]) "
+            "ON CONFLICT DO NOTHING",
+            (list(set(homes.values())),),
+        )
+        cur.execute(
+            """UPDATE ephq.messages m SET stream = m.meta->'dead'->>'stream', attempts = 0,
+                   token = NULL, visible_at = %s, meta = m.meta - 'dead'
+               WHERE m.stream = %s AND NOT m.dead AND m.id = ANY(%s)""",
+            (self.clock(), stream, list(homes)),
+        )
+        for home in sorted(set(homes.values())):
+            cur.execute("SELECT pg_notify('ephq', %s)", (home,))
+        return list(homes)
 
     def purge_dead_letters(self, stream: str, ids: list[str] | None) -> list[str]:
         with self.db.transaction(f"purge dead letters of stream {stream!r}") as cur:
@@ -785,9 +861,7 @@ class PostgresBackend:
                     state = "ready"
                 else:
                     state = "delayed" if token is None else "inflight"
-                meta = stored
-                if not dead and "dead" in stored:
-                    meta = {k: v for k, v in stored.items() if k != "dead"}
+                meta = stored if dead else live_metadata(stored, stream)
                 due = visible_at if state == "delayed" else None
                 yield Exported(message_id, state, attempts, due, meta, data)
 
@@ -911,6 +985,14 @@ class DatabaseHolder:
         except Exception:
             pass
         self._conn.close()
+
+
+def _is_stream_name(name: str) -> bool:
+    try:
+        check_stream_name(name)
+    except BadInput:
+        return False
+    return True
 
 
 def _require_id(message_id: str) -> None:

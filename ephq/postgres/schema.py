@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-VERSION = 2
+VERSION = 3
 
 # Each entry brings the schema from the version before it to its index + 1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -124,6 +124,41 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (stream, key)
         )""",
         "CREATE INDEX dedup_keys_by_age ON ephq.dedup_keys (stream, at)",
+    ),
+    # 3: dead-letter streams. Every way a message dies sets dead = true (the claim, stats'
+    # sweep, nack, reject); this trigger, on just that change, sends it on instead when its
+    # stream names a dead-letter stream: an ordinary message there, from its first attempt.
+    # A message of a dead-letter stream that dies keeps the stream it first died in, and gets
+    # why it failed there as dlq_error.
+    (
+        "ALTER TABLE ephq.streams ADD COLUMN dead_letter_stream text",
+        """CREATE FUNCTION ephq.forward_dead_letter() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            DECLARE
+                v_target text;
+                v_earlier jsonb := OLD.meta->'dead';
+            BEGIN
+                IF jsonb_typeof(v_earlier) = 'object' AND v_earlier->>'stream' <> OLD.stream THEN
+                    NEW.meta := jsonb_set(OLD.meta, '{dead}', v_earlier || jsonb_build_object(
+                        'dlq_error', NEW.meta->'dead'->'error',
+                        'dlq_failed_at', NEW.meta->'dead'->'died_at'));
+                END IF;
+                SELECT s.dead_letter_stream INTO v_target FROM ephq.streams s
+                    WHERE s.name = OLD.stream;
+                IF v_target IS NOT NULL THEN
+                    INSERT INTO ephq.streams (name) VALUES (v_target) ON CONFLICT DO NOTHING;
+                    NEW.stream := v_target;
+                    NEW.dead := false;
+                    NEW.attempts := 0;
+                    NEW.token := NULL;
+                    PERFORM pg_notify('ephq', v_target);
+                END IF;
+                RETURN NEW;
+            END
+            $$""",
+        """CREATE TRIGGER forward_dead_letter BEFORE UPDATE ON ephq.messages
+            FOR EACH ROW WHEN (NEW.dead AND NOT OLD.dead)
+            EXECUTE FUNCTION ephq.forward_dead_letter()""",
     ),
 )
 

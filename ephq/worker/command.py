@@ -12,6 +12,7 @@ anything else a temporary failure.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import select
 import signal
@@ -99,6 +100,9 @@ class CommandHandler:
             EPHQ_RECEIPT=message.receipt or "",
             EPHQ_ATTEMPT=str(message.attempts),
             EPHQ_ENQUEUED_AT=message.enqueued_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            # What the queue knows beyond the data, as JSON: for a dead letter, "dead" with
+            # the stream it died in, its attempts there and its last error.
+            EPHQ_METADATA=json.dumps(message.metadata, separators=(",", ":")),
         )
         return env
 

@@ -299,14 +299,16 @@ class Worker:
         start = time.monotonic()
         try:
             outcome = self._settle(job, start)
+            # Counted and told before its slot is free: whoever sees the next message running
+            # (the metrics, the log) has seen this one's outcome.
+            self._count(outcome)
+            if self.on_outcome is not None:
+                self.on_outcome(outcome)
         finally:
             with self._changed:
                 del self._jobs[job.message.id]
                 self._settled += 1
                 self._changed.notify_all()
-        self._count(outcome)
-        if self.on_outcome is not None:
-            self.on_outcome(outcome)
 
     def _settle(self, job: _Job, start: float) -> Outcome:
         m = job.message
