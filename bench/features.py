@@ -1,0 +1,134 @@
+"""Do the queue features cost streams that do not use them? And what do they cost when used?
+
+    python bench/features.py --baseline REV [--workdir DIR] [--reps 5] [--n 2000]
+
+Checks out REV (the code before the features) into a temporary git worktree and runs the same
+workloads on it and on this tree, alternating A/B in one invocation, each rep in a fresh
+process on a fresh home (file backend, durable), so the ratios are fair on a noisy machine:
+- enqueue: one message at a time;
+- dequeue+ack: one at a time from a backlog of N;
+- enqueue with a dedup key, a new key each time (this tree only: the cost of the feature);
+- enqueue on a stream that has a dead-letter stream configured (this tree only).
+Reports the median rate (messages/s) over the reps, min-max, and this tree's ratio to REV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Run in a child process with the code under test first on sys.path.
+WORKLOAD = r"""
+import json, sys, time
+from ephq import Queue
+home, phase, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+q = Queue(home)
+payload = {"to": "someone@example.com", "subject": "hello", "body": "x" * 120}
+if phase == "dequeue_ack":
+    q.enqueue_many("s", [payload] * n)
+if phase == "dead_letter_stream":
+    q.configure("s", dead_letter_stream="dlq")
+start = time.perf_counter()
+if phase in ("enqueue", "dead_letter_stream"):
+    for _ in range(n):
+        q.enqueue("s", payload)
+elif phase == "enqueue_dedup_key":
+    for i in range(n):
+        q.enqueue("s", payload, dedup_key=f"key-{i}")
+elif phase == "dequeue_ack":
+    for _ in range(n):
+        m = q.dequeue("s")
+        q.ack("s", m.receipt)
+seconds = time.perf_counter() - start
+print(json.dumps({"rate": n / seconds}))
+"""
+
+BOTH = ("enqueue", "dequeue_ack")
+THIS_ONLY = ("enqueue_dedup_key", "dead_letter_stream")
+
+
+def run_once(code_root: Path, workdir: str, phase: str, n: int) -> float:
+    home = tempfile.mkdtemp(dir=workdir)
+    env = {**os.environ, "PYTHONPATH": str(code_root), "PYTHONDONTWRITEBYTECODE": ""}
+    env.pop("EPHQ_HOME", None)
+    env.pop("EPHQ_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-c", WORKLOAD, home, phase, str(n)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    subprocess.run(["rm", "-rf", home], check=True)
+    return float(json.loads(done.stdout)["rate"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", required=True, help="the git revision to compare with")
+    parser.add_argument("--workdir", default=None, help="where the homes go (default: /tmp)")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--n", type=int, default=2000)
+    args = parser.parse_args()
+    workdir = tempfile.mkdtemp(prefix="ephq-bench-features-", dir=args.workdir)
+    baseline = Path(workdir) / "baseline"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        rates: dict[tuple[str, str], list[float]] = {}
+        for _ in range(args.reps):
+            for phase in BOTH:
+                for label, code in (("baseline", baseline), ("this", ROOT)):
+                    rate = run_once(code, workdir, phase, args.n)
+                    rates.setdefault((phase, label), []).append(rate)
+            for phase in THIS_ONLY:
+                rates.setdefault((phase, "this"), []).append(
+                    run_once(ROOT, workdir, phase, args.n)
+                )
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)],
+            check=False,
+        )
+    print(report(rates, args))
+
+
+def report(rates: dict[tuple[str, str], list[float]], args: argparse.Namespace) -> str:
+    def cell(values: list[float]) -> str:
+        return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+    plain = statistics.median(rates[("enqueue", "this")])
+    lines = [
+        f"# features: {args.reps} reps of {args.n} messages, file backend, durable; "
+        f"{platform.python_version()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}",
+        "",
+        f"| workload | {args.baseline[:10]} msg/s | this tree msg/s | ratio |",
+        "|---|---|---|---|",
+    ]
+    for phase in BOTH:
+        before, after = rates[(phase, "baseline")], rates[(phase, "this")]
+        ratio = statistics.median(after) / statistics.median(before)
+        lines.append(f"| {phase} | {cell(before)} | {cell(after)} | {ratio:.2f}x |")
+    for phase in THIS_ONLY:
+        after = rates[(phase, "this")]
+        lines.append(
+            f"| {phase} | | {cell(after)} | {statistics.median(after) / plain:.2f}x of enqueue |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
