@@ -95,9 +95,7 @@ def main() -> None:
                     rate = run_once(code, workdir, phase, args.n)
                     rates.setdefault((phase, label), []).append(rate)
             for phase in THIS_ONLY:
-                rates.setdefault((phase, "this"), []).append(
-                    run_once(ROOT, workdir, phase, args.n)
-                )
+                rates.setdefault((phase, "this"), []).append(run_once(ROOT, workdir, phase, args.n))
     finally:
         subprocess.run(
             ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)],

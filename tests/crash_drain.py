@@ -25,7 +25,7 @@ DRAIN_ROUNDS = 1000
 
 
 def drain(home: str, clock_ns: int, keys: list[str]) -> dict[str, Any]:
-    with Queue(home, clock=lambda: clock_ns) as q:
+    with Queue(home, clock=lambda: clock_ns, keep_leases=False) as q:
         first = [p.kind for p in q.check()]
         after = [[q.enqueue(STREAM, {"after": i}), {"after": i}] for i in range(3)]
         keyed = [[q.enqueue(STREAM, {"key": k}, dedup_key=k), k] for k in keys]

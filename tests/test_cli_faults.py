@@ -93,7 +93,7 @@ def free():
     fs = os.statvfs(home)
     return fs.f_bavail * fs.f_frsize
 
-with Queue(home) as q:
+with Queue(home, keep_leases=False) as q:  # its lease is handed to `ephq nack`
     q.configure("d", max_attempts=1)
     q.enqueue("d", "doomed")
     lease = q.dequeue("d")

@@ -45,7 +45,7 @@ class Scenario:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.clock = FakeClock()
-        self.q = Queue(home, clock=self.clock)
+        self.q = Queue(home, clock=self.clock, keep_leases=False)
         self.data_of: dict[str, Any] = {}  # every message's data by id
         self.kept: set[str] = set()  # promised before recording began
         self.recorder: Recorder | None = None
@@ -139,7 +139,7 @@ class Scenario:
     def fresh(self) -> None:
         """From here on, act as a new process would: nothing cached in memory."""
         self.q.close()
-        self.q = Queue(self.home, clock=self.clock)
+        self.q = Queue(self.home, clock=self.clock, keep_leases=False)
 
     @contextmanager
     def recording(self) -> Iterator[None]:

@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -442,3 +443,72 @@ def test_a_worker_consumes_the_dead_letter_stream(store: str, home: Path, tmp_pa
     deaths = [json.loads(line.split(" ", 3)[3])["dead"] for line in lines]
     assert [d["stream"] for d in deaths] == ["orders", "orders", "emails"]
     assert all(d["attempts"] == 2 and d["error"] == "exit 1" for d in deaths)
+
+
+# -- a long-lived Queue's leases end with its process ----------------------------------------
+
+HOLDING = r"""
+import sys, time
+from ephq import Queue
+q = Queue(sys.argv[1], keep_leases=sys.argv[2] == "keep") if not sys.argv[1].startswith(
+    "postgres") else Queue(url=sys.argv[1], keep_leases=sys.argv[2] == "keep")
+got = q.dequeue_many("s", 2, visibility=600)
+print(" ".join(m.id for m in got), flush=True)
+time.sleep(600)
+"""
+
+
+def _holding_process(store: str, home: Path, keep: bool) -> tuple[subprocess.Popen[str], list[str]]:
+    where = str(home) if store == "files" else store
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDING, where, "keep" if keep else "no"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    ids = proc.stdout.readline().split()
+    return proc, ids
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.both_backends
+def test_a_killed_programs_leases_come_back_within_seconds(store: str, home: Path) -> None:
+    q = open_store(home, keep_leases=False)
+    sent = q.enqueue_many("s", ["a", "b", "c"])
+    proc, ids = _holding_process(store, home, keep=True)
+    assert ids == sent[:2]
+    wait_for(lambda: sum(lease.holder is not None for lease in q.leases("s")) == 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    again = q.dequeue_many("s", 3, visibility=60, wait=30)
+    while len(again) < 3:  # the third was ready all along; the two come back within seconds
+        more = q.dequeue_many("s", 3, visibility=60, wait=30)
+        assert more, "the killed program's leases did not come back"
+        again += more
+    assert sorted(m.id for m in again) == sent
+    assert sorted(m.attempts for m in again) == [1, 2, 2]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.both_backends
+def test_leases_not_kept_wait_for_their_deadline(store: str, home: Path) -> None:
+    q = open_store(home, keep_leases=False)
+    sent = q.enqueue_many("s", ["a", "b"])
+    proc, ids = _holding_process(store, home, keep=False)
+    assert ids == sent
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert q.dequeue("s", wait=3) is None  # ten-minute leases: nobody gives them back early
+    assert all(lease.holder is None for lease in q.leases("s"))
+
+
+def test_a_closed_queue_leaves_its_leases_to_their_deadlines(home: Path) -> None:
+    q = Queue(home)
+    q.enqueue("s", 1)
+    m = q.dequeue("s", visibility=600)
+    assert m is not None
+    wait_for(lambda: any(lease.holder is not None for lease in q.leases("s")))
+    q.close()  # a clean end: nothing is given back early
+    other = Queue(home, keep_leases=False)
+    assert other.dequeue("s") is None
+    assert [lease.holder for lease in other.leases("s")] == [None]

@@ -24,10 +24,12 @@ class Settings:
 
     def queue(self) -> Queue:
         if self._queue is None:
+            # One-shot commands: a lease outlives the process (`ephq dequeue` hands its receipt
+            # to whoever acks). The worker announces its leases itself.
             if self.url is not None:
-                self._queue = Queue(url=self.url)
+                self._queue = Queue(url=self.url, keep_leases=False)
             else:
-                self._queue = Queue(self.home, fsync=self.fsync)
+                self._queue = Queue(self.home, fsync=self.fsync, keep_leases=False)
         return self._queue
 
 

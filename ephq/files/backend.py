@@ -54,6 +54,7 @@ class FileBackend:
         owner = self._stream(target)
         if not owner.exists():
             owner.create()
+        owner.mark_dead_letter_stream(durable=self.durable)
         return owner.main
 
     def _new_stream(self, name: str) -> Stream:
@@ -250,7 +251,8 @@ class FileBackend:
         if ids is None:
             # A dead letter of this stream that first died in another one goes there too.
             moved = owner.dead.redrive_into(owner.main, None, progress)
-            moved += owner.main.send_home(self._home_of, None, progress)
+            if owner.receives_dead_letters():  # else none of its messages died elsewhere
+                moved += owner.main.send_home(self._home_of, None, progress)
             return list(dict.fromkeys(moved))
         dead = [i for i in ids if owner.dead.find(i) is not None]
         others = [i for i in ids if i not in set(dead)]

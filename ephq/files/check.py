@@ -37,7 +37,7 @@ from .quarantine import HOME_QUARANTINE, QUARANTINE, Quarantine
 from .record import MAX_RECORD_BYTES, CorruptRecord, decode
 from .recovery import clean_tmp, dying_fields, leftovers
 from .store import Store
-from .stream import LOCK_FILE, STORE_DIRS, STORE_FILES, Stream
+from .stream import DEAD_LETTER_MARK, LOCK_FILE, STORE_DIRS, STORE_FILES, Stream
 from .tree import Tree
 
 # Where a message found twice is kept: the copy furthest along its life, then the most attempts.
@@ -344,6 +344,7 @@ def check_stream(stream: Stream, repair: bool) -> list[CheckProblem]:
             KEYS: True,
             "stream.json": False,
             LOCK_FILE: False,
+            DEAD_LETTER_MARK: False,
         },
     )
     if stat.S_ISDIR(_mode(stream.dead.path)):

@@ -44,6 +44,7 @@ class HolderFile:
         self.path = os.path.join(directory, f"holder-{os.getpid()}-{new_token()}.json")
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         self._fd = os.open(self.path, flags, 0o600)
+        self._size = 0
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         import socket  # here: 6 ms of start-up that only a worker needs
 
@@ -61,8 +62,12 @@ class HolderFile:
         if self._fd < 0:
             return
         data = json.dumps(self._head | {"leases": leases}, separators=(",", ":")).encode()
-        os.pwrite(self._fd, data, 0)
-        os.ftruncate(self._fd, len(data))
+        # Shorter than before: padded with spaces to the old length, so that a process killed
+        # between the write and the cut leaves JSON that parses, never the old tail after it.
+        os.pwrite(self._fd, data.ljust(self._size), 0)
+        if len(data) < self._size:
+            os.ftruncate(self._fd, len(data))
+        self._size = len(data)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -104,6 +109,14 @@ def _read(path: str) -> dict[str, Any] | None:
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), t) for k, t in fields.items()):
         return None
     return {key: doc[key] for key in (*fields, "dlq")}
+
+
+def _older_than_creation(path: str) -> bool:
+    """Past the moment between a holder file's creation and its first lock."""
+    try:
+        return time.time_ns() - os.lstat(path).st_ctime_ns >= STALE_AFTER_NS
+    except FileNotFoundError:
+        return False
 
 
 def _is_stale(path: str) -> bool:
@@ -152,8 +165,11 @@ def orphaned_leases(directory: str, dead: bool) -> Iterator[TimedName]:
             continue  # its worker lives (or the file is gone)
         try:
             doc = _read(path)
+            if doc is None and _older_than_creation(path):
+                unlink_quietly(path)  # damaged: it names no lease, which keep their deadlines
+                continue
             if doc is None or bool(doc.get("dlq")) != dead:
-                continue  # being created (empty yet), damaged, or the other queue's
+                continue  # being created (empty yet), or the other queue's
             for receipt in doc["leases"]:
                 try:
                     yield parse_receipt(receipt).lease

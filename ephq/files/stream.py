@@ -6,6 +6,7 @@
         census               the last count of each leaf, for stats (census.py)
         lock                 flocked by configure, purge and check --repair
         holders/             the workers holding leases, each flocking its file (holders.py)
+        receives-dead-letters   there when it is another stream's dead-letter stream
         keys/                deduplication keys taken within the stream's window (dedup.py)
         ready/ delayed/ inflight/ tmp/        the stream's messages (store.py)
         pool/                acked files kept for reuse (pool.py)
@@ -34,13 +35,16 @@ from ..errors import StorageError
 from ..message import StreamConfig
 from .config import ConfigFile
 from .dedup import KEYS, DedupKeys
-from .fsio import NotOurs, describe_kind, is_real_dir, open_regular
+from .fsio import NotOurs, describe_kind, fsync_dir, is_real_dir, open_regular
 from .holders import HOLDERS
 from .names import IdSource
 from .quarantine import Quarantine
 from .store import Clock, Store
 
 LOCK_FILE = "lock"
+# Made the first time another stream's dead letter arrives: only then does redriving the
+# stream look through its messages for ones to send back (backend.py).
+DEAD_LETTER_MARK = "receives-dead-letters"
 STORE_DIRS = ("ready", "delayed", "inflight", "tmp", "pool")
 STORE_FILES = ("bell", "census")
 
@@ -134,6 +138,28 @@ class Stream:
         yield os.path.join(self.path, LOCK_FILE), False
         yield os.path.join(self.path, HOLDERS), True
         yield os.path.join(self.path, KEYS), True
+        yield os.path.join(self.path, DEAD_LETTER_MARK), False
+
+    def receives_dead_letters(self) -> bool:
+        try:
+            return stat.S_ISREG(os.lstat(os.path.join(self.path, DEAD_LETTER_MARK)).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def mark_dead_letter_stream(self, *, durable: bool) -> None:
+        """Say (once) that other streams' dead letters arrive here."""
+        if self.receives_dead_letters():
+            return
+        try:
+            fd, _ = open_regular(
+                os.path.join(self.path, DEAD_LETTER_MARK), os.O_WRONLY | os.O_CREAT
+            )
+        except NotOurs as exc:
+            self.quarantine.set_aside(os.path.join(self.path, DEAD_LETTER_MARK), exc)
+            return
+        os.close(fd)
+        if durable:
+            fsync_dir(self.path)
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:

@@ -713,9 +713,12 @@ class PostgresBackend:
         if ids == []:
             return []
         cur.execute(
+            # All: only rows that died elsewhere are locked, never the stream's own messages,
+            # which consumers would skip meanwhile.
             """SELECT id, meta->'dead'->>'stream' FROM ephq.messages
                 WHERE stream = %(stream)s AND NOT dead
-                  AND (%(all)s OR id = ANY(%(ids)s))
+                  AND (CASE WHEN %(all)s THEN meta->'dead'->>'stream' <> %(stream)s
+                       ELSE id = ANY(%(ids)s) END)
                 ORDER BY id FOR UPDATE""",
             {"stream": stream, "all": ids is None, "ids": ids or []},
         )

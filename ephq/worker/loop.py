@@ -124,6 +124,8 @@ class Worker:
         self.on_outcome = on_outcome
         self.on_notice = on_notice  # told, in one line, when the store goes away and comes back
         self.name = name  # what `ephq leases` shows as the holder's worker
+        if queue.lease_keeper is not None:  # it announces the leases this worker takes
+            queue.lease_keeper.name = name
         if isinstance(rate, str):
             rate = parse_rate(rate, "rate")
         self._bucket = None if rate is None else TokenBucket(rate)
@@ -433,7 +435,10 @@ class Worker:
                 holder.close()
 
     def _holder(self) -> Holder | None:
-        """Announce this worker as a holder of leases; without it if the store is away."""
+        """Announce this worker as a holder of leases; without it if the store is away, or
+        when its Queue announces them."""
+        if self.queue.lease_keeper is not None:
+            return None
         try:
             return self.queue.hold(self.stream, dlq=self.dlq, worker=self.name)
         except Unavailable:

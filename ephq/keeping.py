@@ -1,0 +1,115 @@
+"""A long-lived Queue's leases, tied to its process's life.
+
+A Queue that keeps leases (the default in Python) announces every lease it takes as a holder
+of the stream (the file backend: a flocked file; PostgreSQL: a row believed while its session
+lives; see Backend.hold). When the process dies, even by SIGKILL, the kernel drops the lock or
+the server ends the session, and the next consumer to look gives the leases back at once instead
+of at their deadlines. A hung process that lives keeps them only until their deadlines, as ever.
+
+Announcing is off the hot path: a dequeue or an ack only notes the receipt; a thread publishes
+what changed a few times a second (so a lease younger than that may still wait for its
+deadline), and forgets leases whose deadlines have passed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from .backend import Holder
+from .errors import EphqError
+from .ids import DLQ_RECEIPT_PREFIX
+
+PUBLISH_EVERY_S = 0.1
+
+# Opens the holder of (stream, dead) for this process, under a name `ephq leases` shows.
+Opener = Callable[[str, bool, str], Holder]
+
+
+class LeaseKeeper:
+    def __init__(self, opener: Opener, name: str) -> None:
+        self.name = name
+        self._open = opener
+        # (stream, dead) -> receipt -> (leased at ns, deadline ns)
+        self._leases: dict[tuple[str, bool], dict[str, tuple[int, int]]] = {}
+        self._holders: dict[tuple[str, bool], Holder] = {}
+        self._changed: set[tuple[str, bool]] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def took(self, stream: str, receipts: list[tuple[str, int]]) -> None:
+        """Leases just taken: (receipt, deadline ns) each."""
+        if not receipts:
+            return
+        now = time.time_ns()
+        with self._lock:
+            if self._closed:
+                return
+            for receipt, deadline in receipts:
+                key = (stream, receipt.startswith(DLQ_RECEIPT_PREFIX))
+                self._leases.setdefault(key, {})[receipt] = (now, deadline)
+                self._changed.add(key)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="ephq-lease-keeper", daemon=True
+                )
+                self._thread.start()
+
+    def extended(self, stream: str, receipt: str, deadline: int) -> None:
+        key = (stream, receipt.startswith(DLQ_RECEIPT_PREFIX))
+        with self._lock:
+            held = self._leases.get(key, {})
+            if receipt in held:
+                held[receipt] = (held[receipt][0], deadline)
+
+    def ended(self, stream: str, receipts: list[str]) -> None:
+        """Deliveries settled (or found lost): no longer this process's."""
+        with self._lock:
+            for receipt in receipts:
+                key = (stream, receipt.startswith(DLQ_RECEIPT_PREFIX))
+                held = self._leases.get(key)
+                if held is not None and held.pop(receipt, None) is not None:
+                    self._changed.add(key)
+
+    def close(self) -> None:
+        """Stop announcing; the announcements go (what this process still holds keeps its
+        deadlines, as a clean exit should)."""
+        with self._lock:
+            self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        for holder in self._holders.values():
+            holder.close()
+        self._holders.clear()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._publish()
+            self._wake.wait(PUBLISH_EVERY_S)
+
+    def _publish(self) -> None:
+        now = time.time_ns()
+        with self._lock:
+            for key, held in self._leases.items():
+                gone = [r for r, (_, deadline) in held.items() if deadline <= now]
+                for receipt in gone:  # its deadline applies now, announced or not
+                    del held[receipt]
+                if gone:
+                    self._changed.add(key)
+            due = {key: self._leases.get(key, {}).copy() for key in self._changed}
+            self._changed.clear()
+        for key, held in due.items():
+            try:
+                holder = self._holders.get(key)
+                if holder is None:
+                    if not held:
+                        continue
+                    holder = self._holders[key] = self._open(key[0], key[1], self.name)
+                holder.publish({receipt: at for receipt, (at, _) in held.items()})
+            except (EphqError, OSError):
+                with self._lock:  # the store is away: try again at the next round
+                    self._changed.add(key)
