@@ -34,7 +34,7 @@ from .holders import HOLDER_NAME, HOLDERS, stale_files
 from .names import is_id, parse_ready, parse_timed
 from .pool import MAX_KEPT_BYTES, is_slot
 from .quarantine import HOME_QUARANTINE, QUARANTINE, Quarantine
-from .record import MAX_RECORD_BYTES, CorruptRecord, decode
+from .record import MAX_RECORD_BYTES, CorruptRecord, record_id
 from .recovery import clean_tmp, dying_fields, leftovers
 from .store import Store
 from .stream import DEAD_LETTER_MARK, LOCK_FILE, STORE_DIRS, STORE_FILES, Stream
@@ -148,20 +148,26 @@ class _Walk:
     ) -> None:
         leaf = depth == len(tree.cuts)
         width = 0 if leaf else tree.cuts[depth] - len(prefix)
-        for name in sorted(listdir(path)):
-            child = os.path.join(path, name)
+        for name, kind in sorted(_entries(path)):
+            child = f"{path}/{name}"
+            if kind == _REGULAR and leaf:
+                # The usual entry of a leaf, typed by the directory itself: no lstat (a
+                # million of them is what `check` of a deep backlog costs).
+                self.file(store, state, tree, child, stat.S_IFREG, path, name)
+                continue
             mode = _mode(child)
             if not mode:
                 continue  # moved on by a consumer or producer while we looked
             if leaf:
-                self.file(store, state, tree, child, mode)
+                self.file(store, state, tree, child, mode, path, name)
             elif stat.S_ISDIR(mode) and len(name) == width and _HEX.issuperset(name):
                 self.level(store, state, tree, child, prefix + name, depth + 1)
             else:
                 self.foreign(child, f"{describe_kind(mode)} where ephq keeps {state}/ directories")
 
-    def file(self, store: Store, state: str, tree: Tree, path: str, mode: int) -> None:
-        name = os.path.basename(path)
+    def file(
+        self, store: Store, state: str, tree: Tree, path: str, mode: int, where: str, name: str
+    ) -> None:
         fields = _fields(state, name)
         if fields is None:
             self.foreign(path, f"{describe_kind(mode)} not named as ephq names a {state} message")
@@ -171,7 +177,7 @@ class _Walk:
             return
         key, message_id, attempts = fields
         leaf = tree.leaf_dir(key)
-        if os.path.dirname(path) != leaf:
+        if where != leaf:
             self.report(
                 "misplaced",
                 path,
@@ -188,15 +194,15 @@ class _Walk:
             return
         links = st.st_nlink
         try:
-            record = decode(raw)
+            found_id = record_id(raw)
         except CorruptRecord as exc:
             if still_there(path, st):  # else acked (and zeroed) while we read: not a problem
                 self.unreadable(path, str(exc), NotOurs(str(exc), shared=links > 1))
             return
-        if record.id != message_id:
+        if found_id != message_id:
             if not still_there(path, st):
                 return  # recycled for another message while we read
-            why = f"the file holds message {record.id}"
+            why = f"the file holds message {found_id}"
             self.report(
                 "id-mismatch",
                 path,
@@ -289,6 +295,19 @@ class _Walk:
             self.problems.append(
                 CheckProblem(self.stream.name, "quarantined", path, detail, repaired=True)
             )
+
+
+_REGULAR = "f"
+
+
+def _entries(path: str) -> list[tuple[str, str]]:
+    """A directory's names, each with "f" when the directory says it is a regular file (a
+    type it does not give, or any other, is looked up with lstat by the caller)."""
+    try:
+        with os.scandir(path) as found:
+            return [(e.name, _REGULAR if e.is_file(follow_symlinks=False) else "") for e in found]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _mode(path: str) -> int:

@@ -58,6 +58,15 @@ def encode(
 
 
 def decode(raw: bytes) -> Record:
+    text, doc = _parse(raw)
+    meta = doc.get("meta")
+    if not isinstance(meta, dict):
+        meta = {}
+    return Record(doc["id"], str(doc.get("stream", "")), meta, doc["data"], _data_text(text, doc))
+
+
+def _parse(raw: bytes) -> tuple[str, dict[str, Any]]:
+    """The text and the object of a record; CorruptRecord if it is not one."""
     try:
         text = raw.decode()
         doc = json.loads(text)
@@ -67,10 +76,13 @@ def decode(raw: bytes) -> Record:
         raise CorruptRecord(f"not an ephq message of format version {FORMAT_VERSION}")
     if "data" not in doc or not isinstance(doc.get("id"), str):
         raise CorruptRecord("a message must have an id and data")
-    meta = doc.get("meta")
-    if not isinstance(meta, dict):
-        meta = {}
-    return Record(doc["id"], str(doc.get("stream", "")), meta, doc["data"], _data_text(text, doc))
+    return text, doc
+
+
+def record_id(raw: bytes) -> str:
+    """The id of the message a file holds, once the whole file is known to be a record (as
+    decode checks, without keeping the data's text: what `check` needs of every file)."""
+    return str(_parse(raw)[1]["id"])
 
 
 _PLAIN_TAIL = ',"meta":{},"data":'
