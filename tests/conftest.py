@@ -117,7 +117,11 @@ def store_environment(home: Path) -> dict[str, str]:
 
 
 def open_store(home: Path, **options: object) -> Queue:
-    """A Queue on the test's store: PostgreSQL when the store fixture chose it, else home."""
+    """A Queue on the test's store: PostgreSQL when the store fixture chose it, else home.
+
+    Without keeping leases unless asked: tests rarely close their Queues, and a keeping one's
+    thread would go on announcing (a row, on PostgreSQL) into the next test's store."""
+    options.setdefault("keep_leases", False)
     url = os.environ.get(TEST_URL)
     if url:
         return Queue(url=url, **options)  # type: ignore[arg-type]

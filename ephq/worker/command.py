@@ -77,21 +77,23 @@ class CommandHandler:
     def _supervise(
         self, proc: subprocess.Popen[bytes], message: Message, cancelled: threading.Event
     ) -> None:
-        tail: collections.deque[bytes] = collections.deque()
+        assert proc.stderr is not None
+        stderr = _StderrTail(proc.stderr.fileno())
         data = message.data_json.encode()
-        threads = [threading.Thread(target=_drain, args=(proc, tail), daemon=True)]
+        feeder = None
         if len(data) <= _PIPE_CAPACITY:
             _feed(proc, data)  # fits in the pipe: cannot block, whatever the handler does
         else:
-            threads.append(threading.Thread(target=_feed, args=(proc, data), daemon=True))
-        for thread in threads:
-            thread.start()
-        why = self._wait(proc, cancelled)
-        for thread in threads:
-            thread.join(timeout=5)
-        self._verdict(proc.returncode, why, b"".join(tail)[-STDERR_TAIL_BYTES:])
+            feeder = threading.Thread(target=_feed, args=(proc, data), daemon=True)
+            feeder.start()
+        why = self._wait(proc, cancelled, stderr)
+        if feeder is not None:
+            feeder.join(timeout=5)
+        self._verdict(proc.returncode, why, stderr.tail())
 
     def _environment(self, message: Message) -> dict[str, str]:
+        # The worker's environment is read once per handler start: a variable the worker's
+        # own code sets later still reaches the handlers.
         env = {k: v for k, v in os.environ.items() if k not in ("EPHQ_HOME", "EPHQ_URL")}
         env.update(self.store)
         env.update(
@@ -106,28 +108,34 @@ class CommandHandler:
         )
         return env
 
-    def _wait(self, proc: subprocess.Popen[bytes], cancelled: threading.Event) -> str | None:
-        """Wait for the handler; stop its process group on timeout or cancellation."""
+    def _wait(
+        self, proc: subprocess.Popen[bytes], cancelled: threading.Event, stderr: _StderrTail
+    ) -> str | None:
+        """Wait for the handler, copying its stderr as it comes (one thread, no other per
+        message); stop its process group on timeout or cancellation."""
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         exited = _exit_watch(proc)
         try:
             while True:
-                if exited is not None:
-                    # Woken at once by the exit; every slice to look at cancel and timeout.
-                    select.select([exited], [], [], _SLICE_S)
+                # Woken at once by output or the exit (a pidfd, where there is one); every
+                # slice to look at cancel and timeout.
+                watched = [fd for fd in (exited, stderr.fd if stderr.open else None) if fd]
+                if watched:
+                    ready, _, _ = select.select(watched, [], [], _SLICE_S if exited else _POLL_S)
+                    if stderr.open and stderr.fd in ready:
+                        stderr.copy_available()
+                elif exited is None:
+                    time.sleep(_POLL_S)
                 if proc.poll() is not None:
+                    stderr.copy_available()  # what it wrote before it exited
                     return None
-                if exited is None:
-                    try:
-                        proc.wait(timeout=_POLL_S)
-                        return None
-                    except subprocess.TimeoutExpired:
-                        pass
                 if cancelled.is_set():
                     _stop_group(proc)
+                    stderr.copy_available()
                     return "cancelled"
                 if deadline is not None and time.monotonic() >= deadline:
                     _stop_group(proc)
+                    stderr.copy_available()
                     return "timeout"
         finally:
             if exited is not None:
@@ -167,18 +175,38 @@ def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
             pass
 
 
-def _drain(proc: subprocess.Popen[bytes], tail: collections.deque[bytes]) -> None:
-    """Copy the handler's stderr to ours, keeping the last few kilobytes."""
-    stream = proc.stderr
-    assert stream is not None
-    kept = 0
-    for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[attr-defined]
-        sys.stderr.buffer.write(chunk)
-        sys.stderr.buffer.flush()
-        tail.append(chunk)
-        kept += len(chunk)
-        while kept - len(tail[0]) >= STDERR_TAIL_BYTES:
-            kept -= len(tail.popleft())
+class _StderrTail:
+    """A handler's stderr: copied to ours as it comes, the last few kilobytes kept for the
+    dead letter. Read without blocking: once the handler has exited, what its children may
+    still write later is not waited for."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.open = True
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._kept = 0
+        os.set_blocking(fd, False)
+
+    def copy_available(self) -> None:
+        while self.open:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.open = False
+                return
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.buffer.flush()
+            self._chunks.append(chunk)
+            self._kept += len(chunk)
+            while self._kept - len(self._chunks[0]) >= STDERR_TAIL_BYTES:
+                self._kept -= len(self._chunks.popleft())
+
+    def tail(self) -> bytes:
+        return b"".join(self._chunks)[-STDERR_TAIL_BYTES:]
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
