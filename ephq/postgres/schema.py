@@ -11,8 +11,10 @@ read from its columns, never stored as a word that could disagree with them:
     ready     visible_at <= now                delayed   visible_at > now, token is null
     inflight  visible_at > now, token set
 
-The claim is `UPDATE … FROM (SELECT … ORDER BY id … FOR UPDATE SKIP LOCKED LIMIT n)`; ack is a
-DELETE, so the hot table holds only what is queued. Autovacuum is made eager for it, because
+The claim is the function `ephq.claim`: `SELECT … ORDER BY id … FOR UPDATE SKIP LOCKED LIMIT n`
+collects the ids, one UPDATE leases them (another dead-letters those out of attempts); ack is
+a DELETE, so the hot table holds only what is queued. Other tables: `streams` (settings),
+`holders` (who holds leases), `dedup_keys`. Autovacuum is made eager for it, because
 every lease updates a row (and leaves a dead tuple behind).
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-VERSION = 3
+VERSION = 4
 
 # Each entry brings the schema from the version before it to its index + 1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -159,6 +161,56 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TRIGGER forward_dead_letter BEFORE UPDATE ON ephq.messages
             FOR EACH ROW WHEN (NEW.dead AND NOT OLD.dead)
             EXECUTE FUNCTION ephq.forward_dead_letter()""",
+    ),
+    # 4: the claim takes what it picked with one UPDATE per kind (lease, or dead-letter when
+    # its attempts are spent) by the ids it collected, not one UPDATE per row: a batch of 100
+    # cost 28 µs a row on the server. `id = ANY(array)` under equality on the key's other
+    # columns is an index lookup per id, whatever the table's statistics say.
+    (
+        """CREATE OR REPLACE FUNCTION ephq.claim(p_stream text, p_dead boolean, p_now bigint,
+                p_count integer, p_token text, p_visibility bigint, p_died_at text)
+            RETURNS TABLE (buried integer, id text, attempts integer, visible_at bigint,
+                           token text, data text, meta jsonb)
+            LANGUAGE plpgsql AS $$
+            #variable_conflict use_column
+            DECLARE
+                v_max integer;
+                v_visibility bigint;
+                v_take text[];
+                v_bury text[];
+            BEGIN
+                SELECT COALESCE(max(s.max_attempts), 5), COALESCE(max(s.visibility_ms), 30000)
+                    INTO v_max, v_visibility FROM ephq.streams s WHERE s.name = p_stream;
+                SELECT array_agg(p.id) FILTER (WHERE p_dead OR p.attempts < v_max),
+                       array_agg(p.id) FILTER (WHERE NOT p_dead AND p.attempts >= v_max)
+                    INTO v_take, v_bury
+                    FROM (SELECT m.id, m.attempts FROM ephq.messages m
+                          WHERE m.stream = p_stream AND m.dead = p_dead
+                            AND m.visible_at <= p_now
+                          ORDER BY m.id LIMIT p_count
+                          FOR UPDATE SKIP LOCKED) p;
+                IF v_bury IS NOT NULL THEN
+                    UPDATE ephq.messages m SET dead = true, token = NULL, visible_at = p_now,
+                        meta = m.meta || jsonb_build_object('dead', jsonb_build_object(
+                            'stream', p_stream,
+                            'error', CASE WHEN m.token IS NOT NULL THEN 'lease expired'
+                                     ELSE 'delivered ' || m.attempts
+                                          || ' times; max_attempts is ' || v_max END,
+                            'attempts', m.attempts,
+                            'died_at', p_died_at))
+                    WHERE m.stream = p_stream AND m.dead = false AND m.id = ANY(v_bury);
+                    RETURN QUERY SELECT cardinality(v_bury), NULL::text, NULL::integer,
+                        NULL::bigint, NULL::text, NULL::text, NULL::jsonb;
+                END IF;
+                IF v_take IS NOT NULL THEN
+                    RETURN QUERY
+                    UPDATE ephq.messages m SET attempts = m.attempts + 1, token = p_token,
+                        visible_at = p_now + COALESCE(p_visibility, v_visibility * 1000000)
+                    WHERE m.stream = p_stream AND m.dead = p_dead AND m.id = ANY(v_take)
+                    RETURNING 0, m.id, m.attempts, m.visible_at, m.token, m.data, m.meta;
+                END IF;
+            END
+            $$""",
     ),
 )
 
