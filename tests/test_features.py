@@ -512,3 +512,19 @@ def test_a_closed_queue_leaves_its_leases_to_their_deadlines(home: Path) -> None
     other = Queue(home, keep_leases=False)
     assert other.dequeue("s") is None
     assert [lease.holder for lease in other.leases("s")] == [None]
+
+
+@pytest.mark.both_backends
+def test_a_dead_letter_streams_backlog_moves_and_still_goes_home(
+    q: Queue, clock: FakeClock, tmp_path: Path
+) -> None:
+    q.configure("orders", max_attempts=1, dead_letter_stream="dead")
+    mid = q.enqueue("orders", "x")
+    _die(q, "orders", "nack", clock)
+    backlog = list(q.export("dead"))
+    assert [r.metadata["dead"]["stream"] for r in backlog] == ["orders"]
+    other = Queue(tmp_path / "elsewhere", keep_leases=False)  # files, whatever q is on
+    assert other.import_messages("dead", backlog) == 1
+    assert other.redrive("dead") == [mid]
+    m = other.dequeue("orders")
+    assert m is not None and m.id == mid and m.metadata == {}

@@ -10,7 +10,15 @@ from typing import Any
 
 from ..backend import Holder, Waiter
 from ..errors import BadInput, LeaseLost, NotFound, StorageError
-from ..message import CheckProblem, Exported, Lease, Message, StreamConfig, StreamStats
+from ..message import (
+    CheckProblem,
+    Exported,
+    Lease,
+    Message,
+    StreamConfig,
+    StreamStats,
+    died_elsewhere,
+)
 from .fsio import is_real_dir, listdir
 from .holders import HolderFile, live_holders
 from .names import IdSource, Receipt, check_stream_name, is_id, parse_receipt
@@ -281,6 +289,9 @@ class FileBackend:
     def import_messages(self, stream: str, records: list[Exported]) -> int:
         owner = self._stream(stream)
         with owner.exclusive():  # two imports of one file at once: one wins, one is refused
+            if any(r.state != "dead" and died_elsewhere(r.metadata, stream) for r in records):
+                # A dead-letter stream's backlog: its messages can be redriven home from here.
+                owner.mark_dead_letter_stream(durable=self.durable)
             return owner.main.import_batch(records)
 
     def waiter(self, stream: str, dead: bool) -> Waiter:
