@@ -120,3 +120,19 @@ def test_engine_imports_no_cli_or_lock_libraries(home: Path) -> None:
         [sys.executable, "-c", code, str(home)], capture_output=True, text=True, check=True
     )
     assert json.loads(out.stdout) == []
+
+
+def test_a_command_loads_no_module_only_some_need(home: Path) -> None:
+    """Every command pays its start-up: what only some operations need (hashing a dedup key,
+    a socket, ctypes for waiting, the database driver) is imported when they run."""
+    code = (
+        "import sys, json; import ephq.cli.main; from ephq import Queue;"
+        "q = Queue(sys.argv[1], keep_leases=False); q.enqueue('s', 1); m = q.dequeue('s');"
+        "q.ack('s', m.receipt); q.stats('s');"
+        "print(json.dumps(sorted(m for m in sys.modules if m in "
+        "{'hashlib', '_hashlib', 'socket', 'ctypes', 'psycopg', 'ssl'})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(home)], capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout) == []

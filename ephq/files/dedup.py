@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -64,6 +63,8 @@ class KeyRecord(NamedTuple):
 
 def key_path(key: str) -> tuple[str, str]:
     """The directory and file name of a key's entry."""
+    import hashlib  # here: its OpenSSL binding costs ~14 ms of every command's start-up
+
     digest = hashlib.sha256(key.encode()).hexdigest()
     return digest[:2], digest[2:32]
 
