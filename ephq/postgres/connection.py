@@ -5,6 +5,7 @@ A URL's password never leaves this module: messages name the server by `redacted
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -14,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import psycopg.types.json
 from psycopg import errors as pg_errors
 
 from ..errors import (
@@ -76,6 +78,7 @@ class Connections:
             # would cost the depth of the queue. Without bitmap scans it walks the primary key
             # in id order and stops at the first visible row. No ephq query needs one.
             conn.execute("SET enable_bitmapscan = off")
+        psycopg.types.json.set_json_loads(_json_loads, conn)
         if not self._schema_ready:
             self._ensure_schema(conn)
         return conn
@@ -173,6 +176,13 @@ class Connections:
                 conn.close()
             self._all.clear()
         self._local = threading.local()
+
+
+def _json_loads(raw: bytes | str) -> Any:
+    """jsonb as Python: most messages' metadata is empty, which needs no parser."""
+    if raw in (b"{}", "{}"):
+        return {}
+    return json.loads(raw)
 
 
 def _has_version_table(cur: psycopg.Cursor[Any]) -> bool:
