@@ -11,7 +11,7 @@ from .. import sizes
 from ..errors import BadInput
 from ..message import StreamConfig
 from . import render
-from .params import AnyStream, AsJson, Stream, seconds, settings
+from .params import AnyStream, AsJson, Stream, complete_stream, seconds, settings
 
 
 def config(
@@ -52,6 +52,7 @@ def config(
         typer.Option(
             "--dead-letter-stream",
             metavar="NAME",
+            autocompletion=complete_stream,
             help="From now on, STREAM's dead letters become ordinary messages of stream NAME "
             "(metadata.dead says where they died and why); `ephq dlq redrive NAME` sends them "
             "back. Not STREAM itself, nor a loop of such streams.",
