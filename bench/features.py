@@ -8,7 +8,8 @@ process on a fresh home (file backend, durable), so the ratios are fair on a noi
 - enqueue: one message at a time;
 - dequeue+ack: one at a time from a backlog of N;
 - enqueue with a dedup key, a new key each time (this tree only: the cost of the feature);
-- enqueue on a stream that has a dead-letter stream configured (this tree only).
+- enqueue on a stream that has a dead-letter stream configured (this tree only);
+- enqueue with a group (50 groups), and dequeue+ack over 50 groups (this tree only).
 Reports the median rate (messages/s) over the reps, min-max, and this tree's ratio to REV.
 """
 
@@ -36,6 +37,8 @@ q = Queue(home)
 payload = {"to": "someone@example.com", "subject": "hello", "body": "x" * 120}
 if phase == "dequeue_ack":
     q.enqueue_many("s", [payload] * n)
+if phase == "dequeue_ack_group":  # 50 groups: each dequeue finds some group's head out
+    q.enqueue_many("s", [payload] * n, groups=[f"g{i % 50}" for i in range(n)])
 if phase == "dead_letter_stream":
     q.configure("s", dead_letter_stream="dlq")
 start = time.perf_counter()
@@ -45,6 +48,13 @@ if phase in ("enqueue", "dead_letter_stream"):
 elif phase == "enqueue_dedup_key":
     for i in range(n):
         q.enqueue("s", payload, dedup_key=f"key-{i}")
+elif phase == "enqueue_group":
+    for i in range(n):
+        q.enqueue("s", payload, group=f"g{i % 50}")
+elif phase == "dequeue_ack_group":
+    for _ in range(n):
+        m = q.dequeue("s")
+        q.ack("s", m.receipt)
 elif phase == "dequeue_ack":
     for _ in range(n):
         m = q.dequeue("s")
@@ -54,7 +64,7 @@ print(json.dumps({"rate": n / seconds}))
 """
 
 BOTH = ("enqueue", "dequeue_ack")
-THIS_ONLY = ("enqueue_dedup_key", "dead_letter_stream")
+THIS_ONLY = ("enqueue_dedup_key", "dead_letter_stream", "enqueue_group", "dequeue_ack_group")
 
 
 def run_once(code_root: Path, workdir: str, phase: str, n: int) -> float:
@@ -109,6 +119,7 @@ def report(rates: dict[tuple[str, str], list[float]], args: argparse.Namespace) 
         return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
     plain = statistics.median(rates[("enqueue", "this")])
+    dequeue = statistics.median(rates[("dequeue_ack", "this")])
     lines = [
         f"# features: {args.reps} reps of {args.n} messages, file backend, durable; "
         f"{platform.python_version()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}",
@@ -122,8 +133,9 @@ def report(rates: dict[tuple[str, str], list[float]], args: argparse.Namespace) 
         lines.append(f"| {phase} | {cell(before)} | {cell(after)} | {ratio:.2f}x |")
     for phase in THIS_ONLY:
         after = rates[(phase, "this")]
+        base, of = (plain, "enqueue") if "dequeue" not in phase else (dequeue, "dequeue_ack")
         lines.append(
-            f"| {phase} | | {cell(after)} | {statistics.median(after) / plain:.2f}x of enqueue |"
+            f"| {phase} | | {cell(after)} | {statistics.median(after) / base:.2f}x of {of} |"
         )
     return "\n".join(lines)
 

@@ -37,6 +37,7 @@ class Backend(Protocol):
         delay_ns: int,
         progress: Progress = None,
         keys: list[str | None] | None = None,
+        groups: list[str | None] | None = None,
     ) -> list[str]: ...
     def dequeue(
         self, stream: str, count: int, visibility_ns: int | None, dead: bool

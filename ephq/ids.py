@@ -57,6 +57,18 @@ def new_token() -> str:
     return os.urandom(4).hex()
 
 
+def lease_token(grouped: bool) -> str:
+    """A lease's token: from the upper half of the token space for a message of a group, so
+    that settling it knows from the receipt alone that its group must be released."""
+    raw = bytearray(os.urandom(4))
+    raw[0] = raw[0] | 0x80 if grouped else raw[0] & 0x7F
+    return raw.hex()
+
+
+def is_group_token(token: str | None) -> bool:
+    return token is not None and token[:1] in "89abcdef" and token[:1] != ""
+
+
 class IdSource:
     """Ids from one process are strictly increasing even when the clock stalls or steps back."""
 

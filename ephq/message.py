@@ -38,6 +38,8 @@ class Message(NamedTuple):
     visible_until: datetime | None
     metadata: dict[str, Any] = {}  # noqa: RUF012 - never mutated; each Message gets its own
     state: str | None = None
+    group: str | None = None
+    """The message's group, if it was enqueued with one (delivered one at a time, in order)."""
 
 
 def died_elsewhere(meta: dict[str, Any], stream: str) -> bool:

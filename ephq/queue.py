@@ -113,23 +113,43 @@ class Queue:
     # -- produce ---------------------------------------------------------------------------
 
     def enqueue(
-        self, stream: str, data: Any, delay: Duration = 0, *, dedup_key: str | None = None
+        self,
+        stream: str,
+        data: Any,
+        delay: Duration = 0,
+        *,
+        dedup_key: str | None = None,
+        group: str | None = None,
     ) -> str:
         """Add a message whose data is any JSON value; returns its id once it is on disk.
 
         ``dedup_key``: if the stream took this key within its dedup window (default 5 minutes),
         store nothing and return the id of the message that took it, even if that message was
         acked since.
+        ``group``: messages of one group are delivered one at a time, in enqueue order: while
+        one is leased or waiting for its retry, the next is not delivered.
         """
         keys = None if dedup_key is None else [dedup_key]
-        return self._enqueue(check_stream_name(stream), [_json_of(data)], delay, keys=keys)[0]
+        groups = None if group is None else [group]
+        return self._enqueue(
+            check_stream_name(stream), [_json_of(data)], delay, keys=keys, groups=groups
+        )[0]
 
     def enqueue_json(
-        self, stream: str, text: str | bytes, delay: Duration = 0, *, dedup_key: str | None = None
+        self,
+        stream: str,
+        text: str | bytes,
+        delay: Duration = 0,
+        *,
+        dedup_key: str | None = None,
+        group: str | None = None,
     ) -> str:
         """Add a message given as JSON text; the text is kept exactly as given."""
         keys = None if dedup_key is None else [dedup_key]
-        return self._enqueue(check_stream_name(stream), [checked_json(text)], delay, keys=keys)[0]
+        groups = None if group is None else [group]
+        return self._enqueue(
+            check_stream_name(stream), [checked_json(text)], delay, keys=keys, groups=groups
+        )[0]
 
     def enqueue_many(
         self,
@@ -139,15 +159,17 @@ class Queue:
         *,
         progress: Progress = None,
         dedup_keys: Iterable[str | None] | None = None,
+        groups: Iterable[str | None] | None = None,
     ) -> list[str]:
         """Add several messages, all or nothing: a crash midway leaves none of them.
 
         ``progress``, if given, is called with 1 as each message is written.
         ``dedup_keys``: one key (or None) per item, as enqueue's ``dedup_key``; an item whose
         key an earlier item of the batch has gets that item's id.
+        ``groups``: one group (or None) per item, as enqueue's ``group``.
         """
         texts = [_json_of(item) for item in items]
-        return self._enqueue(check_stream_name(stream), texts, delay, progress, dedup_keys)
+        return self._enqueue(check_stream_name(stream), texts, delay, progress, dedup_keys, groups)
 
     def enqueue_many_json(
         self,
@@ -157,9 +179,12 @@ class Queue:
         *,
         progress: Progress = None,
         dedup_keys: Iterable[str | None] | None = None,
+        groups: Iterable[str | None] | None = None,
     ) -> list[str]:
         checked = [checked_json(t) for t in texts]
-        return self._enqueue(check_stream_name(stream), checked, delay, progress, dedup_keys)
+        return self._enqueue(
+            check_stream_name(stream), checked, delay, progress, dedup_keys, groups
+        )
 
     def _enqueue(
         self,
@@ -168,15 +193,19 @@ class Queue:
         delay: Duration,
         progress: Progress = None,
         keys: Iterable[str | None] | None = None,
+        groups: Iterable[str | None] | None = None,
     ) -> list[str]:
         """Store already-validated items; every caller has checked the stream's name first."""
         delay_ns = to_ns(delay, "delay")
-        checked_keys = None if keys is None else _checked_keys(keys, len(items))
+        checked_keys = None if keys is None else _checked_keys(keys, len(items), "dedup key")
+        checked_groups = None if groups is None else _checked_keys(groups, len(items), "group")
         if not items:
             return []
         with translated(f"enqueue to stream {stream!r}"):
             self._check_sizes(stream, items)
-            return self._backend.enqueue(stream, items, delay_ns, progress, checked_keys)
+            return self._backend.enqueue(
+                stream, items, delay_ns, progress, checked_keys, checked_groups
+            )
 
     def _check_sizes(self, stream: str, items: list[str]) -> None:
         """BadInput naming the first item larger than the stream's max_size. A character is at
@@ -548,25 +577,26 @@ class Queue:
 MAX_DEDUP_KEY_BYTES = 512
 
 
-def _checked_keys(keys: Iterable[str | None], count: int) -> list[str | None]:
-    """The keys, one per item, each None or a non-empty text of at most 512 bytes."""
+def _checked_keys(keys: Iterable[str | None], count: int, what: str) -> list[str | None]:
+    """The keys (dedup keys or groups), one per item, each None or a non-empty text of at most
+    512 bytes."""
     given = list(keys)
     if len(given) != count:
-        raise BadInput(f"dedup_keys has {len(given)} keys for {count} messages: give one each")
+        argument, noun = ("dedup_keys", "keys") if what == "dedup key" else ("groups", "groups")
+        raise BadInput(f"{argument} has {len(given)} {noun} for {count} messages: give one each")
     for key in given:
         if key is None:
             continue
         if not isinstance(key, str):
-            raise BadInput(f"a dedup key must be text, not {type(key).__name__}")
+            raise BadInput(f"a {what} must be text, not {type(key).__name__}")
         if not key or len(key.encode(errors="replace")) > MAX_DEDUP_KEY_BYTES or "\x00" in key:
             raise BadInput(
-                f"dedup key {key[:40]!r} must be 1 to {MAX_DEDUP_KEY_BYTES} bytes of text "
-                "without NUL"
+                f"{what} {key[:40]!r} must be 1 to {MAX_DEDUP_KEY_BYTES} bytes of text without NUL"
             )
         try:
             key.encode()
         except UnicodeEncodeError:
-            raise BadInput(f"dedup key {key[:40]!r} is not valid Unicode text") from None
+            raise BadInput(f"{what} {key[:40]!r} is not valid Unicode text") from None
     return given
 
 

@@ -43,6 +43,25 @@ def enqueue(
             "default 5m), store nothing and print the first message's id.",
         ),
     ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group",
+            metavar="KEY",
+            help="The message's group: a group's messages are delivered one at a time, in "
+            "enqueue order (while one is leased or waiting for its retry, the next waits); "
+            "other groups run in parallel.",
+        ),
+    ] = None,
+    group_field: Annotated[
+        str | None,
+        typer.Option(
+            "--group-field",
+            metavar="NAME",
+            help="With --lines: each line's group is its top-level field NAME (text or a whole "
+            "number; a line without it has none).",
+        ),
+    ] = None,
     dedup_key_field: Annotated[
         str | None,
         typer.Option(
@@ -64,6 +83,10 @@ def enqueue(
         raise BadInput("--dedup-key names one message: with --lines, use --dedup-key-field")
     if dedup_key_field is not None and not lines:
         raise BadInput("--dedup-key-field goes with --lines: for one message, use --dedup-key")
+    if lines and group is not None:
+        raise BadInput("--group names one message's group: with --lines, use --group-field")
+    if group_field is not None and not lines:
+        raise BadInput("--group-field goes with --lines: for one message, use --group")
     q = settings(ctx).queue()
     if not lines:
         limit = q.config(stream).max_size
@@ -74,23 +97,31 @@ def enqueue(
                 f"takes (ephq config {stream} --max-size)"
             )
         try:
-            ids = [q.enqueue_json(stream, raw, delay_s, dedup_key=dedup_key)]
+            ids = [q.enqueue_json(stream, raw, delay_s, dedup_key=dedup_key, group=group)]
         except InvalidJSON as exc:
             raise _located(exc, source) from None
     else:
         raw, source = read_input(file, None)
         texts = json_lines(raw, source)
+        numbers = [number for number, _ in lines_of(raw, source)]
         keys = None
         if dedup_key_field is not None:
-            numbers = [number for number, _ in lines_of(raw, source)]
-            keys = keys_of(texts, numbers, dedup_key_field, source)
+            keys = keys_of(texts, numbers, dedup_key_field, source, "a dedup key")
+        groups = None
+        if group_field is not None:
+            groups = keys_of(texts, numbers, group_field, source, "a group")
         with render.progress_bar("enqueuing", len(texts)) as progress:
-            ids = q.enqueue_many_json(stream, texts, delay_s, progress=progress, dedup_keys=keys)
+            ids = q.enqueue_many_json(
+                stream, texts, delay_s, progress=progress, dedup_keys=keys, groups=groups
+            )
     sys.stdout.write("".join(i + "\n" for i in ids))
 
 
-def keys_of(texts: list[str], line_numbers: list[int], field: str, source: str) -> list[str | None]:
-    """Each message's dedup key: its top-level field, as text (None where it has none)."""
+def keys_of(
+    texts: list[str], line_numbers: list[int], field: str, source: str, what: str
+) -> list[str | None]:
+    """Each message's dedup key or group: its top-level field, as text (None where it has
+    none)."""
     keys: list[str | None] = []
     for number, text in zip(line_numbers, texts, strict=True):
         doc = json.loads(text)
@@ -102,7 +133,7 @@ def keys_of(texts: list[str], line_numbers: list[int], field: str, source: str) 
         else:
             raise BadInput(
                 f"{source}, line {number}: field {field!r} is {type(value).__name__}; "
-                "a dedup key is text or a whole number"
+                f"{what} is text or a whole number"
             )
     return keys
 

@@ -39,6 +39,8 @@ def message_line(m: Message) -> str:
     }
     if m.state is not None:
         head["state"] = m.state
+    if m.group is not None:
+        head["group"] = m.group
     if m.metadata:
         head["metadata"] = m.metadata
     data = m.data_json

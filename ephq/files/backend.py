@@ -80,6 +80,7 @@ class FileBackend:
         delay_ns: int,
         progress: Progress = None,
         keys: list[str | None] | None = None,
+        groups: list[str | None] | None = None,
     ) -> list[str]:
         owner = self._stream(stream)
         store = owner.main
@@ -92,13 +93,22 @@ class FileBackend:
                 chosen = [items[i] for i in fresh]
                 if progress is not None:
                     progress(len(items) - len(fresh))  # the duplicates are done
-                return self._store(store, chosen, delay_ns, progress)
+                chosen_groups = None if groups is None else [groups[i] for i in fresh]
+                return self._store(store, chosen, delay_ns, progress, chosen_groups)
 
             return owner.keys.enqueue(keys, window_ns, commit)
-        return self._store(store, items, delay_ns, progress)
+        return self._store(store, items, delay_ns, progress, groups)
 
     @staticmethod
-    def _store(store: Store, items: list[str], delay_ns: int, progress: Progress) -> list[str]:
+    def _store(
+        store: Store,
+        items: list[str],
+        delay_ns: int,
+        progress: Progress,
+        groups: list[str | None] | None = None,
+    ) -> list[str]:
+        if groups is not None and any(g is not None for g in groups):
+            return store.enqueue_many(items, delay_ns, progress, groups)
         if len(items) == 1:
             ids = [store.enqueue(items[0], delay_ns)]
             if progress is not None:

@@ -30,18 +30,20 @@ from .fsio import (
     still_there,
     unlink_quietly,
 )
+from .groups import GROUP_NAME, GROUPS, HEAD, WAITING, Group, Groups, parse_waiting
 from .holders import HOLDER_NAME, HOLDERS, stale_files
 from .names import is_id, parse_ready, parse_timed
 from .pool import MAX_KEPT_BYTES, is_slot
 from .quarantine import HOME_QUARANTINE, QUARANTINE, Quarantine
 from .record import MAX_RECORD_BYTES, CorruptRecord, record_id
-from .recovery import clean_tmp, dying_fields, leftovers
+from .recovery import clean_tmp, dying_fields, leaving_id, leftovers
 from .store import Store
 from .stream import DEAD_LETTER_MARK, LOCK_FILE, STORE_DIRS, STORE_FILES, Stream
 from .tree import Tree
 
 # Where a message found twice is kept: the copy furthest along its life, then the most attempts.
 _RANK = {
+    "waiting": -1,  # in its group (groups.py)
     "ready": 0,
     "delayed": 1,
     "inflight": 2,
@@ -288,6 +290,71 @@ class _Walk:
                 why = "not a deduplication key's record"
                 self.unreadable(path, why, NotOurs(why))
 
+    def groups(self) -> None:
+        """Message groups (groups.py): each group's head, and its waiting messages, checked
+        as messages are; a head naming a message that is nowhere is a stuck group."""
+        groups = self.stream.main.groups
+        if groups is None or not stat.S_ISDIR(_mode(groups.dir)):
+            return
+        heads: dict[str, str] = {}
+        for g in sorted(listdir(groups.dir)):
+            path = os.path.join(groups.dir, g)
+            mode = _mode(path)
+            if not mode:
+                continue
+            if GROUP_NAME.fullmatch(g) is None or not stat.S_ISDIR(mode):
+                self.foreign(path, f"{describe_kind(mode)} that is not a message group")
+                continue
+            for name in sorted(listdir(path)):
+                child = os.path.join(path, name)
+                kind = _mode(child)
+                if name == HEAD and stat.S_ISREG(kind):
+                    head = Group(path, False, self.stream.main._set_aside_dir).head()
+                    if head is not None:
+                        heads[g] = head
+                elif name == WAITING and stat.S_ISDIR(kind):
+                    self.waiting(child)
+                elif name.startswith(f"{HEAD}.") and name.endswith(".w") and stat.S_ISREG(kind):
+                    fix = functools.partial(_clear_head_tmp, groups, g)
+                    self.report("stale-tmp", child, "a group's head, left unwritten", fix)
+                elif kind:
+                    self.foreign(child, f"{describe_kind(kind)} that is not part of a group")
+        for g, head in heads.items():
+            if not any(rank <= _RANK["inflight"] for rank, _, _ in self.places.get(head, [])):
+                fix = functools.partial(groups.release, g, head)
+                why = f"its head {head} is nowhere in the stream: the group would wait for ever"
+                self.report("stuck-group", os.path.join(groups.dir, g), why, fix)
+
+    def waiting(self, root: str) -> None:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in list(dirnames):
+                if not _HEX.issuperset(name) or not stat.S_ISDIR(_mode(f"{dirpath}/{name}")):
+                    self.foreign(f"{dirpath}/{name}", "an entry where a group keeps messages")
+                    dirnames.remove(name)
+            for name in sorted(filenames):
+                path = f"{dirpath}/{name}"
+                fields = parse_waiting(name)
+                mode = _mode(path)
+                if fields is None or not stat.S_ISREG(mode):
+                    self.foreign(path, f"{describe_kind(mode)} not named as a waiting message")
+                    continue
+                try:
+                    raw, st = read_regular(path, MAX_RECORD_BYTES)
+                    found_id = record_id(raw)
+                except FileNotFoundError:
+                    continue
+                except NotOurs as exc:
+                    self.unreadable(path, str(exc), exc)
+                    continue
+                except CorruptRecord as exc:
+                    self.unreadable(path, str(exc), NotOurs(str(exc), shared=st.st_nlink > 1))
+                    continue
+                if found_id != fields[0]:
+                    why = f"the file holds message {found_id}"
+                    self.unreadable(path, why, NotOurs(why, shared=st.st_nlink > 1))
+                    continue
+                self.places[fields[0]].append((_RANK["waiting"], fields[1], path))
+
     def quarantined(self) -> None:
         for name in self.stream.quarantine.entries():
             path = os.path.join(self.stream.quarantine.dir, name)
@@ -310,6 +377,14 @@ def _entries(path: str) -> list[tuple[str, str]]:
         return []
 
 
+def _clear_head_tmp(groups: Groups, g: str) -> None:
+    """Remove what a writer of a group's head left, under the group's lock."""
+    with groups.locked(g) as group:
+        for name in listdir(group.path):
+            if name.startswith(f"{HEAD}.") and name.endswith(".w"):
+                unlink_quietly(os.path.join(group.path, name))
+
+
 def _mode(path: str) -> int:
     """The file's type and mode, not following a link; 0 if it is gone."""
     try:
@@ -322,6 +397,8 @@ def _tmp_name(name: str, mode: int) -> bool:
     """Whether an entry of tmp/ is one ephq writes there (of its kind)."""
     if name.endswith(".dying"):
         return stat.S_ISREG(mode) and dying_fields(name) is not None
+    if name.endswith(".leaving"):
+        return stat.S_ISREG(mode) and leaving_id(name) is not None
     if name.endswith(".w"):
         return stat.S_ISREG(mode)
     if name.startswith(("batch-", "commit-", "purge-")):
@@ -361,6 +438,7 @@ def check_stream(stream: Stream, repair: bool) -> list[CheckProblem]:
             QUARANTINE: True,
             HOLDERS: True,
             KEYS: True,
+            GROUPS: True,
             "stream.json": False,
             LOCK_FILE: False,
             DEAD_LETTER_MARK: False,
@@ -372,6 +450,7 @@ def check_stream(stream: Stream, repair: bool) -> list[CheckProblem]:
     walk.store(stream.dead, "dlq/")
     walk.holders()
     walk.keys()
+    walk.groups()
     walk.duplicates()
     walk.config()
     walk.quarantined()

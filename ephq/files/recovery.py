@@ -5,6 +5,8 @@ What a crash can leave, and what becomes of it once nobody holds its lock:
     <id>.<attempts>.dying   a message being dead-lettered (or, in a dead-letter queue, a dead
                             letter being refiled with its handler's error): promised, so it
                             is finished
+    <id>.<attempts>.<token>.leaving
+                            a group's head being acked: its group is released, then it goes
     commit-<id>/            a committed batch: promised, so its files are placed
     *.w, batch-<id>/        a message or batch still being written: never acknowledged to
                             anyone, so removed (after TMP_GRACE_NS: a writer locks it just
@@ -50,6 +52,7 @@ class Finisher(Protocol):
     def is_dead_letter_queue(self) -> bool: ...
 
     def install_batch(self, commit: str) -> None: ...
+    def leave(self, fd: int, leaving: str, message_id: str) -> None: ...
     def bury(
         self,
         fd: int,
@@ -64,7 +67,7 @@ class Finisher(Protocol):
 
 
 def _kind_fits(name: str, mode: int) -> bool:
-    if name.endswith((".dying", ".w")):
+    if name.endswith((".dying", ".w", ".leaving")):
         return stat.S_ISREG(mode)
     if name.startswith(("commit-", "batch-")):
         return stat.S_ISDIR(mode)
@@ -78,7 +81,11 @@ def leftovers(store: Finisher) -> Iterator[tuple[str, str]]:
         path = os.path.join(store.tmp, name)
         # .dying and commit- were locked before they got these names, so a free lock means
         # the owner is gone; the rest could be caught between creation and locking.
-        promised = name.startswith("commit-") or dying_fields(name) is not None
+        promised = (
+            name.startswith("commit-")
+            or dying_fields(name) is not None
+            or leaving_id(name) is not None
+        )
         scrap = name.endswith(".w") or name.startswith(("batch-", "purge-"))
         if not (promised or scrap):
             continue
@@ -108,6 +115,9 @@ def clean_tmp(store: Finisher) -> list[str]:
         if name.endswith(".dying"):
             if not _finish_dying(store, path, name):
                 continue
+        elif name.endswith(".leaving"):
+            if not _finish_leaving(store, path, name):
+                continue
         elif name.startswith("commit-"):
             store.install_batch(path)
         elif name.startswith("purge-"):
@@ -129,6 +139,35 @@ def dying_fields(name: str) -> tuple[str, int] | None:
     if not (attempts.isascii() and attempts.isdigit() and len(attempts) <= 9):
         return None
     return fields[0], int(attempts)
+
+
+def leaving_id(name: str) -> str | None:
+    """The id in a leaving file's name, `<id>.<attempts>.<token>.leaving`; None if it is
+    not one."""
+    fields = name.split(".")
+    if len(fields) != 4 or fields[3] != "leaving" or not is_id(fields[0]):
+        return None
+    return fields[0]
+
+
+def _finish_leaving(store: Finisher, path: str, name: str) -> bool:
+    message_id = leaving_id(name)
+    if message_id is None:
+        return False
+    try:
+        fd = try_lock(path)
+    except NotOurs:
+        return False
+    if fd is None:
+        return False
+    try:
+        if not os.path.exists(path):
+            return False
+        store.leave(fd, path, message_id)
+    finally:
+        os.close(fd)
+    unlink_quietly(path)
+    return True
 
 
 def _finish_dying(store: Finisher, path: str, name: str) -> bool:

@@ -65,6 +65,7 @@ from .fsio import (
     unlink_quietly,
     write_all,
 )
+from .groups import GROUP_NAME, Groups, group_of, parse_waiting, waiting_name
 from .holders import orphaned_leases
 from .names import (
     READY_NAME,
@@ -75,6 +76,8 @@ from .names import (
     check_stream_name,
     format_receipt,
     id_time_ns,
+    is_group_token,
+    lease_token,
     new_token,
     parse_ready,
     parse_timed,
@@ -98,6 +101,8 @@ Progress = Callable[[int], None] | None  # told how many more messages are done
 REAP_INTERVAL_NS = 1_000_000_000
 # In a committed batch of a stream, the name of a file that goes to its dead letters (import).
 DEAD_PREFIX = "dlq."
+# ... and of a file that joins its group (groups.py): grp.<group>.<waiting name>.
+GROUP_PREFIX = "grp."
 STATES = ("ready", "delayed", "inflight")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # Names in ready/ that this process found are not messages, skipped from then on; forgotten
@@ -128,6 +133,7 @@ class Store:
         # The store of the stream's dead-letter stream, if it has one (its setting, read at
         # each death): there dead letters become ordinary messages instead of going to graveyard.
         self.dead_letter_stream: Callable[[], Store | None] = _none
+        self.groups: Groups | None = None  # a stream's own store has them (stream.py)
         self.holders_dir = holders_dir  # workers' announcements of their leases (holders.py)
         self.quarantine = quarantine
         self.ready = Tree(os.path.join(path, "ready"), READY_CUTS, self._set_aside_dir)
@@ -208,12 +214,22 @@ class Store:
         self._arrived(now, delay_ns)
         return message_id
 
-    def enqueue_many(self, items: list[str], delay_ns: int, progress: Progress = None) -> list[str]:
-        """All or nothing: written to a batch directory, committed by one rename, then placed."""
+    def enqueue_many(
+        self,
+        items: list[str],
+        delay_ns: int,
+        progress: Progress = None,
+        groups: list[str | None] | None = None,
+    ) -> list[str]:
+        """All or nothing: written to a batch directory, committed by one rename, then placed.
+
+        Messages with a group (groups.py) always come this way, even one alone: the batch's
+        installer, which recovery re-runs, is what places a message in its group.
+        """
         now = self.clock()
         ids = [self._ids.next(now + i * BATCH_SPACING_NS) for i in range(len(items))]
         self._commit_batch(
-            ids[0], lambda batch: self._stage(batch, ids, items, now, delay_ns, progress)
+            ids[0], lambda batch: self._stage(batch, ids, items, now, delay_ns, progress, groups)
         )
         self._arrived(now, delay_ns)
         return ids
@@ -272,8 +288,14 @@ class Store:
             record.id, self.stream, id_time_ns(record.id), record.data_json, record.metadata
         )
         due = record.visible_at_ns
+        group = record.metadata.get("group")
         if record.state == "dead":
             name = DEAD_PREFIX + str(ReadyName(record.id, record.attempts))
+        elif isinstance(group, str) and self.groups is not None:
+            later = due if record.state == "delayed" and due is not None and due > now else 0
+            name = (
+                f"{GROUP_PREFIX}{group_of(group)}.{waiting_name(record.id, record.attempts, later)}"
+            )
         elif record.state == "delayed" and due is not None and due > now:
             name = str(TimedName(due, record.id, record.attempts))
         else:  # ready, a delay that has passed, or a lease (leases do not move between stores)
@@ -287,8 +309,14 @@ class Store:
     def exported(self) -> Iterator[Exported]:
         """Every message of this store, in id order, as export writes them."""
         now = self.clock()
-        found = sorted(self.entries(None, now), key=lambda entry: entry[1])
+        found = list(self.entries(None, now))
+        if self.groups is not None:  # waiting in their groups: ready, or delayed, to come
+            found += [(w.path, w.id, "waiting") for w in self.groups.all_waiting()]
+        found.sort(key=lambda entry: entry[1])
         for path, message_id, state in found:
+            if state == "waiting":
+                yield from self._exported_waiting(path, message_id, now)
+                continue
             record = self._load(path, message_id, taken=False)
             name = os.path.basename(path)
             parsed = parse_ready(name) if state == "ready" else parse_timed(name)
@@ -305,6 +333,22 @@ class Store:
                 record.data_json,
             )
 
+    def _exported_waiting(self, path: str, message_id: str, now: int) -> Iterator[Exported]:
+        fields = parse_waiting(os.path.basename(path))
+        record = self._load(path, message_id, taken=False)
+        if fields is None or record is None:
+            return
+        _, attempts, due = fields
+        later = due > now
+        yield Exported(
+            message_id,
+            "delayed" if later else "ready",
+            attempts,
+            due if later else None,
+            record.meta,
+            record.data_json,
+        )
+
     def _stage(
         self,
         batch: str,
@@ -313,10 +357,17 @@ class Store:
         now: int,
         delay: int,
         progress: Progress,
+        groups: list[str | None] | None = None,
     ) -> None:
-        for message_id, data_json in zip(ids, items, strict=True):
-            content = encode(message_id, self.stream, id_time_ns(message_id), data_json, {})
-            _, name = self._arrival(message_id, now, delay)
+        for n, (message_id, data_json) in enumerate(zip(ids, items, strict=True)):
+            key = None if groups is None else groups[n]
+            meta = {} if key is None else {"group": key}
+            content = encode(message_id, self.stream, id_time_ns(message_id), data_json, meta)
+            if key is None:
+                _, name = self._arrival(message_id, now, delay)
+            else:
+                due = now + delay if delay > 0 else 0
+                name = f"{GROUP_PREFIX}{group_of(key)}.{waiting_name(message_id, 0, due)}"
             fd = self.pool.open_new(os.path.join(batch, name))
             try:
                 write_all(fd, content)
@@ -332,7 +383,14 @@ class Store:
         placement stick at once (the batch's bytes were flushed before its commit).
         """
         touched: dict[str, str] = {}  # file name -> the directory it went to
+        joining: list[tuple[str, str, str, int, int]] = []
         for name in sorted(listdir(commit)):
+            if name.startswith(GROUP_PREFIX) and self.groups is not None:
+                g, _, rest = name[len(GROUP_PREFIX) :].partition(".")
+                fields = parse_waiting(rest)
+                if GROUP_NAME.fullmatch(g) and fields is not None:
+                    joining.append((g, f"{commit}/{name}", *fields))
+                continue
             if name.startswith(DEAD_PREFIX) and self.graveyard is not None:
                 dead = parse_ready(name[len(DEAD_PREFIX) :])  # an imported dead letter
                 if dead is not None and dead.token is None:
@@ -363,6 +421,11 @@ class Store:
                 fsio.sync_file_system(fd)
             finally:
                 os.close(fd)
+        # After the flush: each joins its group under the group's lock, flushing as it goes
+        # (groups.py); the commit directory, removed only after, is the promise meanwhile.
+        if self.groups is not None:
+            for g, path, message_id, attempts, due_ns in joining:
+                self.groups.place(g, path, message_id, attempts, due_ns)
         try:
             os.rmdir(commit)
         except OSError:  # a concurrent recovery is still at it, or a rename did nothing
@@ -379,6 +442,21 @@ class Store:
             self._note_due(now + delay_ns)
         else:
             self.ring()
+
+    def place_out(self, path: str, message_id: str, attempts: int, due_ns: int) -> bool:
+        """Move a complete message file into ready/ (or delayed/ until due_ns), flushed when
+        durable: how a group's head goes out (groups.py)."""
+        now = self.clock()
+        if due_ns > now:
+            dest = self.delayed.leaf_dir(f"{due_ns:016x}")
+            name = str(TimedName(due_ns, message_id, attempts))
+        else:
+            dest, name = self.ready.leaf_dir(message_id), str(ReadyName(message_id, attempts))
+        placed = place(path, dest, name, durable_dirs=self.durable, flush=self.durable)
+        if placed:
+            self._arrived(now, due_ns - now if due_ns > now else 0)
+            self._forget_head()  # it may come before what this process has cached
+        return placed
 
     def file_in(self, path: str, message_id: str, attempts: int, due_ns: int) -> None:
         """Move a complete message file (a dead letter) into ready/, or delayed/ until due_ns,
@@ -484,7 +562,7 @@ class Store:
             self._dead_letter_if_room(path, ready.id, ready.attempts, why)
             return None
         deadline = now + visibility_ns
-        lease = TimedName(deadline, ready.id, ready.attempts + 1, new_token())
+        lease = TimedName(deadline, ready.id, ready.attempts + 1, lease_token(False))
         dest_dir = self.inflight.leaf_dir(f"{deadline:016x}")
         name = str(lease)
         if not self._lease_move(path, dest_dir, name):
@@ -494,6 +572,15 @@ class Store:
         record = self._load(leased, ready.id)
         if record is None:
             return None
+        if self.groups is not None and isinstance(record.meta.get("group"), str):
+            # A group's head: its receipt must say so (ack releases the group). Nobody else
+            # knows this lease yet, so one more rename is all it takes.
+            lease = lease._replace(token=lease_token(True))
+            try:
+                os.rename(leased, f"{dest_dir}/{lease}")
+            except FileNotFoundError:
+                return None
+            name = str(lease)
         self._note_due(deadline)
         receipt = format_receipt(name, self.is_dead_letter_queue)
         return self._message(record, lease.attempts, receipt, deadline)
@@ -521,6 +608,9 @@ class Store:
         self, record: Record, attempts: int, receipt: str | None, visible_until: int | None
     ) -> Message:
         meta = self._live_meta(record.meta)
+        group = meta.get("group")
+        if group is not None:
+            meta = {key: value for key, value in meta.items() if key != "group"}
         return Message(
             id=record.id,
             receipt=receipt,
@@ -531,6 +621,7 @@ class Store:
             enqueued_at=utc_from_ns(id_time_ns(record.id)),
             visible_until=None if visible_until is None else utc_from_ns(visible_until),
             metadata=meta,
+            group=group if isinstance(group, str) else None,
         )
 
     def _live_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
@@ -562,6 +653,9 @@ class Store:
         )
 
     def ack(self, lease: TimedName) -> None:
+        if self.groups is not None and is_group_token(lease.token):
+            self._ack_grouped(lease)
+            return
         for path in self._delivery_paths(lease):
             try:
                 self.pool.give(path)
@@ -573,6 +667,45 @@ class Store:
                 self._extended.pop(str(lease), None)
             return
         raise self._lost(lease)
+
+    def _ack_grouped(self, lease: TimedName) -> None:
+        """Ack a group's head: the file is locked and renamed into tmp/ as *.leaving (which
+        ends the delivery and is the intent recovery finishes), the group released, then the
+        file recycled."""
+        for path in self._delivery_paths(lease):
+            try:
+                fd = try_lock(path)
+            except NotOurs as exc:
+                self.set_aside(path, exc)
+                break
+            if fd is None:
+                continue  # being dead-lettered: the delivery is ending anyway
+            try:
+                leaving = os.path.join(
+                    self.tmp, f"{lease.id}.{lease.attempts}.{lease.token}.leaving"
+                )
+                try:
+                    os.rename(path, leaving)
+                except FileNotFoundError:
+                    continue
+                if self.durable:  # the intent, before the group's flushes make the move out
+                    fsync_dir(self.tmp)  # of inflight/ stick (a power loss must keep one)
+                self.leave(fd, leaving, lease.id)
+            finally:
+                os.close(fd)
+            self._extended.pop(str(lease), None)
+            unlink_quietly(leaving)
+            return
+        raise self._lost(lease)
+
+    def leave(self, fd: int, leaving: str, message_id: str) -> None:
+        """Release the group of the locked leaving file fd (recovery calls this too)."""
+        found = self._dying_record(fd, leaving, message_id)
+        if isinstance(found, NotOurs):
+            return
+        key = found.meta.get("group")
+        if isinstance(key, str) and self.groups is not None:
+            self.groups.release(group_of(key), message_id)
 
     def nack(
         self,
@@ -701,6 +834,13 @@ class Store:
         if isinstance(found, NotOurs):
             self.set_aside(dying, found)
             return
+        group = found.meta.get("group")
+        if isinstance(group, str) and self.groups is not None:
+            # While the dying file is the intent (flushed first: the group's flushes must not
+            # make its move out of inflight/ stick without it), its group's next goes out.
+            if self.durable and not recovering:
+                fsync_dir(self.tmp)
+            self.groups.release(group_of(group), message_id)
         target = self.graveyard or self
         forward = self.dead_letter_stream() if self.graveyard is not None else None
         if forward is not None:
@@ -714,6 +854,8 @@ class Store:
             return
         meta = dict(found.meta)
         now = iso_utc(self.clock())
+        if forward is not None and "group" in meta:
+            group = meta.pop("group")  # not ordered in the dead-letter stream: kept as a fact
         earlier = meta.get("dead")
         if self.graveyard is not None and not died_elsewhere(meta, self.stream):
             meta["dead"] = {
@@ -722,6 +864,8 @@ class Store:
                 "attempts": attempts,
                 "died_at": now,
             }
+            if forward is not None and isinstance(group, str):
+                meta["dead"]["group"] = group
         elif error is not None:
             # A dead letter's handler failed, here in a dead-letter queue or in a dead-letter
             # stream (whose own dead letters keep the stream they first died in).
@@ -794,6 +938,14 @@ class Store:
         woken: dict[str, Store] = {}
         for path, message_id, _ in self.entries(ids, self.clock()):
             target = target_of(path, message_id)
+            group = None if target is None else self._group_in(path, message_id, target)
+            if group is not None and target is not None:
+                if target.rejoin(path, message_id, group):
+                    moved.append(message_id)
+                    emptied.add(os.path.dirname(path))
+                    if progress is not None:
+                        progress(1)
+                continue
             if target is not None and place(
                 path,
                 target.ready.leaf_dir(message_id),
@@ -811,6 +963,38 @@ class Store:
             target.ring()
             target._forget_head()  # they may come before what this process has cached
         return moved
+
+    def _group_in(self, path: str, message_id: str, target: Store) -> str | None:
+        """The group a message moving to target joins there, if it has one."""
+        if target.groups is None:
+            return None
+        record = self._load(path, message_id, taken=False)
+        group = None if record is None else record.meta.get("group")
+        return group if isinstance(group, str) else None
+
+    def rejoin(self, path: str, message_id: str, group: str) -> bool:
+        """Take a message file (a redriven dead letter) into its group, with fresh attempts:
+        moved into a commit directory of this store's (a promise recovery keeps), then
+        installed as a batch is. False if the file was gone."""
+        commit = os.path.join(self.tmp, f"commit-{message_id}.{new_token()}")
+        try:
+            os.mkdir(commit, 0o700)
+        except FileNotFoundError:
+            self.create()
+            os.mkdir(commit, 0o700)
+        lock = os.open(commit, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            name = f"{GROUP_PREFIX}{group_of(group)}.{waiting_name(message_id, 0, 0)}"
+            try:
+                os.rename(path, f"{commit}/{name}")
+            except FileNotFoundError:
+                os.rmdir(commit)
+                return False
+            self.install_batch(commit)
+            return True
+        finally:
+            os.close(lock)
 
     def remove(self, ids: list[str] | None) -> list[str]:
         removed: list[str] = []
@@ -1089,6 +1273,11 @@ class Store:
         )
         ready, first = found["ready"]
         oldest = None if first is None else id_time_ns(first)
+        if self.groups is not None:  # a group's waiting messages count as ready
+            for waiting in self.groups.all_waiting():
+                ready += 1
+                if oldest is None or id_time_ns(waiting.id) < oldest:
+                    oldest = id_time_ns(waiting.id)
         return ready, found["delayed"][0], found["inflight"][0], oldest
 
     def purge(self) -> int:
@@ -1100,10 +1289,13 @@ class Store:
         """
         token = new_token()
         aside: list[str] = []
-        for tree in (self.ready, self.delayed, self.inflight):
-            out = os.path.join(self.tmp, f"purge-{token}-{os.path.basename(tree.root)}")
+        roots = [tree.root for tree in (self.ready, self.delayed, self.inflight)]
+        if self.groups is not None:
+            roots.append(self.groups.dir)  # their waiting messages, and their heads
+        for root in roots:
+            out = os.path.join(self.tmp, f"purge-{token}-{os.path.basename(root)}")
             try:
-                os.rename(tree.root, out)
+                os.rename(root, out)
             except FileNotFoundError:
                 continue
             aside.append(out)

@@ -8,6 +8,7 @@
         holders/             the workers holding leases, each flocking its file (holders.py)
         receives-dead-letters   there when it is another stream's dead-letter stream
         keys/                deduplication keys taken within the stream's window (dedup.py)
+        groups/              message groups: each one's head and waiting messages (groups.py)
         ready/ delayed/ inflight/ tmp/        the stream's messages (store.py)
         pool/                acked files kept for reuse (pool.py)
         quarantine/          what was found in the store but is not ephq's (quarantine.py)
@@ -36,6 +37,7 @@ from ..message import StreamConfig
 from .config import ConfigFile
 from .dedup import KEYS, DedupKeys
 from .fsio import NotOurs, describe_kind, fsync_dir, is_real_dir, open_regular
+from .groups import GROUPS, Groups
 from .holders import HOLDERS
 from .names import IdSource
 from .quarantine import Quarantine
@@ -75,6 +77,13 @@ class Stream:
             holders_dir=os.path.join(self.path, HOLDERS),
         )
         self.config_file = ConfigFile(self.path)
+        self.main.groups = Groups(
+            self.path,
+            durable=durable,
+            clock=clock,
+            set_aside=self.main._set_aside_dir,
+            place_out=self.main.place_out,
+        )
         self.keys = DedupKeys(self.path, self.quarantine, durable=durable, clock=clock)
 
     def store(self, dead: bool) -> Store:
@@ -138,6 +147,7 @@ class Stream:
         yield os.path.join(self.path, LOCK_FILE), False
         yield os.path.join(self.path, HOLDERS), True
         yield os.path.join(self.path, KEYS), True
+        yield os.path.join(self.path, GROUPS), True
         yield os.path.join(self.path, DEAD_LETTER_MARK), False
 
     def receives_dead_letters(self) -> bool:

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 
 from .fsio import is_real_dir
+from .groups import HEAD, WAITING, parse_waiting
 from .names import parse_ready, parse_timed
 from .quarantine import Quarantine
 
@@ -31,7 +32,21 @@ Parse = Callable[[str], object]
 
 
 def _parser(tree: str) -> Parse:
+    if tree.endswith("groups"):
+        return parse_waiting
     return parse_ready if tree.endswith("ready") else parse_timed
+
+
+def _ours(tree: str, name: str, parse: Parse) -> bool:
+    """Whether a file of a purged tree is one ephq wrote there (a group's head and what its
+    writer left count too)."""
+    if parse(name) is not None:
+        return True
+    return tree.endswith("groups") and (name == HEAD or name.startswith(f"{HEAD}."))
+
+
+def _our_dir(tree: str, name: str) -> bool:
+    return _HEX.issuperset(name) or (tree.endswith("groups") and name == WAITING)
 
 
 def count(tree: str) -> int:
@@ -41,7 +56,7 @@ def count(tree: str) -> int:
     parse = _parser(tree)
     found = 0
     for _, dirnames, filenames in os.walk(tree):
-        dirnames[:] = [d for d in dirnames if _HEX.issuperset(d)]
+        dirnames[:] = [d for d in dirnames if _our_dir(tree, d)]
         found += sum(1 for name in filenames if parse(name) is not None)
     return found
 
@@ -59,7 +74,7 @@ def clear(tree: str, quarantine: Quarantine, budget: int | None = None) -> bool:
         keep = []
         for name in dirnames:
             path = f"{dirpath}/{name}"
-            if _HEX.issuperset(name) and is_real_dir(path):
+            if _our_dir(tree, name) and is_real_dir(path):
                 keep.append(name)
             else:
                 quarantine.take(path)  # never descended into, never followed: set aside whole
@@ -68,7 +83,7 @@ def clear(tree: str, quarantine: Quarantine, budget: int | None = None) -> bool:
             if left <= 0:
                 return False
             left -= 1
-            _dispose(f"{dirpath}/{name}", name, parse, quarantine)
+            _dispose(f"{dirpath}/{name}", _ours(tree, name, parse), quarantine)
         walked.append(dirpath)
     for path in reversed(walked):  # the deepest first; the tree itself last
         try:
@@ -80,9 +95,9 @@ def clear(tree: str, quarantine: Quarantine, budget: int | None = None) -> bool:
     return True
 
 
-def _dispose(path: str, name: str, parse: Parse, quarantine: Quarantine) -> None:
+def _dispose(path: str, ours: bool, quarantine: Quarantine) -> None:
     try:
-        if parse(name) is not None and stat.S_ISREG(os.lstat(path).st_mode):
+        if ours and stat.S_ISREG(os.lstat(path).st_mode):
             os.unlink(path)
         else:
             quarantine.take(path)

@@ -48,7 +48,7 @@ ANALYZE_FIRST = 1000
 DEFAULTS = StreamConfig()
 
 # The columns a delivery is built from, in this order.
-_ROW = "m.id, m.attempts, m.visible_at, m.token, m.data, m.meta"
+_ROW = "m.id, m.attempts, m.visible_at, m.token, m.data, m.meta, m.grp"
 
 # Messages of a stream that ran out of attempts, dead-lettered: stats runs this first, as the
 # file backend's reaper does (the claim dead-letters what it picks).
@@ -185,10 +185,22 @@ class PostgresBackend:
         delay_ns: int,
         progress: Progress = None,
         keys: list[str | None] | None = None,
+        groups: list[str | None] | None = None,
     ) -> list[str]:
         self._create_stream(stream)
+        if groups is not None and all(g is None for g in groups):
+            groups = None
         if keys is not None:
-            return self._enqueue_keyed(stream, items, delay_ns, keys, progress)
+            return self._enqueue_keyed(stream, items, delay_ns, keys, progress, groups)
+        if groups is not None:
+            now = self.clock()
+            ids = [self._ids.next(now + i) for i in range(len(items))]
+            with self.db.transaction(f"enqueue to stream {stream!r}") as cur:
+                self._insert_grouped(cur, stream, ids, items, groups, now + delay_ns)
+            if progress is not None:
+                progress(len(items))
+            self._grew(len(items))
+            return ids
         now = self.clock()
         ids = [self._ids.next(now + i) for i in range(len(items))]
         visible = now + delay_ns
@@ -223,6 +235,7 @@ class PostgresBackend:
         delay_ns: int,
         keys: list[str | None],
         progress: Progress,
+        groups: list[str | None] | None = None,
     ) -> list[str]:
         """One transaction: take the keys that are new (or past the window), look up the
         others' messages, insert the messages of the items that own a taken key or have none.
@@ -254,7 +267,16 @@ class PostgresBackend:
                 for key, message_id in cur.fetchall():
                     ids[owner[key]] = message_id
             fresh = [i for i, k in enumerate(keys) if k is None or (owner[k] == i and k in taken)]
-            if fresh:
+            if fresh and groups is not None:
+                self._insert_grouped(
+                    cur,
+                    stream,
+                    [ids[i] for i in fresh],
+                    [items[i] for i in fresh],
+                    [groups[i] for i in fresh],
+                    now + delay_ns,
+                )
+            elif fresh:
                 cur.execute(
                     _ENQUEUE_MANY,
                     {
@@ -270,6 +292,32 @@ class PostgresBackend:
             progress(len(items))
         self._grew(len(fresh))
         return [ids[i] if k is None else ids[owner[k]] for i, k in enumerate(keys)]
+
+    @staticmethod
+    def _insert_grouped(
+        cur: Any,
+        stream: str,
+        ids: list[str],
+        items: list[str],
+        groups: list[str | None],
+        visible: int,
+    ) -> None:
+        """Insert messages of which some have groups, in id order, in the caller's
+        transaction: each grouped one joins its group (ephq.join_group: its head, or
+        waiting)."""
+        for message_id, data, group in zip(ids, items, groups, strict=True):
+            if group is None:
+                cur.execute(
+                    "INSERT INTO ephq.messages (stream, dead, id, visible_at, data) "
+                    "VALUES (%s, false, %s, %s, %s)",
+                    (stream, message_id, visible, data),
+                )
+            else:
+                cur.execute(
+                    "SELECT ephq.join_group(%s, %s, %s, 0, %s, %s, '{}')",
+                    (stream, group, message_id, visible, data),
+                )
+        cur.execute("SELECT pg_notify('ephq', %s)", (stream,))
 
     def _forget_keys(self, cur: Any, stream: str, now: int) -> None:
         """Delete the stream's keys past its window, at most once a minute per process."""
@@ -330,7 +378,7 @@ class PostgresBackend:
     def _message(
         self, stream: str, row: Any, dead: bool, *, receipt: bool, state: str | None = None
     ) -> Message:
-        message_id, attempts, visible_at, token, data, meta = row
+        message_id, attempts, visible_at, token, data, meta, group = row
         if not dead:
             meta = live_metadata(meta, stream)
         leased = receipt and token is not None
@@ -351,6 +399,7 @@ class PostgresBackend:
             else None,
             metadata=meta,
             state=state,
+            group=group,
         )
 
     def _settle(self, stream: str, receipt: str, sql: str, params: dict[str, Any]) -> Any:
@@ -557,6 +606,12 @@ class PostgresBackend:
                 {"stream": stream, "now": now},
             )
             ready, delayed, inflight, dead, oldest = cur.fetchone() or (0, 0, 0, 0, None)
+            # A group's waiting messages count as ready.
+            cur.execute("SELECT count(*), min(id) FROM ephq.waiting WHERE stream = %s", (stream,))
+            waiting, first_waiting = cur.fetchone() or (0, None)
+            ready += waiting
+            if first_waiting is not None and (oldest is None or first_waiting < oldest):
+                oldest = first_waiting
         age = None if oldest is None else max(0.0, (now - id_time_ns(oldest)) / NS)
         return StreamStats(stream, ready, delayed, inflight, dead, age)
 
@@ -566,9 +621,13 @@ class PostgresBackend:
             return [row[0] for row in cur.fetchall()]
 
     def purge(self, stream: str) -> int:
-        with self.db.cursor(f"purge stream {stream!r}") as cur:
+        with self.db.transaction(f"purge stream {stream!r}") as cur:
+            # The groups first, so that deleting their heads promotes nothing.
+            cur.execute("DELETE FROM ephq.waiting WHERE stream = %s", (stream,))
+            waiting = int(cur.rowcount)
+            cur.execute("DELETE FROM ephq.groups WHERE stream = %s", (stream,))
             cur.execute("DELETE FROM ephq.messages WHERE stream = %s AND NOT dead", (stream,))
-            return int(cur.rowcount)
+            return waiting + int(cur.rowcount)
 
     def _config(self, cur: Any, stream: str) -> StreamConfig:
         cur.execute(
@@ -689,6 +748,14 @@ class PostgresBackend:
                 ids = [i for i in ids if i in dead]
             chosen = self._dead_ids(cur, stream, ids) if ids != [] else []
             cur.execute(
+                """SELECT id, grp FROM ephq.messages
+                   WHERE stream = %s AND dead AND id = ANY(%s) AND grp IS NOT NULL
+                   ORDER BY id""",
+                (stream, chosen),
+            )
+            for message_id, group in cur.fetchall():  # back into their groups, in order
+                self._rejoin(cur, stream, message_id, group)
+            cur.execute(
                 # A dead letter that first died in another stream stays one (a message of a
                 # dead-letter stream): its metadata.dead is what it is about.
                 """UPDATE ephq.messages SET dead = false, attempts = 0, token = NULL,
@@ -706,6 +773,25 @@ class PostgresBackend:
         if progress is not None:
             progress(len(chosen))
         return chosen
+
+    def _rejoin(self, cur: Any, stream: str, message_id: str, group: str) -> None:
+        """A grouped dead letter redriven: its group's head if it has none, else waiting."""
+        cur.execute(
+            "INSERT INTO ephq.groups (stream, grp, head) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING RETURNING 1",
+            (stream, group, message_id),
+        )
+        if cur.fetchone() is not None:
+            return  # the redrive's UPDATE, next, makes it its group's head
+        cur.execute(
+            """WITH gone AS (
+                   DELETE FROM ephq.messages
+                   WHERE stream = %(stream)s AND dead AND id = %(id)s RETURNING data, meta)
+               INSERT INTO ephq.waiting (stream, grp, id, attempts, visible_at, data, meta)
+               SELECT %(stream)s, %(group)s, %(id)s, 0, %(now)s, data, meta - 'dead'
+               FROM gone""",
+            {"stream": stream, "group": group, "id": message_id, "now": self.clock()},
+        )
 
     def _send_home(self, cur: Any, stream: str, ids: list[str] | None) -> list[str]:
         """In a dead-letter stream: its messages that died in another stream (all, or these
@@ -853,11 +939,15 @@ class PostgresBackend:
         ):
             cur.itersize = 1000
             cur.execute(
-                """SELECT id, dead, attempts, visible_at, token, data, meta
-                   FROM ephq.messages WHERE stream = %s ORDER BY dead, id""",
-                (stream,),
+                """SELECT id, dead, attempts, visible_at, token, data, meta, grp
+                   FROM ephq.messages WHERE stream = %(stream)s
+                   UNION ALL
+                   SELECT id, false, attempts, visible_at, NULL, data, meta, grp
+                   FROM ephq.waiting WHERE stream = %(stream)s
+                   ORDER BY 2, 1""",
+                {"stream": stream},
             )
-            for message_id, dead, attempts, visible_at, token, data, stored in cur:
+            for message_id, dead, attempts, visible_at, token, data, stored, group in cur:
                 if dead:
                     state = "dead"
                 elif visible_at <= now:
@@ -865,6 +955,8 @@ class PostgresBackend:
                 else:
                     state = "delayed" if token is None else "inflight"
                 meta = stored if dead else live_metadata(stored, stream)
+                if group is not None:
+                    meta = {**meta, "group": group}
                 due = visible_at if state == "delayed" else None
                 yield Exported(message_id, state, attempts, due, meta, data)
 
@@ -878,12 +970,39 @@ class PostgresBackend:
                 (stream, ids),
             )
             clash = cur.fetchone()
+            if clash is None:
+                cur.execute(
+                    "SELECT id FROM ephq.waiting WHERE stream = %s AND id = ANY(%s) LIMIT 1",
+                    (stream, ids),
+                )
+                clash = cur.fetchone()
             if clash is not None:
                 raise BadInput(f"message {clash[0]} is already in stream {stream!r}")
+            joining = [
+                r for r in records if r.state != "dead" and isinstance(r.metadata.get("group"), str)
+            ]
+            joined = {r.id for r in joining}
+            records = [r for r in records if r.id not in joined]
+            for r in sorted(joining, key=lambda r: r.id):  # into their groups, in order
+                visible = r.visible_at_ns if r.state == "delayed" and r.visible_at_ns else now
+                meta = {k: v for k, v in r.metadata.items() if k != "group"}
+                cur.execute(
+                    "SELECT ephq.join_group(%s, %s, %s, %s, %s, %s, %s::jsonb)",
+                    (
+                        stream,
+                        r.metadata["group"],
+                        r.id,
+                        r.attempts,
+                        visible,
+                        r.data_json,
+                        json.dumps(meta),
+                    ),
+                )
+            ids = [r.id for r in records]
             cur.execute(
                 """INSERT INTO ephq.messages
-                       (stream, dead, id, attempts, visible_at, data, meta)
-                   SELECT %s, d, i, a, v, t, m::jsonb
+                       (stream, dead, id, attempts, visible_at, data, meta, grp)
+                   SELECT %s, d, i, a, v, t, m::jsonb - 'group', m::jsonb->>'group'
                    FROM unnest(%s::boolean[], %s::text[], %s::integer[], %s::bigint[],
                                %s::text[], %s::text[]) AS x(d, i, a, v, t, m)""",
                 (
@@ -902,8 +1021,8 @@ class PostgresBackend:
                 ),
             )
             cur.execute("SELECT pg_notify('ephq', %s)", (stream,))
-        self._grew(len(records))
-        return len(records)
+        self._grew(len(records) + len(joining))
+        return len(records) + len(joining)
 
     def hold(self, stream: str, dead: bool, worker: str) -> Holder:
         return DatabaseHolder(self.db, stream, dead, worker, self.clock())

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-VERSION = 4
+VERSION = 5
 
 # Each entry brings the schema from the version before it to its index + 1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -208,6 +208,164 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                         visible_at = p_now + COALESCE(p_visibility, v_visibility * 1000000)
                     WHERE m.stream = p_stream AND m.dead = p_dead AND m.id = ANY(v_take)
                     RETURNING 0, m.id, m.attempts, m.visible_at, m.token, m.data, m.meta;
+                END IF;
+            END
+            $$""",
+    ),
+    # 5: message groups. Only a group's head is a row of messages (grp set); the others wait in
+    # ephq.waiting, which the claim never walks, and ephq.groups names each group's head. A
+    # head that leaves (deleted: acked or purged; or dead-lettered) is replaced by the group's
+    # oldest waiting message, in the same transaction, by the triggers.
+    (
+        "ALTER TABLE ephq.messages ADD COLUMN grp text",
+        """CREATE TABLE ephq.waiting (
+            stream text NOT NULL,
+            grp text NOT NULL,
+            id text NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            visible_at bigint NOT NULL,
+            data text NOT NULL,
+            meta jsonb NOT NULL DEFAULT '{}',
+            PRIMARY KEY (stream, grp, id)
+        )""",
+        """CREATE TABLE ephq.groups (
+            stream text NOT NULL,
+            grp text NOT NULL,
+            head text NOT NULL,
+            PRIMARY KEY (stream, grp)
+        )""",
+        """CREATE FUNCTION ephq.join_group(p_stream text, p_grp text, p_id text,
+                p_attempts integer, p_visible bigint, p_data text, p_meta jsonb)
+            RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN
+                -- The group's first: its head. Another transaction making the same group waits
+                -- here for this one, then finds it made.
+                INSERT INTO ephq.groups (stream, grp, head) VALUES (p_stream, p_grp, p_id)
+                    ON CONFLICT DO NOTHING;
+                IF FOUND THEN
+                    INSERT INTO ephq.messages (stream, dead, id, attempts, visible_at, data,
+                                               meta, grp)
+                        VALUES (p_stream, false, p_id, p_attempts, p_visible, p_data, p_meta,
+                                p_grp);
+                    RETURN true;
+                END IF;
+                INSERT INTO ephq.waiting (stream, grp, id, attempts, visible_at, data, meta)
+                    VALUES (p_stream, p_grp, p_id, p_attempts, p_visible, p_data, p_meta);
+                RETURN false;
+            END
+            $$""",
+        """CREATE FUNCTION ephq.release_group(p_stream text, p_grp text, p_id text)
+            RETURNS void LANGUAGE plpgsql AS $$
+            DECLARE
+                v_next ephq.waiting%ROWTYPE;
+            BEGIN
+                PERFORM 1 FROM ephq.groups g
+                    WHERE g.stream = p_stream AND g.grp = p_grp AND g.head = p_id FOR UPDATE;
+                IF NOT FOUND THEN
+                    RETURN;  -- not the head (a purge, or released already)
+                END IF;
+                DELETE FROM ephq.waiting w
+                    WHERE w.stream = p_stream AND w.grp = p_grp
+                      AND w.id = (SELECT min(x.id) FROM ephq.waiting x
+                                  WHERE x.stream = p_stream AND x.grp = p_grp)
+                    RETURNING * INTO v_next;
+                IF v_next.id IS NULL THEN
+                    DELETE FROM ephq.groups g WHERE g.stream = p_stream AND g.grp = p_grp;
+                    RETURN;
+                END IF;
+                UPDATE ephq.groups g SET head = v_next.id
+                    WHERE g.stream = p_stream AND g.grp = p_grp;
+                INSERT INTO ephq.messages (stream, dead, id, attempts, visible_at, data, meta,
+                                           grp)
+                    VALUES (p_stream, false, v_next.id, v_next.attempts, v_next.visible_at,
+                            v_next.data, v_next.meta, p_grp);
+                PERFORM pg_notify('ephq', p_stream);
+            END
+            $$""",
+        """CREATE FUNCTION ephq.head_left() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM ephq.release_group(OLD.stream, OLD.grp, OLD.id);
+                RETURN NULL;
+            END
+            $$""",
+        """CREATE TRIGGER head_left AFTER DELETE ON ephq.messages
+            FOR EACH ROW WHEN (OLD.grp IS NOT NULL AND NOT OLD.dead)
+            EXECUTE FUNCTION ephq.head_left()""",
+        # Dying releases the group too; a dead letter keeps its group (a redrive rejoins it),
+        # but not in a dead-letter stream, where it is a fact (metadata.dead.group).
+        """CREATE OR REPLACE FUNCTION ephq.forward_dead_letter() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            DECLARE
+                v_target text;
+                v_earlier jsonb := OLD.meta->'dead';
+            BEGIN
+                IF OLD.grp IS NOT NULL THEN
+                    PERFORM ephq.release_group(OLD.stream, OLD.grp, OLD.id);
+                END IF;
+                IF jsonb_typeof(v_earlier) = 'object' AND v_earlier->>'stream' <> OLD.stream THEN
+                    NEW.meta := jsonb_set(OLD.meta, '{dead}', v_earlier || jsonb_build_object(
+                        'dlq_error', NEW.meta->'dead'->'error',
+                        'dlq_failed_at', NEW.meta->'dead'->'died_at'));
+                END IF;
+                SELECT s.dead_letter_stream INTO v_target FROM ephq.streams s
+                    WHERE s.name = OLD.stream;
+                IF v_target IS NOT NULL THEN
+                    INSERT INTO ephq.streams (name) VALUES (v_target) ON CONFLICT DO NOTHING;
+                    IF NEW.grp IS NOT NULL THEN
+                        NEW.meta := jsonb_set(NEW.meta, '{dead,group}', to_jsonb(NEW.grp));
+                        NEW.grp := NULL;
+                    END IF;
+                    NEW.stream := v_target;
+                    NEW.dead := false;
+                    NEW.attempts := 0;
+                    NEW.token := NULL;
+                    PERFORM pg_notify('ephq', v_target);
+                END IF;
+                RETURN NEW;
+            END
+            $$""",
+        "DROP FUNCTION ephq.claim(text, boolean, bigint, integer, text, bigint, text)",
+        """CREATE FUNCTION ephq.claim(p_stream text, p_dead boolean, p_now bigint,
+                p_count integer, p_token text, p_visibility bigint, p_died_at text)
+            RETURNS TABLE (buried integer, id text, attempts integer, visible_at bigint,
+                           token text, data text, meta jsonb, grp text)
+            LANGUAGE plpgsql AS $$
+            #variable_conflict use_column
+            DECLARE
+                v_max integer;
+                v_visibility bigint;
+                v_take text[];
+                v_bury text[];
+            BEGIN
+                SELECT COALESCE(max(s.max_attempts), 5), COALESCE(max(s.visibility_ms), 30000)
+                    INTO v_max, v_visibility FROM ephq.streams s WHERE s.name = p_stream;
+                SELECT array_agg(p.id) FILTER (WHERE p_dead OR p.attempts < v_max),
+                       array_agg(p.id) FILTER (WHERE NOT p_dead AND p.attempts >= v_max)
+                    INTO v_take, v_bury
+                    FROM (SELECT m.id, m.attempts FROM ephq.messages m
+                          WHERE m.stream = p_stream AND m.dead = p_dead
+                            AND m.visible_at <= p_now
+                          ORDER BY m.id LIMIT p_count
+                          FOR UPDATE SKIP LOCKED) p;
+                IF v_bury IS NOT NULL THEN
+                    UPDATE ephq.messages m SET dead = true, token = NULL, visible_at = p_now,
+                        meta = m.meta || jsonb_build_object('dead', jsonb_build_object(
+                            'stream', p_stream,
+                            'error', CASE WHEN m.token IS NOT NULL THEN 'lease expired'
+                                     ELSE 'delivered ' || m.attempts
+                                          || ' times; max_attempts is ' || v_max END,
+                            'attempts', m.attempts,
+                            'died_at', p_died_at))
+                    WHERE m.stream = p_stream AND m.dead = false AND m.id = ANY(v_bury);
+                    RETURN QUERY SELECT cardinality(v_bury), NULL::text, NULL::integer,
+                        NULL::bigint, NULL::text, NULL::text, NULL::jsonb, NULL::text;
+                END IF;
+                IF v_take IS NOT NULL THEN
+                    RETURN QUERY
+                    UPDATE ephq.messages m SET attempts = m.attempts + 1, token = p_token,
+                        visible_at = p_now + COALESCE(p_visibility, v_visibility * 1000000)
+                    WHERE m.stream = p_stream AND m.dead = p_dead AND m.id = ANY(v_take)
+                    RETURNING 0, m.id, m.attempts, m.visible_at, m.token, m.data, m.meta, m.grp;
                 END IF;
             END
             $$""",

@@ -106,6 +106,10 @@ class CommandHandler:
             # the stream it died in, its attempts there and its last error.
             EPHQ_METADATA=json.dumps(message.metadata, separators=(",", ":")),
         )
+        if message.group is not None:
+            env["EPHQ_GROUP"] = message.group
+        else:
+            env.pop("EPHQ_GROUP", None)  # not the worker's own, if it had one
         return env
 
     def _wait(

@@ -1,0 +1,262 @@
+"""Message groups: a group's messages are delivered one at a time, in enqueue order.
+
+    <stream>/groups/<g>/head        the id of the group's one message out in the stream's
+                                    ready/, delayed/ or inflight/ (its head); absent: none
+    <stream>/groups/<g>/w/…/<id>.<attempts>.<due>
+                                    the group's other messages, waiting, in a tree by id
+                                    (due: 16 hex, when a delayed one may be seen; 0 if now)
+
+`g` is 16 hex digits of the group key's SHA-256 (the key itself is in each message's record).
+Every change to a group is made under a flock of its directory.
+
+- A message joins its group (place) from a committed batch, whose installer recovery re-runs:
+  it becomes the head (head written and flushed first, then the file moved out) when the
+  group has none, else it waits.
+- When the head leaves (acked, dead-lettered), the group is released while an intent is on
+  disk (the store's tmp/*.leaving or *.dying file, which recovery finishes): the next waiting
+  message becomes the head, again head first, then the move, flushed; or head is removed.
+- A head naming a message still waiting is a promotion a crash cut short: whoever locks the
+  group next finishes it.
+
+So at most one message of a group is ever out, and no crash leaves a group stuck: every
+half-done step is either finished by recovery or visible to the next lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+
+from .fsio import NotOurs, ensure_dir, fsync_dir, listdir, read_regular, unlink_quietly, write_all
+from .names import is_id, new_token
+from .tree import READY_CUTS, Tree
+
+GROUPS = "groups"
+HEAD = "head"
+WAITING = "w"
+GROUP_NAME = re.compile(r"[0-9a-f]{16}", re.ASCII)
+WAITING_NAME = re.compile(r"([0-9a-f]{24})\.(\d{1,9})\.([0-9a-f]{16})", re.ASCII)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# Moves a complete message file out into the stream (ready/, or delayed/ until due): True if
+# it was moved, False if it was gone.
+PlaceOut = Callable[[str, str, int, int], bool]
+
+
+class Waiting(NamedTuple):
+    path: str
+    id: str
+    attempts: int
+    due_ns: int
+
+
+def group_of(key: str) -> str:
+    """The directory name of a group key."""
+    import hashlib  # here: its OpenSSL binding costs every command's start-up otherwise
+
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def waiting_name(message_id: str, attempts: int, due_ns: int) -> str:
+    return f"{message_id}.{attempts}.{max(due_ns, 0):016x}"
+
+
+def parse_waiting(name: str) -> tuple[str, int, int] | None:
+    match = WAITING_NAME.fullmatch(name)
+    if match is None:
+        return None
+    return match[1], int(match[2]), int(match[3], 16)
+
+
+class Group:
+    """One group's directory, locked by whoever holds this."""
+
+    def __init__(self, path: str, durable: bool, set_aside: Callable[[str, str], None]) -> None:
+        self.path = path
+        self.durable = durable
+        self.waiting = Tree(os.path.join(path, WAITING), READY_CUTS, set_aside)
+
+    def head(self) -> str | None:
+        try:
+            raw, _ = read_regular(os.path.join(self.path, HEAD), 64)
+        except (FileNotFoundError, NotOurs):
+            return None
+        text = raw.decode("ascii", "replace").strip()
+        return text if is_id(text) else None
+
+    def set_head(self, message_id: str) -> None:
+        tmp = os.path.join(self.path, f"{HEAD}.{new_token()}.w")
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        try:
+            write_all(fd, (message_id + "\n").encode())
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, os.path.join(self.path, HEAD))
+        if self.durable:
+            fsync_dir(self.path)
+
+    def clear_head(self) -> None:
+        unlink_quietly(os.path.join(self.path, HEAD))
+        if self.durable:
+            fsync_dir(self.path)
+
+    def first_waiting(self, now: int) -> Waiting | None:
+        for leaf in self.waiting.leaves(now):
+            names = [n for n in listdir(leaf.path) if parse_waiting(n) is not None]
+            for name in sorted(names)[:1]:
+                fields = parse_waiting(name)
+                if fields is not None:
+                    return Waiting(f"{leaf.path}/{name}", *fields)
+            self.waiting.prune(leaf, now)
+        return None
+
+    def find_waiting(self, message_id: str) -> Waiting | None:
+        leaf = self.waiting.leaf_dir(message_id)
+        for name in listdir(leaf):
+            fields = parse_waiting(name)
+            if fields is not None and fields[0] == message_id:
+                return Waiting(f"{leaf}/{name}", *fields)
+        return None
+
+
+class Groups:
+    """The groups of one stream."""
+
+    def __init__(
+        self,
+        stream_path: str,
+        *,
+        durable: bool,
+        clock: Callable[[], int],
+        set_aside: Callable[[str, str], None],
+        place_out: PlaceOut,
+    ) -> None:
+        self.dir = os.path.join(stream_path, GROUPS)
+        self.durable = durable
+        self.clock = clock
+        self._set_aside = set_aside
+        self._place_out = place_out
+
+    @contextmanager
+    def locked(self, g: str) -> Iterator[Group]:
+        path = os.path.join(self.dir, g)
+        for _ in range(5):
+            ensure_dir(os.path.join(path, WAITING), durable=self.durable)
+            try:
+                fd = os.open(path, _DIR_FLAGS)
+            except FileNotFoundError:
+                continue  # removed as idle between the two: make it again
+            except OSError:  # a link or a file where the group belongs
+                self._set_aside(path, "is where a group's directory belongs")
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_nlink == 0:
+                    continue  # removed as idle while we waited for the lock
+                yield Group(path, self.durable, self._set_aside)
+                return
+            finally:
+                os.close(fd)
+        raise OSError(f"cannot lock the group directory {path}")
+
+    def place(self, g: str, path: str, message_id: str, attempts: int, due_ns: int) -> None:
+        """A complete message file joins its group: out, as its head, or waiting."""
+        with self.locked(g) as group:
+            head = self._settled(group)
+            if head is None:  # none out: the oldest waiting goes first (none, usually)
+                first = group.first_waiting(self.clock())
+                if first is not None and first.id < message_id:
+                    self._promote(group, first)
+                    head = first.id
+            if head is None or head == message_id:
+                group.set_head(message_id)
+                self._place_out(path, message_id, attempts, due_ns)
+                return
+            dest = group.waiting.leaf_dir(message_id)
+            name = waiting_name(message_id, attempts, due_ns)
+            ensure_dir(dest, durable=self.durable)
+            try:
+                os.rename(path, f"{dest}/{name}")
+            except FileNotFoundError:
+                return  # placed already (a recovery re-running a batch)
+            if self.durable:
+                fsync_dir(dest)
+
+    def release(self, g: str, message_id: str) -> None:
+        """The head message_id left the stream (acked or dead-lettered): the next one, if any,
+        becomes the head. Idempotent: releasing what is not the head only finishes a cut
+        promotion."""
+        with self.locked(g) as group:
+            head = self._settled(group)
+            if head is not None and head != message_id:
+                return
+            nxt = group.first_waiting(self.clock())
+            if nxt is None:
+                group.clear_head()
+                self._remove_if_idle(group)
+                return
+            self._promote(group, nxt)
+
+    def _settled(self, group: Group) -> str | None:
+        """The head, after finishing a promotion a crash cut short (head written, its file
+        still waiting)."""
+        head = group.head()
+        if head is not None:
+            cut = group.find_waiting(head)
+            if cut is not None:
+                self._promote(group, cut)
+        return head
+
+    def _promote(self, group: Group, nxt: Waiting) -> None:
+        group.set_head(nxt.id)
+        if self._place_out(nxt.path, nxt.id, nxt.attempts, nxt.due_ns) and self.durable:
+            fsync_dir(os.path.dirname(nxt.path))  # and not waiting: one place only
+
+    def _remove_if_idle(self, group: Group) -> None:
+        """An idle group's directory goes (under its lock: a placer waiting for the lock sees
+        it gone and makes it again), so the store does not grow with old groups."""
+        for root, dirs, files in os.walk(os.path.join(group.path, WAITING), topdown=False):
+            if files:
+                return
+            for name in dirs:
+                try:
+                    os.rmdir(os.path.join(root, name))
+                except OSError:
+                    return
+        for name in (WAITING, ""):
+            try:
+                os.rmdir(os.path.join(group.path, name) if name else group.path)
+            except OSError:
+                return
+
+    def all_waiting(self) -> Iterator[Waiting]:
+        """Every waiting message of every group (export, counting, check)."""
+        now = self.clock()
+        for g in sorted(listdir(self.dir)):
+            path = os.path.join(self.dir, g)
+            if GROUP_NAME.fullmatch(g) is None or not _is_dir(path):
+                continue
+            tree = Tree(os.path.join(path, WAITING), READY_CUTS, self._set_aside)
+            for leaf, name in tree.all_names(now):
+                fields = parse_waiting(name)
+                if fields is not None:
+                    yield Waiting(f"{leaf.path}/{name}", *fields)
+
+    def count_waiting(self) -> int:
+        return sum(1 for _ in self.all_waiting())
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
