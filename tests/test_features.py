@@ -750,3 +750,23 @@ def test_the_cli_takes_groups_and_shows_them(store: str, home: Path) -> None:
         bad = ephq(home, "enqueue", "s", *args, stdin=stdin)
         assert (bad.returncode, bad.stderr) == (2, error)
     assert open_store(home).stats("s").ready == 1  # the one waiting behind the leased head
+
+
+@pytest.mark.both_backends
+def test_a_delayed_head_holds_its_group_and_keys_work_with_groups(
+    q: Queue, clock: FakeClock
+) -> None:
+    later = q.enqueue("s", "later", group="G", delay=60)
+    behind = q.enqueue("s", "behind", group="G")
+    assert q.dequeue("s") is None  # the head is not due yet, and the next waits for it
+    clock.advance(61)
+    m = q.dequeue("s")
+    assert m is not None and m.id == later
+    q.ack("s", m.receipt or "")
+    m = q.dequeue("s")
+    assert m is not None and m.id == behind
+    q.ack("s", m.receipt or "")
+    once = q.enqueue("s", "keyed", group="H", dedup_key="k")
+    assert q.enqueue("s", "keyed again", group="H", dedup_key="k") == once
+    got = q.dequeue_many("s", 10)
+    assert [(m.id, m.group) for m in got] == [(once, "H")]
