@@ -171,7 +171,7 @@ class Groups:
     def place(self, g: str, path: str, message_id: str, attempts: int, due_ns: int) -> None:
         """A complete message file joins its group: out, as its head, or waiting."""
         with self.locked(g) as group:
-            head = self._settled(group)
+            head, _ = self._settled(group)
             if head is None:  # none out: the oldest waiting goes first (none, usually)
                 first = group.first_waiting(self.clock())
                 if first is not None and first.id < message_id:
@@ -196,8 +196,11 @@ class Groups:
         becomes the head. Idempotent: releasing what is not the head only finishes a cut
         promotion."""
         with self.locked(g) as group:
-            head = self._settled(group)
-            if head is not None and head != message_id:
+            head, resumed = self._settled(group)
+            if resumed or (head is not None and head != message_id):
+                # Not the head; or the head just went out again: a stale name in w/ (a power
+                # loss kept both names of its move) delivers it once more, and its next ack
+                # releases the group.
                 return
             nxt = group.first_waiting(self.clock())
             if nxt is None:
@@ -206,20 +209,22 @@ class Groups:
                 return
             self._promote(group, nxt)
 
-    def _settled(self, group: Group) -> str | None:
-        """The head, after finishing a promotion a crash cut short (head written, its file
-        still waiting)."""
+    def _settled(self, group: Group) -> tuple[str | None, bool]:
+        """The head, and whether it was just sent out: finishing a promotion a crash cut short
+        (head written, its file still waiting)."""
         head = group.head()
         if head is not None:
             cut = group.find_waiting(head)
             if cut is not None:
                 self._promote(group, cut)
-        return head
+                return head, True
+        return head, False
 
     def _promote(self, group: Group, nxt: Waiting) -> None:
         group.set_head(nxt.id)
-        if self._place_out(nxt.path, nxt.id, nxt.attempts, nxt.due_ns) and self.durable:
-            fsync_dir(os.path.dirname(nxt.path))  # and not waiting: one place only
+        # Its old name in w/ is not flushed away: after a power loss it may stand beside the
+        # new one (two names of one file), and the group delivers it once more, no more.
+        self._place_out(nxt.path, nxt.id, nxt.attempts, nxt.due_ns)
 
     def _remove_if_idle(self, group: Group) -> None:
         """An idle group's directory goes (under its lock: a placer waiting for the lock sees

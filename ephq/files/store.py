@@ -688,8 +688,6 @@ class Store:
                     os.rename(path, leaving)
                 except FileNotFoundError:
                     continue
-                if self.durable:  # the intent, before the group's flushes make the move out
-                    fsync_dir(self.tmp)  # of inflight/ stick (a power loss must keep one)
                 self.leave(fd, leaving, lease.id)
             finally:
                 os.close(fd)
@@ -836,10 +834,8 @@ class Store:
             return
         group = found.meta.get("group")
         if isinstance(group, str) and self.groups is not None:
-            # While the dying file is the intent (flushed first: the group's flushes must not
-            # make its move out of inflight/ stick without it), its group's next goes out.
-            if self.durable and not recovering:
-                fsync_dir(self.tmp)
+            # While the dying file is the intent (recovery finishes it), the group's next
+            # goes out.
             self.groups.release(group_of(group), message_id)
         target = self.graveyard or self
         forward = self.dead_letter_stream() if self.graveyard is not None else None
