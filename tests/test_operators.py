@@ -298,11 +298,14 @@ def test_worker_serves_its_counters_and_handler_durations(home: Path, tmp_path: 
                 return {}
 
         settled = 'ephq_worker_messages_total{stream="s",outcome="acked"}'
+        dead_key = 'ephq_worker_messages_total{stream="s",outcome="dead_lettered"}'
         _until(lambda: scraped().get(settled) == 2, "two acks counted")
+        # The third ("fail") may still be running when the acks are counted: wait for its
+        # outcome, then for the fourth, which sleeps, to be the one running.
+        _until(lambda: scraped().get(dead_key) == 1, "the failure counted")
         _until(lambda: scraped().get('ephq_worker_handlers_running{stream="s"}') == 1, "running")
         samples = scraped()
-        dead = samples['ephq_worker_messages_total{stream="s",outcome="dead_lettered"}']
-        assert dead == 1
+        assert samples[dead_key] == 1
         count = 'ephq_worker_handler_duration_seconds_count{stream="s",outcome="acked"}'
         assert samples[count] == 2
         inf = 'ephq_worker_handler_duration_seconds_bucket{stream="s",outcome="acked",le="+Inf"}'
