@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-VERSION = 5
+VERSION = 2
 
 # Each entry brings the schema from the version before it to its index + 1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -113,9 +113,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             leases jsonb NOT NULL DEFAULT '{}'
         )""",
     ),
-    # 2: deduplication keys. A key is one row, taken by INSERT … ON CONFLICT in the transaction
-    # that inserts its message, so a key is never without its message nor a message stored
-    # twice; rows older than the stream's window are deleted now and then (by `at`).
+    # 2: deduplication keys, dead-letter streams, message groups, and a claim by arrays.
+    #
+    # Deduplication: a key is one row, taken by INSERT … ON CONFLICT in the transaction that
+    # inserts its message, so a key is never without its message nor a message stored twice;
+    # rows older than the stream's window are deleted now and then (by `at`).
+    #
+    # Dead-letter streams: every way a message dies sets dead = true (the claim, stats' sweep,
+    # nack, reject); a trigger on just that change sends it on when its stream names a
+    # dead-letter stream: an ordinary message there, from its first attempt. A message of a
+    # dead-letter stream that dies keeps the stream it first died in (dlq_error says why).
+    #
+    # Groups: only a group's head is a row of messages (grp set); the others wait in
+    # ephq.waiting, which the claim never walks, and ephq.groups names each group's head. A
+    # head that leaves (deleted: acked or purged; or dead-lettered) is replaced by the group's
+    # oldest waiting message, in the same transaction, by the triggers.
+    #
+    # The claim takes what it picked with one UPDATE per kind (lease, or dead-letter when its
+    # attempts are spent) by the ids it collected, not one UPDATE per row (a batch of 100 cost
+    # 28 µs a row on the server): `id = ANY(array)` under equality on the key's other columns
+    # is an index lookup per id, whatever the table's statistics say.
     (
         "ALTER TABLE ephq.streams ADD COLUMN dedup_window_ms bigint NOT NULL DEFAULT 300000",
         """CREATE TABLE ephq.dedup_keys (
@@ -126,97 +143,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (stream, key)
         )""",
         "CREATE INDEX dedup_keys_by_age ON ephq.dedup_keys (stream, at)",
-    ),
-    # 3: dead-letter streams. Every way a message dies sets dead = true (the claim, stats'
-    # sweep, nack, reject); this trigger, on just that change, sends it on instead when its
-    # stream names a dead-letter stream: an ordinary message there, from its first attempt.
-    # A message of a dead-letter stream that dies keeps the stream it first died in, and gets
-    # why it failed there as dlq_error.
-    (
         "ALTER TABLE ephq.streams ADD COLUMN dead_letter_stream text",
-        """CREATE FUNCTION ephq.forward_dead_letter() RETURNS trigger
-            LANGUAGE plpgsql AS $$
-            DECLARE
-                v_target text;
-                v_earlier jsonb := OLD.meta->'dead';
-            BEGIN
-                IF jsonb_typeof(v_earlier) = 'object' AND v_earlier->>'stream' <> OLD.stream THEN
-                    NEW.meta := jsonb_set(OLD.meta, '{dead}', v_earlier || jsonb_build_object(
-                        'dlq_error', NEW.meta->'dead'->'error',
-                        'dlq_failed_at', NEW.meta->'dead'->'died_at'));
-                END IF;
-                SELECT s.dead_letter_stream INTO v_target FROM ephq.streams s
-                    WHERE s.name = OLD.stream;
-                IF v_target IS NOT NULL THEN
-                    INSERT INTO ephq.streams (name) VALUES (v_target) ON CONFLICT DO NOTHING;
-                    NEW.stream := v_target;
-                    NEW.dead := false;
-                    NEW.attempts := 0;
-                    NEW.token := NULL;
-                    PERFORM pg_notify('ephq', v_target);
-                END IF;
-                RETURN NEW;
-            END
-            $$""",
-        """CREATE TRIGGER forward_dead_letter BEFORE UPDATE ON ephq.messages
-            FOR EACH ROW WHEN (NEW.dead AND NOT OLD.dead)
-            EXECUTE FUNCTION ephq.forward_dead_letter()""",
-    ),
-    # 4: the claim takes what it picked with one UPDATE per kind (lease, or dead-letter when
-    # its attempts are spent) by the ids it collected, not one UPDATE per row: a batch of 100
-    # cost 28 µs a row on the server. `id = ANY(array)` under equality on the key's other
-    # columns is an index lookup per id, whatever the table's statistics say.
-    (
-        """CREATE OR REPLACE FUNCTION ephq.claim(p_stream text, p_dead boolean, p_now bigint,
-                p_count integer, p_token text, p_visibility bigint, p_died_at text)
-            RETURNS TABLE (buried integer, id text, attempts integer, visible_at bigint,
-                           token text, data text, meta jsonb)
-            LANGUAGE plpgsql AS $$
-            #variable_conflict use_column
-            DECLARE
-                v_max integer;
-                v_visibility bigint;
-                v_take text[];
-                v_bury text[];
-            BEGIN
-                SELECT COALESCE(max(s.max_attempts), 5), COALESCE(max(s.visibility_ms), 30000)
-                    INTO v_max, v_visibility FROM ephq.streams s WHERE s.name = p_stream;
-                SELECT array_agg(p.id) FILTER (WHERE p_dead OR p.attempts < v_max),
-                       array_agg(p.id) FILTER (WHERE NOT p_dead AND p.attempts >= v_max)
-                    INTO v_take, v_bury
-                    FROM (SELECT m.id, m.attempts FROM ephq.messages m
-                          WHERE m.stream = p_stream AND m.dead = p_dead
-                            AND m.visible_at <= p_now
-                          ORDER BY m.id LIMIT p_count
-                          FOR UPDATE SKIP LOCKED) p;
-                IF v_bury IS NOT NULL THEN
-                    UPDATE ephq.messages m SET dead = true, token = NULL, visible_at = p_now,
-                        meta = m.meta || jsonb_build_object('dead', jsonb_build_object(
-                            'stream', p_stream,
-                            'error', CASE WHEN m.token IS NOT NULL THEN 'lease expired'
-                                     ELSE 'delivered ' || m.attempts
-                                          || ' times; max_attempts is ' || v_max END,
-                            'attempts', m.attempts,
-                            'died_at', p_died_at))
-                    WHERE m.stream = p_stream AND m.dead = false AND m.id = ANY(v_bury);
-                    RETURN QUERY SELECT cardinality(v_bury), NULL::text, NULL::integer,
-                        NULL::bigint, NULL::text, NULL::text, NULL::jsonb;
-                END IF;
-                IF v_take IS NOT NULL THEN
-                    RETURN QUERY
-                    UPDATE ephq.messages m SET attempts = m.attempts + 1, token = p_token,
-                        visible_at = p_now + COALESCE(p_visibility, v_visibility * 1000000)
-                    WHERE m.stream = p_stream AND m.dead = p_dead AND m.id = ANY(v_take)
-                    RETURNING 0, m.id, m.attempts, m.visible_at, m.token, m.data, m.meta;
-                END IF;
-            END
-            $$""",
-    ),
-    # 5: message groups. Only a group's head is a row of messages (grp set); the others wait in
-    # ephq.waiting, which the claim never walks, and ephq.groups names each group's head. A
-    # head that leaves (deleted: acked or purged; or dead-lettered) is replaced by the group's
-    # oldest waiting message, in the same transaction, by the triggers.
-    (
         "ALTER TABLE ephq.messages ADD COLUMN grp text",
         """CREATE TABLE ephq.waiting (
             stream text NOT NULL,
@@ -293,7 +220,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             EXECUTE FUNCTION ephq.head_left()""",
         # Dying releases the group too; a dead letter keeps its group (a redrive rejoins it),
         # but not in a dead-letter stream, where it is a fact (metadata.dead.group).
-        """CREATE OR REPLACE FUNCTION ephq.forward_dead_letter() RETURNS trigger
+        """CREATE FUNCTION ephq.forward_dead_letter() RETURNS trigger
             LANGUAGE plpgsql AS $$
             DECLARE
                 v_target text;
@@ -324,6 +251,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 RETURN NEW;
             END
             $$""",
+        """CREATE TRIGGER forward_dead_letter BEFORE UPDATE ON ephq.messages
+            FOR EACH ROW WHEN (NEW.dead AND NOT OLD.dead)
+            EXECUTE FUNCTION ephq.forward_dead_letter()""",
         "DROP FUNCTION ephq.claim(text, boolean, bigint, integer, text, bigint, text)",
         """CREATE FUNCTION ephq.claim(p_stream text, p_dead boolean, p_now bigint,
                 p_count integer, p_token text, p_visibility bigint, p_died_at text)
