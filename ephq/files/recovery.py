@@ -26,7 +26,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from . import sweep
@@ -154,18 +154,8 @@ def _finish_leaving(store: Finisher, path: str, name: str) -> bool:
     message_id = leaving_id(name)
     if message_id is None:
         return False
-    try:
-        fd = try_lock(path)
-    except NotOurs:
+    if not _finish_locked(path, lambda fd: store.leave(fd, path, message_id)):
         return False
-    if fd is None:
-        return False
-    try:
-        if not os.path.exists(path):
-            return False
-        store.leave(fd, path, message_id)
-    finally:
-        os.close(fd)
     unlink_quietly(path)
     return True
 
@@ -174,6 +164,18 @@ def _finish_dying(store: Finisher, path: str, name: str) -> bool:
     fields = dying_fields(name)
     if fields is None:
         return False
+    # In a dead-letter queue a dying file is a dead letter whose handler failed: refiled as it
+    # was (the error is lost, never the message).
+    why = "its dead-lettering was interrupted (a crash, or a full disk) and finished later"
+    error = None if store.is_dead_letter_queue else why
+    return _finish_locked(
+        path, lambda fd: store.bury(fd, path, fields[0], fields[1], error, recovering=True)
+    )
+
+
+def _finish_locked(path: str, finish: Callable[[int], None]) -> bool:
+    """finish(fd) on the file at path once its lock is ours (its writer is gone); False if
+    another holds it, it is gone, or it is not a regular file."""
     try:
         fd = try_lock(path)
     except NotOurs:
@@ -183,11 +185,7 @@ def _finish_dying(store: Finisher, path: str, name: str) -> bool:
     try:
         if not os.path.exists(path):
             return False
-        # In a dead-letter queue a dying file is a dead letter whose handler failed: refiled as
-        # it was (the error is lost, never the message).
-        why = "its dead-lettering was interrupted (a crash, or a full disk) and finished later"
-        error = None if store.is_dead_letter_queue else why
-        store.bury(fd, path, fields[0], fields[1], error, recovering=True)
+        finish(fd)
         return True
     finally:
         os.close(fd)

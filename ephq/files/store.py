@@ -260,6 +260,25 @@ class Store:
         """The batch protocol: stage(batch) writes the files into a locked batch directory in
         tmp/; when durable one flush of the file system makes their bytes stick, one rename
         commits them, and install_batch places them (which recovery finishes after a crash)."""
+        batch, lock = self._new_batch_dir(first_id)
+        try:
+            try:
+                stage(batch)
+                if self.durable:  # every file's bytes, before anything names them as committed
+                    fsio.sync_file_system(lock)
+                commit = _committed_name(batch)
+                os.rename(batch, commit)
+            except BaseException:
+                shutil.rmtree(batch, ignore_errors=True)
+                raise
+            self.install_batch(commit)
+        finally:
+            os.close(lock)
+
+    def _new_batch_dir(self, first_id: str) -> tuple[str, int]:
+        """A new batch directory in tmp/ and the fd of its flock. Until it is renamed a commit
+        (locked already, so recovery never takes it for a writer's that is gone), it is scrap
+        to recovery: nothing in it was promised."""
         token = new_token()  # an import's ids are not new: this keeps its names unique
         batch = os.path.join(self.tmp, f"batch-{first_id}.{token}")
         try:
@@ -270,18 +289,10 @@ class Store:
         lock = os.open(batch, os.O_RDONLY | os.O_CLOEXEC)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                stage(batch)
-                if self.durable:  # every file's bytes, before anything names them as committed
-                    fsio.sync_file_system(lock)
-                commit = os.path.join(self.tmp, f"commit-{first_id}.{token}")
-                os.rename(batch, commit)
-            except BaseException:
-                shutil.rmtree(batch, ignore_errors=True)
-                raise
-            self.install_batch(commit)
-        finally:
+        except BaseException:
             os.close(lock)
+            raise
+        return batch, lock
 
     def _stage_record(self, batch: str, record: Exported, now: int) -> None:
         content = encode(
@@ -971,16 +982,15 @@ class Store:
     def rejoin(self, path: str, message_id: str, group: str) -> bool:
         """Take a message file (a redriven dead letter) into its group, with fresh attempts:
         moved into a commit directory of this store's (a promise recovery keeps), then
-        installed as a batch is. False if the file was gone."""
-        commit = os.path.join(self.tmp, f"commit-{message_id}.{new_token()}")
+        installed as a batch is. False if the file was gone.
+
+        The directory is committed (locked, empty) before the file moves in: a batch
+        directory is scrap to recovery, and the file must never be in one.
+        """
+        batch, lock = self._new_batch_dir(message_id)
         try:
-            os.mkdir(commit, 0o700)
-        except FileNotFoundError:
-            self.create()
-            os.mkdir(commit, 0o700)
-        lock = os.open(commit, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            commit = _committed_name(batch)
+            os.rename(batch, commit)
             name = f"{GROUP_PREFIX}{group_of(group)}.{waiting_name(message_id, 0, 0)}"
             try:
                 os.rename(path, f"{commit}/{name}")
@@ -1321,6 +1331,12 @@ class Store:
             os.utime(self.bell, follow_symlinks=False)
         except FileNotFoundError:
             pass
+
+
+def _committed_name(batch: str) -> str:
+    """A batch directory's name once committed: batch-<id>.<token> becomes commit-…."""
+    head, name = os.path.split(batch)
+    return os.path.join(head, "commit-" + name.removeprefix("batch-"))
 
 
 def _none() -> None:
