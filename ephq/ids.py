@@ -66,7 +66,7 @@ def lease_token(grouped: bool) -> str:
 
 
 def is_group_token(token: str | None) -> bool:
-    return token is not None and token[:1] in "89abcdef" and token[:1] != ""
+    return token is not None and token[:1] in ("8", "9", "a", "b", "c", "d", "e", "f")
 
 
 class IdSource:

@@ -197,8 +197,8 @@ class Queue:
     ) -> list[str]:
         """Store already-validated items; every caller has checked the stream's name first."""
         delay_ns = to_ns(delay, "delay")
-        checked_keys = None if keys is None else _checked_keys(keys, len(items), "dedup key")
-        checked_groups = None if groups is None else _checked_keys(groups, len(items), "group")
+        checked_keys = None if keys is None else _checked_labels(keys, len(items), "dedup key")
+        checked_groups = None if groups is None else _checked_labels(groups, len(items), "group")
         if not items:
             return []
         with translated(f"enqueue to stream {stream!r}"):
@@ -577,7 +577,7 @@ class Queue:
 MAX_DEDUP_KEY_BYTES = 512
 
 
-def _checked_keys(keys: Iterable[str | None], count: int, what: str) -> list[str | None]:
+def _checked_labels(keys: Iterable[str | None], count: int, what: str) -> list[str | None]:
     """The keys (dedup keys or groups), one per item, each None or a non-empty text of at most
     512 bytes."""
     given = list(keys)

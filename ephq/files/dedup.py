@@ -276,19 +276,17 @@ class DedupKeys:
             yield path, None, _lmode(path)
             if BUCKET_NAME.fullmatch(bucket) is None or not stat.S_ISDIR(_lmode(path)):
                 continue
-            for name in sorted(listdir(path)):
-                child = os.path.join(path, name)
-                record = None
-                if KEY_NAME.fullmatch(name):
-                    try:
-                        fd = os.open(path, _DIR_FLAGS)
-                    except OSError:
-                        continue
-                    try:
-                        record = _read_at(fd, name)
-                    finally:
-                        os.close(fd)
-                yield child, record, _lmode(child)
+            try:
+                fd = os.open(path, _DIR_FLAGS)  # never through a link put there meanwhile
+            except OSError:
+                continue
+            try:
+                for name in sorted(os.listdir(fd)):
+                    child = os.path.join(path, name)
+                    record = _read_at(fd, name) if KEY_NAME.fullmatch(name) else None
+                    yield child, record, _lmode(child)
+            finally:
+                os.close(fd)
 
 
 def _read_at(dir_fd: int, name: str) -> KeyRecord | None:

@@ -111,11 +111,10 @@ class Group:
 
     def first_waiting(self, now: int) -> Waiting | None:
         for leaf in self.waiting.leaves(now):
-            names = [n for n in listdir(leaf.path) if parse_waiting(n) is not None]
-            for name in sorted(names)[:1]:
-                fields = parse_waiting(name)
-                if fields is not None:
-                    return Waiting(f"{leaf.path}/{name}", *fields)
+            found = [(fields, n) for n in listdir(leaf.path) if (fields := parse_waiting(n))]
+            if found:
+                fields, name = min(found)
+                return Waiting(f"{leaf.path}/{name}", *fields)
             self.waiting.prune(leaf, now)
         return None
 

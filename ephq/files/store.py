@@ -861,8 +861,8 @@ class Store:
             return
         meta = dict(found.meta)
         now = iso_utc(self.clock())
-        if forward is not None and "group" in meta:
-            group = meta.pop("group")  # not ordered in the dead-letter stream: kept as a fact
+        if forward is not None:
+            meta.pop("group", None)  # not ordered in the dead-letter stream: kept as a fact
         earlier = meta.get("dead")
         if self.graveyard is not None and not died_elsewhere(meta, self.stream):
             meta["dead"] = {
