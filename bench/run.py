@@ -148,6 +148,37 @@ def phase_four_consumers(system: str, path: str, n: int) -> tuple[float, int, in
     return n / max(elapsed, 1e-9), duplicates, lost, [t for _, ts in reports for t in ts]
 
 
+def _produce(system: str, path: str, first: int, count: int, out: Any) -> None:
+    client = open_client(system, path)
+    times = []
+    for i in range(first, first + count):
+        start = time.perf_counter()
+        client.put(payload(i))
+        times.append(time.perf_counter() - start)
+    client.close()
+    out.put(times)
+
+
+def phase_four_producers(system: str, path: str, n: int) -> tuple[float, int, int, list[float]]:
+    """Rate and per-message latencies when four processes enqueue n/4 each at once: what
+    durable producers gain from sharing flushes (the duplicates and losses columns: 0, 0)."""
+    open_client(system, path).close()  # created before the clock starts
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    share = n // 4
+    procs = [
+        ctx.Process(target=_produce, args=(system, path, k * share, share, out)) for k in range(4)
+    ]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    reports = [out.get(timeout=600) for _ in procs]
+    elapsed = time.perf_counter() - start
+    for p in procs:
+        p.join(timeout=60)
+    return 4 * share / max(elapsed, 1e-9), 0, 0, [t for ts in reports for t in ts]
+
+
 def phase_steady(systems: list[str], base: str, m: int) -> dict[str, list[float]]:
     clients = {s: open_client(s, os.path.join(base, _slug(s))) for s in systems}
     for client in clients.values():
@@ -339,6 +370,9 @@ def run(workdir: str, quick: bool, reps: int, only: list[str] | None) -> Result:
             for system in systems[rep % len(systems) :] + systems[: rep % len(systems)]:
                 path = os.path.join(base, f"b{rep}", _slug(system))
                 add("drain, 4 consumers", system, phase_four_consumers(system, path, n))
+            for system in systems[rep % len(systems) :] + systems[: rep % len(systems)]:
+                path = os.path.join(base, f"p{rep}", _slug(system))
+                add("enqueue, 4 producers", system, phase_four_producers(system, path, n))
             steady = phase_steady(systems, os.path.join(base, f"c{rep}"), n)
             for system in systems:
                 add("steady put+get+ack", system, steady[system])
@@ -397,7 +431,7 @@ def report(r: Result) -> str:
         if phase.startswith(("batch of", "--lines of")):
             out += _batch_table(by_system)
             continue
-        if phase == "drain, 4 consumers":
+        if phase in ("drain, 4 consumers", "enqueue, 4 producers"):
             out += [
                 "| system | msgs/s median (min-max) | P50 µs | P90 µs | P99 µs | duplicates | lost"
                 " | x ephq |",
@@ -469,7 +503,13 @@ def summary(r: Result) -> str:
         return int(phase.split()[1].rstrip(",").replace(",", ""))
 
     depth = sorted((p for p in phases if p.startswith("depth")), key=level)
-    columns = ["enqueue", "drain, 1 consumer", "drain, 4 consumers", "steady put+get+ack"]
+    columns = [
+        "enqueue",
+        "enqueue, 4 producers",
+        "drain, 1 consumer",
+        "drain, 4 consumers",
+        "steady put+get+ack",
+    ]
     if depth:
         deepest = depth[-1].rsplit(",", 1)[0]  # "depth 1,000,000"
         columns += [f"{deepest}, long-lived", f"{deepest}, fresh process"]
@@ -478,7 +518,7 @@ def summary(r: Result) -> str:
         runs = phases.get(phase, {}).get(system)
         if not runs:
             return None
-        if phase == "drain, 4 consumers":
+        if phase in ("drain, 4 consumers", "enqueue, 4 producers"):
             return 1 / float(statistics.median(v[0] for v in runs))
         return float(statistics.median(x for run in runs for x in run))
 
@@ -494,7 +534,7 @@ def summary(r: Result) -> str:
         if value is None or ephq is None:
             return ""
         text = f"{value * 1e6:,.0f} µs" if system == "ephq" else f"{value / ephq:.2f}"
-        if phase == "drain, 4 consumers":
+        if phase in ("drain, 4 consumers", "enqueue, 4 producers"):
             duplicates = sum(v[1] for v in phases[phase][system])
             text += f", {duplicates} dup." if duplicates else ""
         return text + note

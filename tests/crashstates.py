@@ -99,6 +99,7 @@ class Recorder:
     def recording(self) -> Iterator[None]:
         if self.start is None:
             self.start = Model(self.root)
+        self._adopt_open_files()
         real = {name: getattr(os, name) for name in self._WRAPPED}
         wrappers = {**self._fd_calls(real), **self._path_calls(real)}
         for name in ("link", "symlink", "truncate", "sync"):
@@ -118,6 +119,20 @@ class Recorder:
             fsio.sync_file_system = real_syncfs
             for name, function in real.items():
                 setattr(os, name, function)
+
+    def _adopt_open_files(self) -> None:
+        """Log as opened the files under root that the process already holds open (a store
+        keeps some open across operations), so that writes through them are replayed too."""
+        for entry in os.listdir("/proc/self/fd"):
+            fd = int(entry)
+            try:
+                path = os.readlink(f"/proc/self/fd/{entry}")
+                regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            except OSError:
+                continue  # the fd listdir itself used, closed since
+            if regular and fd not in self._fds and self._inside(path):
+                self._fds.add(fd)
+                self.events.append(("open", path, os.O_RDWR, fd))
 
     def _fd_calls(self, real: dict[str, Any]) -> dict[str, Any]:
         events, fds = self.events, self._fds

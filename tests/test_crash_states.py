@@ -280,6 +280,17 @@ def enqueue_new_file(s: Scenario) -> None:
         s.put()
 
 
+def enqueue_staged(s: Scenario) -> None:
+    """A process's later single enqueues stage their files and share a flush (flushing.py):
+    new files, one into a leaf made on the way, and a delayed one."""
+    s.put()
+    with s.recording():
+        s.put()
+        s.clock.now_ns += 10**12  # another ready leaf
+        s.put()
+        s.put(delay=5)
+
+
 def enqueue_reused_file(s: Scenario) -> None:
     _with_pool(s, 3)
     s.put()
@@ -545,6 +556,7 @@ SCENARIOS: dict[str, Callable[[Scenario], None]] = {
     f.__name__: f
     for f in (
         enqueue_new_file,
+        enqueue_staged,
         enqueue_reused_file,
         enqueue_delayed,
         enqueue_batch,

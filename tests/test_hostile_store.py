@@ -23,6 +23,7 @@ import stat
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,11 @@ def _file(path: Path, content: bytes) -> Path:
     return path
 
 
+def _staged_name(content: bytes) -> str:
+    """The name a staged enqueue of content would have (recovery.py)."""
+    return f"18aaaaaaaaaaaaaa00000000.0.0badc0de.{zlib.crc32(content):08x}.staged"
+
+
 def _link(path: Path, target: Path) -> Path:
     path.symlink_to(target)
     return path
@@ -293,6 +299,11 @@ CASES: dict[str, Plant] = {
         _link(s.stream / "tmp" / "18aaaaaaaaaaaaaa00000000.0.00000000.w", s.victim())
     ),
     "tmp: batch holding a link outside": lambda s: _scrap(_batch_with_link(s)),
+    "tmp: staged link to a message outside": lambda s: _link(
+        s.stream / "tmp" / _staged_name(_valid("18aaaaaaaaaaaaaa00000000.0")),
+        s.victim(_valid("18aaaaaaaaaaaaaa00000000.0")),
+    ),
+    "tmp: staged directory": lambda s: _dir(s.stream / "tmp" / _staged_name(b"")),
     # pool/
     "pool: link to a file outside": lambda s: _link(s.stream / "pool" / "7.free", s.victim()),
     "pool: directory": lambda s: _dir(s.stream / "pool" / "8.free"),
@@ -325,6 +336,7 @@ CASES: dict[str, Plant] = {
     ),
     "stream: lock is a link": lambda s: _replace_by_link(s, s.stream / "lock", s.victim()),
     "stream: census is a link": lambda s: _link(s.stream / "census", s.victim()),
+    "stream: flushes is a link": lambda s: _replace_by_link(s, s.stream / "flushes", s.victim()),
     "stream: stray file": lambda s: _file(s.stream / "notes.txt", b"hello"),
 }
 

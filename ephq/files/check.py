@@ -36,7 +36,7 @@ from .names import is_id, parse_ready, parse_timed
 from .pool import MAX_KEPT_BYTES, is_slot
 from .quarantine import HOME_QUARANTINE, QUARANTINE, Quarantine
 from .record import MAX_RECORD_BYTES, CorruptRecord, record_id
-from .recovery import clean_tmp, dying_fields, leaving_id, leftovers
+from .recovery import STAGED, clean_tmp, dying_fields, leaving_id, leftovers, parse_staged
 from .store import Store
 from .stream import DEAD_LETTER_MARK, LOCK_FILE, STORE_DIRS, STORE_FILES, Stream
 from .tree import Tree
@@ -401,6 +401,8 @@ def _tmp_name(name: str, mode: int) -> bool:
         return stat.S_ISREG(mode) and leaving_id(name) is not None
     if name.endswith(".w"):
         return stat.S_ISREG(mode)
+    if name.endswith(STAGED):
+        return stat.S_ISREG(mode) and parse_staged(name) is not None
     if name.startswith(("batch-", "commit-", "purge-")):
         return stat.S_ISDIR(mode) or (name.startswith("purge-") and stat.S_ISLNK(mode))
     return False

@@ -8,6 +8,10 @@ What a crash can leave, and what becomes of it once nobody holds its lock:
     <id>.<attempts>.<token>.leaving
                             a group's head being acked: its group is released, then it goes
     commit-<id>/            a committed batch: promised, so its files are placed
+    <name>.<token>.<crc>.staged
+                            a single enqueue written and (when its flush ended) promised:
+                            placed under <name> if its bytes match their CRC-32; if not, its
+                            writer stopped before its flush, and it is scrap
     *.w, batch-<id>/        a message or batch still being written: never acknowledged to
                             anyone, so removed (after TMP_GRACE_NS: a writer locks it just
                             after creating it, and must not lose it in between)
@@ -23,18 +27,23 @@ Runs with every reap (so with dequeue), and from check().
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import time
+import zlib
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from . import sweep
-from .fsio import NotOurs, listdir, owner_is_gone, try_lock, unlink_quietly
-from .names import is_id
+from .fsio import NotOurs, listdir, owner_is_gone, read_regular, try_lock, unlink_quietly
+from .names import ReadyName, TimedName, is_id, new_token, parse_ready, parse_timed
 from .quarantine import Quarantine
+from .record import MAX_RECORD_BYTES
 
 TMP_GRACE_NS = 60 * 1_000_000_000
+STAGED = ".staged"
+_HEX8 = re.compile(r"[0-9a-f]{8}", re.ASCII)
 
 
 # Entries of a purged tree that one look deletes, when its sweeper died: a dequeue must not wait
@@ -52,6 +61,7 @@ class Finisher(Protocol):
     def is_dead_letter_queue(self) -> bool: ...
 
     def install_batch(self, commit: str) -> None: ...
+    def install_staged(self, fd: int, path: str, staged: Staged) -> bool: ...
     def leave(self, fd: int, leaving: str, message_id: str) -> None: ...
     def bury(
         self,
@@ -66,8 +76,41 @@ class Finisher(Protocol):
     ) -> None: ...
 
 
+class Staged(NamedTuple):
+    """What a staged file's name says: where it goes, and the CRC-32 of its bytes."""
+
+    name: ReadyName | TimedName
+    crc: int
+
+
+def parse_staged(name: str) -> Staged | None:
+    """`<ready or delayed name>.<token>.<crc32 hex>.staged`; None if name is not one."""
+    if not name.endswith(STAGED):
+        return None
+    fields = name[: -len(STAGED)].rsplit(".", 2)
+    if len(fields) != 3 or not _HEX8.fullmatch(fields[1]) or not _HEX8.fullmatch(fields[2]):
+        return None
+    dest = parse_ready(fields[0]) or parse_timed(fields[0])
+    if dest is None or dest.token is not None:
+        return None
+    return Staged(dest, int(fields[2], 16))
+
+
+def staged_is_whole(path: str, staged: Staged) -> bool:
+    """Whether the file at path holds the bytes its staged name's CRC-32 promises."""
+    try:
+        raw, _ = read_regular(path, MAX_RECORD_BYTES)
+    except (FileNotFoundError, NotOurs):
+        return False
+    return zlib.crc32(raw) == staged.crc
+
+
+def staged_name(dest: str, content: bytes) -> str:
+    return f"{dest}.{new_token()}.{zlib.crc32(content):08x}{STAGED}"
+
+
 def _kind_fits(name: str, mode: int) -> bool:
-    if name.endswith((".dying", ".w", ".leaving")):
+    if name.endswith((".dying", ".w", ".leaving", STAGED)):
         return stat.S_ISREG(mode)
     if name.startswith(("commit-", "batch-")):
         return stat.S_ISDIR(mode)
@@ -81,8 +124,10 @@ def leftovers(store: Finisher) -> Iterator[tuple[str, str]]:
         path = os.path.join(store.tmp, name)
         # .dying and commit- were locked before they got these names, so a free lock means
         # the owner is gone; the rest could be caught between creation and locking.
+        staged = parse_staged(name)
         promised = (
             name.startswith("commit-")
+            or staged is not None
             or dying_fields(name) is not None
             or leaving_id(name) is not None
         )
@@ -95,6 +140,8 @@ def leftovers(store: Finisher) -> Iterator[tuple[str, str]]:
             continue
         if not _kind_fits(name, st.st_mode):
             continue  # foreign: check reports it
+        if staged is not None and not staged_is_whole(path, staged):
+            scrap = True  # its writer is still writing, or stopped before its flush
         if scrap and now - st.st_ctime_ns <= TMP_GRACE_NS:
             continue
         if stat.S_ISLNK(st.st_mode) or _owner_is_gone(path):
@@ -117,6 +164,9 @@ def clean_tmp(store: Finisher) -> list[str]:
                 continue
         elif name.endswith(".leaving"):
             if not _finish_leaving(store, path, name):
+                continue
+        elif name.endswith(STAGED):
+            if not _finish_staged(store, path, name):
                 continue
         elif name.startswith("commit-"):
             store.install_batch(path)
@@ -160,6 +210,24 @@ def _finish_leaving(store: Finisher, path: str, name: str) -> bool:
     return True
 
 
+def _finish_staged(store: Finisher, path: str, name: str) -> bool:
+    """Place a staged enqueue whose writer is gone, or remove it if its bytes are not whole and
+    it is older than the grace (a writer takes its file from the pool before it locks it)."""
+    staged = parse_staged(name)
+    if staged is None:
+        return False
+
+    def finish(fd: int) -> bool:
+        if store.install_staged(fd, path, staged):
+            return True
+        if time.time_ns() - os.fstat(fd).st_ctime_ns <= TMP_GRACE_NS:
+            return False
+        unlink_quietly(path)
+        return True
+
+    return _finish_locked(path, finish)
+
+
 def _finish_dying(store: Finisher, path: str, name: str) -> bool:
     fields = dying_fields(name)
     if fields is None:
@@ -173,9 +241,9 @@ def _finish_dying(store: Finisher, path: str, name: str) -> bool:
     )
 
 
-def _finish_locked(path: str, finish: Callable[[int], None]) -> bool:
+def _finish_locked(path: str, finish: Callable[[int], bool | None]) -> bool:
     """finish(fd) on the file at path once its lock is ours (its writer is gone); False if
-    another holds it, it is gone, or it is not a regular file."""
+    another holds it, it is gone, it is not a regular file, or finish said False."""
     try:
         fd = try_lock(path)
     except NotOurs:
@@ -185,8 +253,7 @@ def _finish_locked(path: str, finish: Callable[[int], None]) -> bool:
     try:
         if not os.path.exists(path):
             return False
-        finish(fd)
-        return True
+        return finish(fd) is not False
     finally:
         os.close(fd)
 
