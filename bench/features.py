@@ -5,7 +5,7 @@
 Checks out REV (the code before the features) into a temporary git worktree and runs the same
 workloads on it and on this tree, alternating A/B in one invocation, each rep in a fresh
 process on a fresh home (file backend, durable), so the ratios are fair on a noisy machine:
-- enqueue: one message at a time;
+- enqueue: one message at a time; and by four producer processes at once;
 - dequeue+ack: one at a time from a backlog of N;
 - enqueue with a dedup key, a new key each time (this tree only: the cost of the feature);
 - enqueue on a stream that has a dead-letter stream configured (this tree only);
@@ -42,7 +42,20 @@ if phase == "dequeue_ack_group":  # 50 groups: each dequeue finds some group's h
 if phase == "dead_letter_stream":
     q.configure("s", dead_letter_stream="dlq")
 start = time.perf_counter()
-if phase in ("enqueue", "dead_letter_stream"):
+if phase == "enqueue_4_procs":  # four producer processes at once, n in all
+    import os
+    children = []
+    for _ in range(4):
+        pid = os.fork()
+        if pid == 0:
+            mine = Queue(home)
+            for _ in range(n // 4):
+                mine.enqueue("s", payload)
+            os._exit(0)
+        children.append(pid)
+    for pid in children:
+        assert os.waitpid(pid, 0)[1] == 0
+elif phase in ("enqueue", "dead_letter_stream"):
     for _ in range(n):
         q.enqueue("s", payload)
 elif phase == "enqueue_dedup_key":
@@ -63,7 +76,7 @@ seconds = time.perf_counter() - start
 print(json.dumps({"rate": n / seconds}))
 """
 
-BOTH = ("enqueue", "dequeue_ack")
+BOTH = ("enqueue", "enqueue_4_procs", "dequeue_ack")
 THIS_ONLY = ("enqueue_dedup_key", "dead_letter_stream", "enqueue_group", "dequeue_ack_group")
 
 
@@ -89,6 +102,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="where the homes go (default: /tmp)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--only", nargs="*", default=None, help="just these workloads")
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="ephq-bench-features-", dir=args.workdir)
     baseline = Path(workdir) / "baseline"
@@ -100,11 +114,11 @@ def main() -> None:
     try:
         rates: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.reps):
-            for phase in BOTH:
+            for phase in _chosen(BOTH, args.only):
                 for label, code in (("baseline", baseline), ("this", ROOT)):
                     rate = run_once(code, workdir, phase, args.n)
                     rates.setdefault((phase, label), []).append(rate)
-            for phase in THIS_ONLY:
+            for phase in _chosen(THIS_ONLY, args.only):
                 rates.setdefault((phase, "this"), []).append(run_once(ROOT, workdir, phase, args.n))
     finally:
         subprocess.run(
@@ -114,12 +128,16 @@ def main() -> None:
     print(report(rates, args))
 
 
+def _chosen(phases: tuple[str, ...], only: list[str] | None) -> tuple[str, ...]:
+    return phases if only is None else tuple(p for p in phases if p in only)
+
+
 def report(rates: dict[tuple[str, str], list[float]], args: argparse.Namespace) -> str:
     def cell(values: list[float]) -> str:
         return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
-    plain = statistics.median(rates[("enqueue", "this")])
-    dequeue = statistics.median(rates[("dequeue_ack", "this")])
+    plain = statistics.median(rates.get(("enqueue", "this"), [1.0]))
+    dequeue = statistics.median(rates.get(("dequeue_ack", "this"), [1.0]))
     lines = [
         f"# features: {args.reps} reps of {args.n} messages, file backend, durable; "
         f"{platform.python_version()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}",
@@ -127,11 +145,11 @@ def report(rates: dict[tuple[str, str], list[float]], args: argparse.Namespace) 
         f"| workload | {args.baseline[:10]} msg/s | this tree msg/s | ratio |",
         "|---|---|---|---|",
     ]
-    for phase in BOTH:
+    for phase in _chosen(BOTH, args.only):
         before, after = rates[(phase, "baseline")], rates[(phase, "this")]
         ratio = statistics.median(after) / statistics.median(before)
         lines.append(f"| {phase} | {cell(before)} | {cell(after)} | {ratio:.2f}x |")
-    for phase in THIS_ONLY:
+    for phase in _chosen(THIS_ONLY, args.only):
         after = rates[(phase, "this")]
         base, of = (plain, "enqueue") if "dequeue" not in phase else (dequeue, "dequeue_ack")
         lines.append(

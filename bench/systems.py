@@ -5,10 +5,10 @@ None; `ack` takes the handle. Systems without acknowledgement (huey's storages) 
 and say so (`acks = False`): they cannot give at-least-once delivery.
 
 The floor is the minimal sequence of os calls with ephq's guarantees, written here with plain
-`os`: to enqueue, write a file in tmp/, one flush of the file system (syncfs(2): the file and its
-name stick), rename it into ready/ unflushed (a recovery places what a power loss left whole in
-tmp/); rename to lease, unlink to ack. It was write + fsync + rename + directory fsync (two
-flushes) until ephq's enqueue came down to one.
+`os`: to enqueue, write a file in tmp/, fsync it (on ext4, XFS and btrfs its name sticks with
+it), rename it into ready/ unflushed (a recovery places what a power loss left whole in tmp/);
+rename to lease, unlink to ack. It was write + fsync + rename + directory fsync (two flushes)
+until ephq's enqueue came down to one.
 """
 
 from __future__ import annotations
@@ -18,15 +18,9 @@ import importlib.util
 import json
 import os
 import sqlite3
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ephq.files import fsio  # syncfs(2), as ephq calls it
 
 Handle = Any
 
@@ -111,9 +105,7 @@ class FloorClient(Client):
         os.write(fd, payload)
         os.ftruncate(fd, len(payload))  # a recycled file may have held more
         if self.fsync:
-            # One flush: the file and its name in tmp/ stick, and a recovery that moves a
-            # whole file from tmp/ into ready/ would make the unflushed rename below redundant.
-            fsio.sync_file_system(fd)
+            os.fsync(fd)  # its bytes and its name in tmp/: the rename below need not stick
         os.close(fd)
         os.rename(tmp, os.path.join(self.ready, name))
 

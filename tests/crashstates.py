@@ -10,8 +10,11 @@ before (taken as fully synced) and after every call can say what a crash at that
 - DATA_LOSS: the power failed; every name is as the kernel had it, but each file holds only what
   its last fsync flushed (nothing, if it was never flushed).
 - STRICT: the power failed; each directory also holds only the entries its last fsync flushed,
-  so a rename whose source directory was not flushed may leave both names. This is all POSIX
-  promises, and what ext4 without a journal may leave.
+  so a rename whose source directory was not flushed may leave both names; but the entry that
+  names a file when the file is fsynced sticks with it. POSIX promises less (not that entry),
+  but ext4, XFS and btrfs keep it: a journal commits the create or rename with the inode, and
+  ext4 without a journal writes a new entry's directory block on fsync. Otherwise this is what
+  ext4 without a journal may leave.
 
 Two names left for one file are materialised as hard links, as fsck leaves them. The log is
 checked against the real tree after the operation, so a call the recorder missed fails the test
@@ -326,8 +329,22 @@ class Model:
         node = self._fds[fd][0]
         if node.is_dir:
             node.synced_entries = dict(node.entries)
-        else:
-            node.synced_data = node.data
+            return
+        node.synced_data = node.data
+        # The entry naming the file sticks with it (see STRICT): only that entry, not the rest
+        # of its directory, and not the directory's own entry in its parent.
+        todo = [self.root]
+        seen: set[int] = set()
+        while todo:
+            parent = todo.pop()
+            if id(parent) in seen:
+                continue
+            seen.add(id(parent))
+            for name, child in parent.entries.items():
+                if child is node:
+                    parent.synced_entries[name] = node
+                elif child.is_dir:
+                    todo.append(child)
 
     def _rename(self, src: str, dst: str) -> None:
         src_parent, src_name = self._split(src)

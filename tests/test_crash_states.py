@@ -281,8 +281,8 @@ def enqueue_new_file(s: Scenario) -> None:
 
 
 def enqueue_staged(s: Scenario) -> None:
-    """A process's later single enqueues stage their files and share a flush (flushing.py):
-    new files, one into a leaf made on the way, and a delayed one."""
+    """Single enqueues stage their files in tmp/ and flush once (store.py): new files, one
+    into a leaf made on the way, and a delayed one."""
     s.put()
     with s.recording():
         s.put()

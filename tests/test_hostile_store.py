@@ -336,7 +336,6 @@ CASES: dict[str, Plant] = {
     ),
     "stream: lock is a link": lambda s: _replace_by_link(s, s.stream / "lock", s.victim()),
     "stream: census is a link": lambda s: _link(s.stream / "census", s.victim()),
-    "stream: flushes is a link": lambda s: _replace_by_link(s, s.stream / "flushes", s.victim()),
     "stream: stray file": lambda s: _file(s.stream / "notes.txt", b"hello"),
 }
 

@@ -355,9 +355,6 @@ class FileBackend:
         for bell in self._bells.values():
             bell.close()
         self._bells.clear()
-        for stream in self._streams.values():
-            stream.main.close()
-            stream.dead.close()
 
 
 class _Explained:

@@ -52,7 +52,6 @@ from ..errors import BadInput, EphqError, LeaseLost, NotFound
 from ..message import Exported, Lease, Message, died_elsewhere, live_metadata, utc_from_ns
 from . import fsio, sweep
 from .census import Census
-from .flushing import SharedFlush
 from .fsio import (
     NotOurs,
     ensure_dir,
@@ -152,8 +151,6 @@ class Store:
         self._extended: dict[str, str] = {}  # receipt -> current inflight name, for this process
         self._foreign: set[str] = set()
         self.pool = FilePool(os.path.join(path, "pool"), self.set_aside)
-        self.flusher = SharedFlush(path, self.set_aside)
-        self._single_writes = 0  # single enqueues by this process (see _write_once)
         self.census = Census(path)
 
     @property
@@ -174,9 +171,6 @@ class Store:
 
     def exists(self) -> bool:
         return is_real_dir(self.tmp) is True
-
-    def close(self) -> None:
-        self.flusher.close()
 
     # -- what is not ours ------------------------------------------------------------------
 
@@ -505,16 +499,14 @@ class Store:
     def _write_once(self, content: bytes, dest_dir: str, name: str) -> None:
         """Write a message's file in tmp/ and move it into place.
 
-        Durable, two ways. The first enqueue of a process flushes the file, then the directory
-        it moved into: two flushes, cheaper than loading syncfs (ctypes: ~2 ms of start-up that
-        a one-shot `ephq enqueue` would pay for one flush). Later ones stage: the file's name
-        carries the CRC-32 of its bytes, one flush of the file system shared with concurrent
-        producers (flushing.py) makes both stick, and the move is not flushed: after a power
-        loss that undid it, recovery places what is staged and whole (recovery.py).
+        Durable: the file is named `<name>.<token>.<crc32>.staged` (recovery.py), written and
+        fsynced, and then moved into place without a flush. One flush: on ext4, XFS and btrfs
+        the fsync of a file makes the name it was given stick with its bytes (their journals
+        commit the rename with the inode; ext4 without one writes a new entry's directory
+        block on fsync), and a power loss that undoes the move into place leaves the staged
+        file, which recovery places. Not durable: `<name>.<token>.w`, scrap if left behind.
         """
-        staged = self.durable and self._single_writes > 0
-        self._single_writes += 1
-        if staged:
+        if self.durable:
             tmp = os.path.join(self.tmp, staged_name(name, content))
         else:
             tmp = os.path.join(self.tmp, f"{name}.{new_token()}.w")
@@ -523,11 +515,9 @@ class Store:
         except FileNotFoundError:
             self.create()
             fd = self.pool.open_new(tmp)
-        fill_locked(fd, tmp, content, durable=self.durable and not staged)
+        fill_locked(fd, tmp, content, durable=self.durable)
         try:
-            if staged:
-                self.flusher.after(fd)
-            place(tmp, dest_dir, name, durable_dirs=self.durable, flush=self.durable and not staged)
+            place(tmp, dest_dir, name, durable_dirs=self.durable, flush=False)
         except BaseException:
             unlink_quietly(tmp)
             raise
@@ -545,16 +535,25 @@ class Store:
             return False
         if isinstance(_vetted(raw, st, staged.name.id), NotOurs):
             return False
-        if st.st_nlink > 1:  # placed, and a power loss kept its staged name too
-            unlink_quietly(path)
-            return True
-        if isinstance(staged.name, TimedName):
-            dest = self.delayed.leaf_dir(f"{staged.name.at_ns:016x}")
-            place(path, dest, str(staged.name), durable_dirs=self.durable, flush=False)
-            self._note_due(staged.name.at_ns)
+        due = staged.name.at_ns if isinstance(staged.name, TimedName) else None
+        if due is not None:
+            dest = self.delayed.leaf_dir(f"{due:016x}")
         else:
             dest = self.ready.leaf_dir(staged.name.id)
-            place(path, dest, str(staged.name), durable_dirs=self.durable, flush=False)
+        placed = f"{dest}/{staged.name}"
+        try:
+            if os.path.samestat(st, os.lstat(placed)):  # a power loss kept both its names
+                unlink_quietly(path)
+                return True
+        except FileNotFoundError:
+            pass
+        # With a second name elsewhere (a pool slot a power loss kept; or it was leased, or
+        # acked, since) it is placed all the same: a message is never dropped on a guess, and
+        # at worst it is delivered again, as a power loss may always cause.
+        place(path, dest, str(staged.name), durable_dirs=self.durable, flush=False)
+        if due is not None:
+            self._note_due(due)
+        else:
             self._forget_head()  # it may come before what this process has cached
             self.ring()
         return True

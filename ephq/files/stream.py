@@ -4,7 +4,6 @@
         stream.json          settings (config.py)
         bell                 touched when messages become visible (doorbell.py)
         census               the last count of each leaf, for stats (census.py)
-        flushes              counts of the flushes its producers share (flushing.py)
         lock                 flocked by configure, purge and check --repair
         holders/             the workers holding leases, each flocking its file (holders.py)
         receives-dead-letters   there when it is another stream's dead-letter stream
@@ -37,7 +36,6 @@ from ..errors import StorageError
 from ..message import StreamConfig
 from .config import ConfigFile
 from .dedup import KEYS, DedupKeys
-from .flushing import FLUSHES
 from .fsio import NotOurs, describe_kind, fsync_dir, is_real_dir, open_regular
 from .groups import GROUPS, Groups
 from .holders import HOLDERS
@@ -50,7 +48,7 @@ LOCK_FILE = "lock"
 # stream look through its messages for ones to send back (backend.py).
 DEAD_LETTER_MARK = "receives-dead-letters"
 STORE_DIRS = ("ready", "delayed", "inflight", "tmp", "pool")
-STORE_FILES = ("bell", "census", FLUSHES)
+STORE_FILES = ("bell", "census")
 
 
 class Stream:

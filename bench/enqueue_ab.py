@@ -1,0 +1,141 @@
+"""Durable single enqueues of this tree against an older revision, taking turns in one run.
+
+    python bench/enqueue_ab.py --baseline REV [--workdir DIR] [--rounds 40] [--chunk 50]
+
+Two long-lived producer processes, one running REV (checked out into a temporary git worktree)
+and one this tree, each on a home of its own under --workdir, enqueue CHUNK messages in turn
+for ROUNDS rounds (who goes first alternates). Taking turns in small chunks spreads the
+machine's noise over both, where runs one after the other measure whichever was luckier. It
+reports, per side, the mean and median time of an enqueue and the time spent in fsync per
+enqueue, and this tree's ratios to REV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PRODUCER = r"""
+import json, os, sys, time
+real_fsync, spent = os.fsync, [0.0]
+def timed_fsync(fd):
+    start = time.perf_counter()
+    real_fsync(fd)
+    spent[0] += time.perf_counter() - start
+os.fsync = timed_fsync
+from ephq import Queue
+q = Queue(sys.argv[1])
+payload = {"to": "someone@example.com", "subject": "hello", "body": "x" * 120}
+q.enqueue("s", payload)
+for line in sys.stdin:
+    times = []
+    for _ in range(int(line)):
+        start = time.perf_counter()
+        q.enqueue("s", payload)
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"times": times, "fsync": spent[0]}), flush=True)
+    spent[0] = 0.0
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", required=True, help="the git revision to compare with")
+    parser.add_argument("--workdir", default=None, help="where the homes go (default: /tmp)")
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--chunk", type=int, default=50)
+    args = parser.parse_args()
+    workdir = tempfile.mkdtemp(prefix="ephq-bench-enqueue-", dir=args.workdir)
+    baseline = Path(workdir) / "baseline"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        times, fsyncs = run({"baseline": baseline, "this": ROOT}, workdir, args.rounds, args.chunk)
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)],
+            check=False,
+        )
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(report(times, fsyncs, args))
+
+
+def run(
+    code: dict[str, Path], workdir: str, rounds: int, chunk: int
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    procs = {}
+    for side, root in code.items():
+        env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": ""}
+        env.pop("EPHQ_URL", None)
+        procs[side] = subprocess.Popen(
+            [sys.executable, "-c", PRODUCER, os.path.join(workdir, f"home-{side}")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    times: dict[str, list[float]] = {side: [] for side in code}
+    fsyncs: dict[str, float] = dict.fromkeys(code, 0.0)
+    sides = list(code)
+    for turn in range(rounds):
+        for side in sides if turn % 2 == 0 else sides[::-1]:
+            proc = procs[side]
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(f"{chunk}\n")
+            proc.stdin.flush()
+            got = json.loads(proc.stdout.readline())
+            times[side] += got["times"]
+            fsyncs[side] += got["fsync"]
+    for proc in procs.values():
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    return times, fsyncs
+
+
+def report(
+    times: dict[str, list[float]], fsyncs: dict[str, float], args: argparse.Namespace
+) -> str:
+    fs = (
+        subprocess.run(
+            ["df", "-T", args.workdir or tempfile.gettempdir()],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        .stdout.splitlines()[-1]
+        .split()[1]
+    )
+    lines = [
+        f"# durable single enqueue, {args.rounds} rounds of {args.chunk} each ({fs})",
+        "",
+        "| code | mean µs | median µs | P90 µs | fsync µs per enqueue |",
+        "|---|---|---|---|---|",
+    ]
+    for side, ts in times.items():
+        us = sorted(t * 1e6 for t in ts)
+        lines.append(
+            f"| {args.baseline[:10] if side == 'baseline' else 'this tree'} | "
+            f"{statistics.mean(us):,.0f} | {statistics.median(us):,.0f} | "
+            f"{us[int(len(us) * 0.9)]:,.0f} | {fsyncs[side] / len(ts) * 1e6:,.0f} |"
+        )
+    mean = statistics.mean(times["this"]) / statistics.mean(times["baseline"])
+    median = statistics.median(times["this"]) / statistics.median(times["baseline"])
+    lines += ["", f"this tree / {args.baseline[:10]}: mean {mean:.2f}x, median {median:.2f}x"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
