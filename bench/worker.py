@@ -3,7 +3,9 @@
     python bench/worker.py [--messages 400] [--reps 3] [--workdir DIR]
 
 - Throughput: messages per second through `ephq worker --exec true --drain` at concurrency 1,
-  2 and 4, from the worker's start to its exit (so start-up is included), over a backlog.
+  2 and 4, from the worker's start to its exit (so start-up is included), over a backlog; and
+  the floor, in the same run: a loop starting `/bin/sh -c true` with its stdin and stderr
+  piped (posix_spawn, the cheapest way Python has), writing a message to it and waiting.
 - Pick-up latency: an idle worker (`--exec 'date +%s%N'`), one message enqueued at a time; the
   time from just before the enqueue call to the handler's first instruction. The handler's
   clock reading costs one exec of date(1) (~1 ms), which is included.
@@ -50,6 +52,37 @@ def throughput(home: str, messages: int, concurrency: int) -> float:
     return messages / elapsed
 
 
+def floor(messages: int) -> float:
+    """Handlers per second with nothing but starting them: the most a worker could do."""
+    payload = b'{"n": 1}'
+    start = time.perf_counter()
+    for _ in range(messages):
+        stdin_read, stdin_write = os.pipe2(os.O_CLOEXEC)
+        stderr_read, stderr_write = os.pipe2(os.O_CLOEXEC)
+        pid = os.posix_spawn(
+            "/bin/sh",
+            ["/bin/sh", "-c", "true"],
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, stdin_read, 0),
+                (os.POSIX_SPAWN_DUP2, stderr_write, 2),
+            ],
+            setsid=True,
+        )
+        os.close(stdin_read)
+        os.close(stderr_write)
+        try:
+            os.write(stdin_write, payload)
+        except BrokenPipeError:
+            pass
+        os.close(stdin_write)
+        while os.read(stderr_read, 65536):
+            pass
+        os.close(stderr_read)
+        os.waitpid(pid, 0)
+    return messages / (time.perf_counter() - start)
+
+
 def pickup(home: str, count: int) -> list[float]:
     log = Path(home) / "started"
     env = {**os.environ, "EPHQ_HOME": home}
@@ -83,9 +116,12 @@ def measure(
     """Rates at each concurrency over reps, and pick-up latencies in milliseconds."""
     base = tempfile.mkdtemp(prefix="ephq-bench-worker-", dir=workdir)
     try:
-        rates: dict[int, list[float]] = {1: [], 2: [], 4: []}
+        rates: dict[int, list[float]] = {0: [], 1: [], 2: [], 4: []}
         for rep in range(reps):
             for concurrency, found in rates.items():
+                if concurrency == 0:
+                    found.append(floor(messages))
+                    continue
                 home = os.path.join(base, f"t{rep}-{concurrency}")
                 found.append(throughput(home, messages, concurrency))
         latencies = pickup(os.path.join(base, "pickup"), pickups)
@@ -95,11 +131,13 @@ def measure(
 
 
 def table(rates: dict[int, list[float]], latencies: list[float]) -> str:
-    lines = ["| concurrency | msgs/s median (min-max) |", "|---|---|"]
+    lines = ["| concurrency | msgs/s median (min-max) | / the floor |", "|---|---|---|"]
+    base = statistics.median(rates[0])
     for concurrency, values in rates.items():
+        label = "the floor: sh -c true, started and waited for" if concurrency == 0 else concurrency
         lines.append(
-            f"| {concurrency} | {statistics.median(values):.0f} "
-            f"({min(values):.0f}-{max(values):.0f}) |"
+            f"| {label} | {statistics.median(values):.0f} "
+            f"({min(values):.0f}-{max(values):.0f}) | {statistics.median(values) / base:.2f} |"
         )
     lines += [
         "",

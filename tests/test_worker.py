@@ -134,6 +134,39 @@ def test_handler_gets_data_on_stdin_and_facts_in_environment(
     assert env["EPHQ_RECEIPT"].count(".") == 3
 
 
+CLOSED_STDIO = """
+import os, sys, threading
+from ephq import Queue
+from ephq.worker.command import CommandHandler
+q = Queue(sys.argv[1], keep_leases=False)
+m = q.dequeue("s")
+os.close(0)
+os.close(1)  # the handler's pipes now get these numbers, as in a daemon started without them
+CommandHandler(sys.argv[2], store={"EPHQ_HOME": sys.argv[1]})(m, threading.Event())
+"""
+
+
+def test_a_handler_gets_its_data_when_the_worker_has_no_stdin_or_stdout(
+    home: Path, tmp_path: Path
+) -> None:
+    q = open_store(home)
+    q.enqueue("s", {"n": 1})
+    out = tmp_path / "seen"
+    handler = script(tmp_path, f"cat > {out}\nls -l /proc/$$/fd/ > {out}.fds 2>&1\n")
+    done = subprocess.run(
+        [sys.executable, "-c", CLOSED_STDIO, str(home), handler],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text()) == {"n": 1}
+    fds = out.with_suffix(".fds").read_text()
+    # Its stdin was the data's pipe and stayed open; no stray copy of it was left open.
+    assert fds.count("pipe:") == 2, fds  # stdin, and stderr back to the worker
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.both_backends
 def test_two_workers_short_leases_long_handlers_each_message_once(

@@ -12,11 +12,11 @@ anything else a temporary failure.
 from __future__ import annotations
 
 import collections
+import fcntl
 import json
 import os
 import select
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -33,14 +33,83 @@ KILL_AFTER_S = 2.0
 _POLL_S = 0.05
 _SLICE_S = 0.1
 _PIPE_CAPACITY = 65536  # Linux's default pipe buffer
+SHELL = "/bin/sh"
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
-def _exit_watch(proc: subprocess.Popen[bytes]) -> int | None:
-    """A pidfd that becomes readable when proc exits (Linux 5.3+), or None to poll instead."""
+def _exit_watch(child: _Child) -> int | None:
+    """A pidfd that becomes readable when child exits (Linux 5.3+), or None to poll instead."""
     try:
-        return os.pidfd_open(proc.pid)
+        return os.pidfd_open(child.pid)
     except (AttributeError, OSError):
         return None
+
+
+class _Child:
+    """A handler's shell, reaped by us. Started by posix_spawn(3), which costs about a tenth
+    less per message than subprocess.Popen (no pipe for exec errors, no file objects)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> bool:
+        """Whether it exited within timeout seconds."""
+        end = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.01)
+        return True
+
+
+def _spawn(command: str, env: dict[str, str]) -> tuple[_Child, int, int]:
+    """Start /bin/sh -c command in a session of its own, its stdin and stderr our pipes, its
+    stdout ours; the child, and the fds of its stdin (to write) and stderr (to read)."""
+    fds: list[int] = []
+    try:
+        for _ in range(2):
+            read, write = os.pipe2(os.O_CLOEXEC)
+            fds += [_above_stdio(read), _above_stdio(write)]
+        stdin_read, stdin_write, stderr_read, stderr_write = fds
+        pid = os.posix_spawn(
+            SHELL,
+            [SHELL, "-c", command],
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, stdin_read, 0),
+                (os.POSIX_SPAWN_DUP2, stderr_write, 2),
+            ],
+            setsid=True,
+            # As subprocess does: what Python ignores for itself is the default again.
+            setsigdef=_RESET_SIGNALS,
+            setsigmask=(),
+        )
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    os.close(stdin_read)
+    os.close(stderr_write)
+    return _Child(pid), stdin_write, stderr_read
+
+
+def _above_stdio(fd: int) -> int:
+    """fd itself, or (when our own stdin, stdout or stderr was closed, so a pipe took its
+    number) a copy numbered 3 or more: the child's dup2 onto 0 or 2 must not find it there."""
+    if fd > 2:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
 
 
 class CommandHandler:
@@ -50,46 +119,45 @@ class CommandHandler:
         self.command = command
         self.store = store  # EPHQ_HOME or EPHQ_URL: the store the handler's own ephq uses
         self.timeout = timeout
-        self._running: set[subprocess.Popen[bytes]] = set()
+        self._running: set[_Child] = set()
 
     def kill_all(self) -> None:
         """SIGKILL every running handler's process group at once (the worker is ending)."""
-        for proc in list(self._running):
+        for child in list(self._running):
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(child.pid, signal.SIGKILL)
             except ProcessLookupError:
                 continue
 
     def __call__(self, message: Message, cancelled: threading.Event) -> None:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", self.command],
-            stdin=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=self._environment(message),
-            start_new_session=True,
-        )
-        self._running.add(proc)
+        child, stdin, stderr_fd = _spawn(self.command, self._environment(message))
+        self._running.add(child)
         try:
-            self._supervise(proc, message, cancelled)
+            self._supervise(child, stdin, stderr_fd, message, cancelled)
         finally:
-            self._running.discard(proc)
+            self._running.discard(child)
+            os.close(stderr_fd)
 
     def _supervise(
-        self, proc: subprocess.Popen[bytes], message: Message, cancelled: threading.Event
+        self,
+        child: _Child,
+        stdin: int,
+        stderr_fd: int,
+        message: Message,
+        cancelled: threading.Event,
     ) -> None:
-        assert proc.stderr is not None
-        stderr = _StderrTail(proc.stderr.fileno())
+        stderr = _StderrTail(stderr_fd)
         data = message.data_json.encode()
         feeder = None
         if len(data) <= _PIPE_CAPACITY:
-            _feed(proc, data)  # fits in the pipe: cannot block, whatever the handler does
+            _feed(stdin, data)  # fits in the pipe: cannot block, whatever the handler does
         else:
-            feeder = threading.Thread(target=_feed, args=(proc, data), daemon=True)
+            feeder = threading.Thread(target=_feed, args=(stdin, data), daemon=True)
             feeder.start()
-        why = self._wait(proc, cancelled, stderr)
+        why = self._wait(child, cancelled, stderr)
         if feeder is not None:
             feeder.join(timeout=5)
-        self._verdict(proc.returncode, why, stderr.tail())
+        self._verdict(child.returncode, why, stderr.tail())
 
     def _environment(self, message: Message) -> dict[str, str]:
         # The worker's environment is read once per handler start: a variable the worker's
@@ -112,13 +180,11 @@ class CommandHandler:
             env.pop("EPHQ_GROUP", None)  # not the worker's own, if it had one
         return env
 
-    def _wait(
-        self, proc: subprocess.Popen[bytes], cancelled: threading.Event, stderr: _StderrTail
-    ) -> str | None:
+    def _wait(self, child: _Child, cancelled: threading.Event, stderr: _StderrTail) -> str | None:
         """Wait for the handler, copying its stderr as it comes (one thread, no other per
         message); stop its process group on timeout or cancellation."""
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        exited = _exit_watch(proc)
+        exited = _exit_watch(child)
         try:
             while True:
                 # Woken at once by output or the exit (a pidfd, where there is one); every
@@ -130,15 +196,15 @@ class CommandHandler:
                         stderr.copy_available()
                 elif exited is None:
                     time.sleep(_POLL_S)
-                if proc.poll() is not None:
+                if child.poll() is not None:
                     stderr.copy_available()  # what it wrote before it exited
                     return None
                 if cancelled.is_set():
-                    _stop_group(proc)
+                    _stop_group(child)
                     stderr.copy_available()
                     return "cancelled"
                 if deadline is not None and time.monotonic() >= deadline:
-                    _stop_group(proc)
+                    _stop_group(child)
                     stderr.copy_available()
                     return "timeout"
         finally:
@@ -166,17 +232,16 @@ class CommandHandler:
         raise TemporaryFailure(f"exit {code}{suffix}")
 
 
-def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
-    assert proc.stdin is not None
+def _feed(fd: int, data: bytes) -> None:
+    """Write data to the handler's stdin and close it (blocking: the pipe is ours alone)."""
     try:
-        proc.stdin.write(data)
-    except (BrokenPipeError, OSError):
-        pass  # the handler does not read its stdin: its choice
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        pass  # the handler does not read its stdin (a broken pipe): its choice
     finally:
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
+        os.close(fd)
 
 
 class _StderrTail:
@@ -213,20 +278,18 @@ class _StderrTail:
         return b"".join(self._chunks)[-STDERR_TAIL_BYTES:]
 
 
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+def _stop_group(child: _Child) -> None:
     """SIGTERM the handler's whole process group, then SIGKILL what is left."""
     for sig, wait in ((signal.SIGTERM, KILL_AFTER_S), (signal.SIGKILL, 5.0)):
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(child.pid, sig)
         except ProcessLookupError:
             return
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
+        if not child.wait(wait):
             continue
         # The shell is gone; its children may not be: make sure of the group.
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(child.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         return
