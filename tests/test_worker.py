@@ -504,3 +504,75 @@ def test_a_killed_workers_leases_come_back_long_before_their_deadline(
     assert held.deadline.timestamp() > time.time() + 500  # the old lease had not run out
     q.ack("s", again.receipt or "")
     assert q.stats("s").inflight == 0
+
+
+def _run_in_thread(worker: Worker) -> threading.Thread:
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.both_backends
+def test_quick_handlers_get_one_message_ahead_and_slow_ones_none(store: str, home: Path) -> None:
+    """While its handlers are quick a worker holds one message beyond those running; after a
+    slow one it holds none, so another consumer gets what it cannot start."""
+    q = open_store(home)
+    ids = q.enqueue_many("s", [{"n": i} for i in range(12)])
+    slow, held, third, fourth = ids[8:]
+    ran: list[str] = []
+    started = {slow: threading.Event(), held: threading.Event()}
+    go = {slow: threading.Event(), held: threading.Event()}
+
+    def handler(m: Message, cancelled: threading.Event) -> None:
+        ran.append(m.id)
+        if m.id in started:
+            started[m.id].set()
+            go[m.id].wait(60)
+        if m.id == slow:
+            time.sleep(0.6)  # slower than lookahead_within, whatever the machine does
+
+    worker = Worker(q, "s", handler, lookahead_within=0.5)
+    thread = _run_in_thread(worker)
+    assert started[slow].wait(60)
+    wait_for(lambda: q.stats("s").inflight == 2)  # the slow one, and the next held ahead
+    go[slow].set()
+    assert started[held].wait(60)
+    time.sleep(0.3)  # time enough for a worker that wrongly looks ahead to lease again
+    other = q.dequeue_many("s", 10)
+    assert [m.id for m in other] == [third, fourth]
+    worker.stop()
+    go[held].set()
+    thread.join(60)
+    assert ran == ids[:10]
+    assert worker.summary.acked == 10
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.both_backends
+def test_a_message_held_ahead_is_given_back_unrun_when_the_worker_stops(
+    store: str, home: Path
+) -> None:
+    q = open_store(home)
+    ids = q.enqueue_many("s", [{"n": i} for i in range(10)])
+    blocker, held = ids[8:]
+    ran: list[str] = []
+    started, go = threading.Event(), threading.Event()
+
+    def handler(m: Message, cancelled: threading.Event) -> None:
+        ran.append(m.id)
+        if m.id == blocker:
+            started.set()
+            go.wait(60)
+
+    worker = Worker(q, "s", handler, lookahead_within=5.0)
+    thread = _run_in_thread(worker)
+    assert started.wait(60)
+    wait_for(lambda: q.stats("s").inflight == 2)
+    worker.stop()
+    go.set()
+    thread.join(60)
+    assert ran == ids[:9]  # the one held ahead never ran
+    assert (worker.summary.acked, worker.summary.released) == (9, 1)
+    (back,) = q.dequeue_many("s", 10)
+    assert (back.id, back.attempts) == (held, 1)  # a release does not spend an attempt

@@ -4,8 +4,13 @@ One implementation for Python and the shell: `Worker(queue, stream, handler)` ta
 `handler(message, cancelled)`, and `ephq worker --exec CMD` passes a CommandHandler.
 
 - Up to `concurrency` handlers run at once, on as many threads started with the worker (a
-  thread started per message cost more than a no-op handler); the loop never leases more
-  messages than it has free slots, so a leased message never waits for a thread.
+  thread started per message cost more than a no-op handler). The loop leases a message when
+  a slot is free, and one more while its last LOOKAHEAD_RUNS handlers each finished within
+  `lookahead_within` (LOOKAHEAD_S): then the next handler starts the moment one ends instead
+  of after a round trip to the queue (for handlers of a few milliseconds, a fifth of the
+  time), and the message held meanwhile waits no longer than such a handler runs. Slower
+  handlers get none ahead, so other workers take what this one could not start. A message
+  held ahead is released unrun when the worker stops.
 - A keeper thread extends each running lease when half of it is left, so a handler may run far
   longer than `visibility`. If the worker dies, its leases expire and another worker takes over.
 - Outcomes: return -> ack; PermanentFailure -> dead-letter now; Cancelled -> release (the attempt
@@ -26,6 +31,7 @@ One implementation for Python and the shell: `Worker(queue, stream, handler)` ta
 
 from __future__ import annotations
 
+import collections
 import functools
 import threading
 import time
@@ -54,6 +60,10 @@ class _GaveUp(Exception):
     """The store stayed unavailable until the worker was told to stop."""
 
 
+# One message is leased ahead of the running handlers while each of the last LOOKAHEAD_RUNS
+# finished within LOOKAHEAD_S.
+LOOKAHEAD_S = 0.05
+LOOKAHEAD_RUNS = 8
 # How often the keeper looks at leases to extend and announces the ones this worker holds.
 ANNOUNCE_EVERY_S = 0.1
 # How long one long-poll lasts before the loop looks at its stop flag again.
@@ -86,6 +96,7 @@ class _Job:
     extend_at: float = 0.0
     lost: bool = False
     leased_at_ns: int = field(default_factory=time.time_ns)
+    began: bool = False  # a handler thread took it (else it is held ahead, waiting for one)
 
 
 class Worker:
@@ -108,6 +119,7 @@ class Worker:
         on_notice: Callable[[str], None] | None = None,
         name: str = "python",
         rate: Rate | str | None = None,
+        lookahead_within: float = LOOKAHEAD_S,
     ) -> None:
         self.queue = queue
         self.stream = stream
@@ -141,6 +153,9 @@ class Worker:
         self._started = 0
         self._settled = 0
         self._waiting: SimpleQueue[_Job | None] = SimpleQueue()
+        # Handlers this quick (seconds; 0: none is) earn a message leased ahead of them.
+        self.lookahead_within = lookahead_within
+        self._recent: collections.deque[float] = collections.deque(maxlen=LOOKAHEAD_RUNS)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -156,7 +171,8 @@ class Worker:
 
     @property
     def running(self) -> int:
-        return len(self._jobs)
+        """Handlers running now (not counting a message held ahead)."""
+        return sum(1 for job in list(self._jobs.values()) if job.began)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -271,7 +287,9 @@ class Worker:
                 self._changed.wait(min(POLL_SLICE_S, left))
 
     def _free_slots(self) -> int:
-        free = self.concurrency - self.running
+        recent = self._recent
+        ahead = len(recent) == LOOKAHEAD_RUNS and max(recent) < self.lookahead_within
+        free = self.concurrency + ahead - len(self._jobs)
         if self.max_messages is not None:
             free = min(free, self.max_messages - self._started)
         return max(0, free)
@@ -300,7 +318,10 @@ class Worker:
     def _run_job(self, job: _Job) -> None:
         start = time.monotonic()
         try:
-            outcome = self._settle(job, start)
+            with self._changed:
+                job.began = True
+            # A message held ahead when the worker was told to stop is not started.
+            outcome = self._give_back(job, start) if self._stopping else self._settle(job, start)
             # Counted and told before its slot is free: whoever sees the next message running
             # (the metrics, the log) has seen this one's outcome.
             self._count(outcome)
@@ -312,13 +333,24 @@ class Worker:
                 self._settled += 1
                 self._changed.notify_all()
 
+    def _give_back(self, job: _Job, start: float) -> Outcome:
+        m = job.message
+        try:
+            release = functools.partial(self.queue.release, self.stream, m.receipt or "")
+            self._through("release a message", release)
+        except (LeaseLost, _GaveUp) as exc:
+            return Outcome(m, "lease-lost", time.monotonic() - start, str(exc))
+        return Outcome(m, "released", time.monotonic() - start, "the worker is stopping")
+
     def _settle(self, job: _Job, start: float) -> Outcome:
         m = job.message
         receipt = m.receipt or ""
         q, stream = self.queue, self.stream
         try:
             try:
+                began = time.monotonic()
                 self.handler(m, job.cancelled)
+                self._recent.append(time.monotonic() - began)
             except Cancelled as exc:
                 self._through("release a message", functools.partial(q.release, stream, receipt))
                 return Outcome(m, "released", time.monotonic() - start, str(exc))
