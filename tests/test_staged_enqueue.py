@@ -106,3 +106,16 @@ def test_a_staged_name_ephq_does_not_write_is_foreign(tmp_path: Path) -> None:
         assert [(p.kind, p.path) for p in q.check()] == [("foreign", str(bad))]
         assert q.dequeue(S) is not None
     assert bad.exists()  # recovery leaves what is not its own
+
+
+def test_export_and_purge_count_what_a_crash_left_staged(tmp_path: Path) -> None:
+    home, message_id, placed = _enqueued(tmp_path / "a")
+    placed.rename(_staged_path(home, placed))
+    with Queue(home) as q:
+        assert [(e.id, e.state) for e in q.export(S)] == [(message_id, "ready")]
+    home, _, placed = _enqueued(tmp_path / "b")
+    placed.rename(_staged_path(home, placed))
+    with Queue(home) as q:
+        assert q.purge(S) == 1
+        assert q.dequeue(S) is None
+        assert q.check() == []

@@ -320,6 +320,7 @@ class Store:
 
     def exported(self) -> Iterator[Exported]:
         """Every message of this store, in id order, as export writes them."""
+        clean_tmp(self)  # what a crash left promised in tmp/ is placed first: it is a message
         now = self.clock()
         found = list(self.entries(None, now))
         if self.groups is not None:  # waiting in their groups: ready, or delayed, to come
@@ -1340,6 +1341,7 @@ class Store:
         the deleting happens out of sight. The pool is emptied too: purge is how a full disk is
         given room.
         """
+        clean_tmp(self)  # what a crash left promised in tmp/ is a message: placed, then purged
         token = new_token()
         aside: list[str] = []
         roots = [tree.root for tree in (self.ready, self.delayed, self.inflight)]
