@@ -383,8 +383,8 @@ def test_sigterm_ends_the_worker_even_when_storage_hangs(home: Path, tmp_path: P
     handlers; the worker still ends within --grace and a few seconds."""
     q = open_store(home)
     q.enqueue("s", "first")
-    done, log = tmp_path / "done", tmp_path / "stderr"
-    handler = script(tmp_path, f"touch {done}\n")
+    log = tmp_path / "stderr"
+    handler = script(tmp_path, "true\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("EPHQ_")}
     with open(log, "w") as err:
         worker = subprocess.Popen(
@@ -393,7 +393,9 @@ def test_sigterm_ends_the_worker_even_when_storage_hangs(home: Path, tmp_path: P
             stderr=err,
             start_new_session=True,
         )
-    wait_for(done.exists)  # one message handled: the worker is up and long-polling
+    # One message handled and acked (its log line comes after the ack): the worker is up and
+    # long-polling, and no rename of its is under way when strace slows every rename down.
+    wait_for(lambda: " acked " in log.read_text())
     tracer = _strace_attach(worker.pid)
     if tracer is None:
         worker.kill()
@@ -526,6 +528,7 @@ def test_quick_handlers_get_one_message_ahead_and_slow_ones_none(store: str, hom
 
     def handler(m: Message, cancelled: threading.Event) -> None:
         ran.append(m.id)
+        time.sleep(0.002)  # quick, but not so quick that nothing could overlap it
         if m.id in started:
             started[m.id].set()
             go[m.id].wait(60)
@@ -561,6 +564,7 @@ def test_a_message_held_ahead_is_given_back_unrun_when_the_worker_stops(
 
     def handler(m: Message, cancelled: threading.Event) -> None:
         ran.append(m.id)
+        time.sleep(0.002)
         if m.id == blocker:
             started.set()
             go.wait(60)

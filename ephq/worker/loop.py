@@ -5,11 +5,12 @@ One implementation for Python and the shell: `Worker(queue, stream, handler)` ta
 
 - Up to `concurrency` handlers run at once, on as many threads started with the worker (a
   thread started per message cost more than a no-op handler). The loop leases a message when
-  a slot is free, and one more while its last LOOKAHEAD_RUNS handlers each finished within
-  `lookahead_within` (LOOKAHEAD_S): then the next handler starts the moment one ends instead
-  of after a round trip to the queue (for handlers of a few milliseconds, a fifth of the
-  time), and the message held meanwhile waits no longer than such a handler runs. Slower
-  handlers get none ahead, so other workers take what this one could not start. A message
+  a slot is free, and one more while its last LOOKAHEAD_RUNS handlers each took between
+  OVERLAP_MIN_S and `lookahead_within` (LOOKAHEAD_S): then the next handler starts the moment
+  one ends, while a settler thread acks the one that ended, instead of after an ack and a
+  round trip to the queue (for a handler process of half a millisecond, a quarter of the
+  time or more). The message held meanwhile waits no longer than such a handler runs. Slower
+  handlers get none ahead, so other workers take what this one could not start; a message
   held ahead is released unrun when the worker stops.
 - A keeper thread extends each running lease when half of it is left, so a handler may run far
   longer than `visibility`. If the worker dies, its leases expire and another worker takes over.
@@ -61,9 +62,12 @@ class _GaveUp(Exception):
 
 
 # One message is leased ahead of the running handlers while each of the last LOOKAHEAD_RUNS
-# finished within LOOKAHEAD_S.
+# took between OVERLAP_MIN_S and LOOKAHEAD_S. A quicker handler (a Python function returning
+# at once) leaves nothing to overlap a dequeue or an ack with: they would only contend for the
+# interpreter with it, in more threads.
 LOOKAHEAD_S = 0.05
 LOOKAHEAD_RUNS = 8
+OVERLAP_MIN_S = 0.0002
 # How often the keeper looks at leases to extend and announces the ones this worker holds.
 ANNOUNCE_EVERY_S = 0.1
 # How long one long-poll lasts before the loop looks at its stop flag again.
@@ -97,6 +101,7 @@ class _Job:
     lost: bool = False
     leased_at_ns: int = field(default_factory=time.time_ns)
     began: bool = False  # a handler thread took it (else it is held ahead, waiting for one)
+    ended: bool = False  # its handler returned (it may still be being settled)
 
 
 class Worker:
@@ -153,6 +158,11 @@ class Worker:
         self._started = 0
         self._settled = 0
         self._waiting: SimpleQueue[_Job | None] = SimpleQueue()
+        # Jobs whose handlers have returned, for the settler thread: (job, start, whether the
+        # handler ran, what it raised).
+        self._ran: SimpleQueue[tuple[_Job, float, bool, BaseException | None] | None] = (
+            SimpleQueue()
+        )
         # Handlers this quick (seconds; 0: none is) earn a message leased ahead of them.
         self.lookahead_within = lookahead_within
         self._recent: collections.deque[float] = collections.deque(maxlen=LOOKAHEAD_RUNS)
@@ -171,14 +181,16 @@ class Worker:
 
     @property
     def running(self) -> int:
-        """Handlers running now (not counting a message held ahead)."""
-        return sum(1 for job in list(self._jobs.values()) if job.began)
+        """Handlers running now (not a message held ahead, nor one being settled)."""
+        return sum(1 for job in list(self._jobs.values()) if job.began and not job.ended)
 
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> Summary:
         keeper = threading.Thread(target=self._keep_leases, name="ephq-lease-keeper", daemon=True)
         keeper.start()
+        settler = threading.Thread(target=self._settler, name="ephq-settler", daemon=True)
+        settler.start()
         hands = [
             threading.Thread(target=self._hand, name=f"ephq-handler-{i}", daemon=True)
             for i in range(self.concurrency)
@@ -193,14 +205,33 @@ class Worker:
                 self._waiting.put(None)
             for hand in hands:
                 hand.join()
+            self._ran.put(None)
+            settler.join()
             self._done.set()
             keeper.join()
         return self.summary
 
     def _hand(self) -> None:
-        """One of the handler threads: run jobs as the loop hands them out, until told to end."""
+        """One of the handler threads: run jobs as the loop hands them out, until told to end.
+        When the next job is already waiting (held ahead), the settler thread settles this
+        one, so that the next handler starts at once; otherwise it is settled here."""
         while (job := self._waiting.get()) is not None:
-            self._run_job(job)
+            start = time.monotonic()
+            with self._changed:
+                job.began = True
+            # A message held ahead when the worker was told to stop is not started.
+            handled = not self._stopping
+            failure = self._run_handler(job) if handled else None
+            with self._changed:
+                job.ended = True
+            if self._waiting.empty():
+                self._settle_job(job, start, handled, failure)
+            else:  # the next is held ahead: it starts now, while the settler settles this one
+                self._ran.put((job, start, handled, failure))
+
+    def _settler(self) -> None:
+        while (ran := self._ran.get()) is not None:
+            self._settle_job(*ran)
 
     def _lease_loop(self) -> None:
         while not self._stopping:
@@ -288,7 +319,11 @@ class Worker:
 
     def _free_slots(self) -> int:
         recent = self._recent
-        ahead = len(recent) == LOOKAHEAD_RUNS and max(recent) < self.lookahead_within
+        ahead = (
+            len(recent) == LOOKAHEAD_RUNS
+            and min(recent) > OVERLAP_MIN_S
+            and max(recent) < self.lookahead_within
+        )
         free = self.concurrency + ahead - len(self._jobs)
         if self.max_messages is not None:
             free = min(free, self.max_messages - self._started)
@@ -315,16 +350,25 @@ class Worker:
 
     # -- one message -----------------------------------------------------------------------
 
-    def _run_job(self, job: _Job) -> None:
-        start = time.monotonic()
+    def _run_handler(self, job: _Job) -> BaseException | None:
+        """Run the handler; what it raised (None: it succeeded)."""
+        began = time.monotonic()
         try:
-            with self._changed:
-                job.began = True
-            # A message held ahead when the worker was told to stop is not started.
-            outcome = self._give_back(job, start) if self._stopping else self._settle(job, start)
-            # Counted and told before its slot is free: whoever sees the next message running
+            self.handler(job.message, job.cancelled)
+        except Exception as exc:
+            return exc
+        self._recent.append(time.monotonic() - began)
+        return None
+
+    def _settle_job(
+        self, job: _Job, start: float, handled: bool, failure: BaseException | None
+    ) -> None:
+        try:
+            outcome = self._settle(job, start, failure) if handled else self._give_back(job, start)
+            # Counted and told before its slot is free: whoever sees the next message leased
             # (the metrics, the log) has seen this one's outcome.
-            self._count(outcome)
+            with self._changed:  # settled on several threads at once
+                self._count(outcome)
             if self.on_outcome is not None:
                 self.on_outcome(outcome)
         finally:
@@ -342,32 +386,29 @@ class Worker:
             return Outcome(m, "lease-lost", time.monotonic() - start, str(exc))
         return Outcome(m, "released", time.monotonic() - start, "the worker is stopping")
 
-    def _settle(self, job: _Job, start: float) -> Outcome:
+    def _settle(self, job: _Job, start: float, failure: BaseException | None) -> Outcome:
+        """Ack, release, dead-letter or retry the message by what its handler did."""
         m = job.message
         receipt = m.receipt or ""
         q, stream = self.queue, self.stream
         try:
-            try:
-                began = time.monotonic()
-                self.handler(m, job.cancelled)
-                self._recent.append(time.monotonic() - began)
-            except Cancelled as exc:
+            if failure is None:
+                self._through("ack a message", functools.partial(q.ack, stream, receipt))
+                return Outcome(m, "acked", time.monotonic() - start)
+            if isinstance(failure, Cancelled):
                 self._through("release a message", functools.partial(q.release, stream, receipt))
-                return Outcome(m, "released", time.monotonic() - start, str(exc))
-            except HandlerBroken as exc:
+                return Outcome(m, "released", time.monotonic() - start, str(failure))
+            if isinstance(failure, HandlerBroken):
                 self._through("release a message", functools.partial(q.release, stream, receipt))
-                self.broken = str(exc)
+                self.broken = str(failure)
                 self.stop()
-                return Outcome(m, "released", time.monotonic() - start, str(exc))
-            except Exception as exc:
-                # A dead letter has nowhere further to go: its permanent failure is retried.
-                if isinstance(exc, PermanentFailure) and not self.dlq:
-                    reject = functools.partial(q.reject, stream, receipt, str(exc))
-                    self._through("dead-letter a message", reject)
-                    return Outcome(m, "dead-lettered", time.monotonic() - start, str(exc))
-                return self._retry(m, start, exc)
-            self._through("ack a message", functools.partial(q.ack, stream, receipt))
-            return Outcome(m, "acked", time.monotonic() - start)
+                return Outcome(m, "released", time.monotonic() - start, str(failure))
+            # A dead letter has nowhere further to go: its permanent failure is retried.
+            if isinstance(failure, PermanentFailure) and not self.dlq:
+                reject = functools.partial(q.reject, stream, receipt, str(failure))
+                self._through("dead-letter a message", reject)
+                return Outcome(m, "dead-lettered", time.monotonic() - start, str(failure))
+            return self._retry(m, start, failure)
         except LeaseLost as exc:
             return Outcome(m, "lease-lost", time.monotonic() - start, str(exc))
         except _GaveUp as exc:
