@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ephq import Message
-from ephq.worker import PermanentFailure, Worker
+from ephq.worker import Cancelled, PermanentFailure, Worker
 from tests.conftest import open_store, store_environment
 
 EPHQ = str(Path(sys.executable).parent / "ephq")
@@ -580,3 +580,38 @@ def test_a_message_held_ahead_is_given_back_unrun_when_the_worker_stops(
     assert (worker.summary.acked, worker.summary.released) == (9, 1)
     (back,) = q.dequeue_many("s", 10)
     assert (back.id, back.attempts) == (held, 1)  # a release does not spend an attempt
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.both_backends
+def test_quick_python_handlers_run_in_order_and_a_stop_still_reaches_one(
+    store: str, home: Path
+) -> None:
+    """Handlers that return at once run on the leasing thread (no hop to a handler thread);
+    they still run in FIFO order, each settled, and when one then blocks, a stop with now
+    cancels it and its message goes back."""
+    q = open_store(home)
+    ids = q.enqueue_many("s", [{"n": i} for i in range(30)])
+    blocker = ids[20]
+    ran: list[str] = []
+    started = threading.Event()
+
+    def handler(m: Message, cancelled: threading.Event) -> None:
+        ran.append(m.id)
+        if m.id == blocker:
+            started.set()
+            if not cancelled.wait(60):
+                raise AssertionError("never cancelled")
+            raise Cancelled("stopped")
+
+    worker = Worker(q, "s", handler)
+    thread = _run_in_thread(worker)
+    assert started.wait(60)
+    worker.stop(now=True)
+    thread.join(60)
+    assert not thread.is_alive()
+    assert ran == ids[:21]
+    assert (worker.summary.acked, worker.summary.released) == (20, 1)
+    back = q.dequeue_many("s", 20)
+    assert [m.id for m in back] == ids[20:]
+    assert back[0].attempts == 1  # the cancelled attempt did not count

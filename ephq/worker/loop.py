@@ -11,7 +11,9 @@ One implementation for Python and the shell: `Worker(queue, stream, handler)` ta
   round trip to the queue (for a handler process of half a millisecond, a quarter of the
   time or more). The message held meanwhile waits no longer than such a handler runs. Slower
   handlers get none ahead, so other workers take what this one could not start; a message
-  held ahead is released unrun when the worker stops.
+  held ahead is released unrun when the worker stops. At concurrency 1, handlers that have
+  each returned within INLINE_MAX_S (Python functions with nothing to wait for) run on the
+  leasing thread itself, where the hop to a handler thread and back cost more than they did.
 - A keeper thread extends each running lease when half of it is left, so a handler may run far
   longer than `visibility`. If the worker dies, its leases expire and another worker takes over.
 - Outcomes: return -> ack; PermanentFailure -> dead-letter now; Cancelled -> release (the attempt
@@ -19,7 +21,8 @@ One implementation for Python and the shell: `Worker(queue, stream, handler)` ta
   else -> nack with exponential backoff, dead-lettered by the queue once attempts run out, with
   the failure as its last error.
 - stop() (from SIGTERM or SIGINT) stops leasing and lets running handlers finish within `grace`;
-  then they are cancelled and their messages released. stop(now=True) cancels at once.
+  then they are cancelled and their messages released. stop(now=True) cancels at once. (The
+  keeper thread cancels them too: a handler running on the leasing thread holds it.)
 - Waiting for work is the queue's long-poll, in short slices so that a stop is seen promptly.
 - When the store is unavailable (a database restarting, a dropped connection) every call is
   retried with backoff, with one notice when it goes and one when it is back; nothing is lost:
@@ -68,6 +71,8 @@ class _GaveUp(Exception):
 LOOKAHEAD_S = 0.05
 LOOKAHEAD_RUNS = 8
 OVERLAP_MIN_S = 0.0002
+# At concurrency 1, handlers this quick run on the leasing thread itself.
+INLINE_MAX_S = 0.0001
 # How often the keeper looks at leases to extend and announces the ones this worker holds.
 ANNOUNCE_EVERY_S = 0.1
 # How long one long-poll lasts before the loop looks at its stop flag again.
@@ -153,6 +158,7 @@ class Worker:
         # Plain flags, not Events: stop() runs in signal handlers, which must not take locks.
         self._stopping = False
         self._stop_now = False
+        self._grace_ends = float("inf")  # when running handlers are cancelled, once stopping
         self.broken: str | None = None  # why the worker stopped: its handler cannot run
         self._done = threading.Event()
         self._started = 0
@@ -171,6 +177,8 @@ class Worker:
 
     def stop(self, *, now: bool = False) -> None:
         """Stop leasing; with now, also stop running handlers at once. Safe from a signal."""
+        if not self._stopping:
+            self._grace_ends = time.monotonic() + self.grace
         self._stopping = True
         if now:
             self._stop_now = True
@@ -271,8 +279,12 @@ class Worker:
                 return
             if self._bucket is not None:
                 self._bucket.take(len(got))
-            for message in got:
-                self._start(message)
+            if self._inline():
+                for message in got:
+                    self._run_here(message)
+            else:
+                for message in got:
+                    self._start(message)
             if not got and self.drain:
                 if idle:
                     retry_in = self._retry_within_reach()
@@ -328,6 +340,27 @@ class Worker:
         if self.max_messages is not None:
             free = min(free, self.max_messages - self._started)
         return max(0, free)
+
+    def _inline(self) -> bool:
+        """Whether to run the next handler on this (the leasing) thread: one at a time, and
+        each of the last LOOKAHEAD_RUNS took under INLINE_MAX_S (a Python function that returns
+        at once), where handing it to a handler thread and back cost more than the handler."""
+        recent = self._recent
+        return (
+            self.concurrency == 1 and len(recent) == LOOKAHEAD_RUNS and max(recent) < INLINE_MAX_S
+        )
+
+    def _run_here(self, message: Message) -> None:
+        job = _Job(message, extend_at=time.monotonic() + self.visibility * EXTEND_AFTER)
+        job.began = True
+        with self._changed:
+            self._jobs[message.id] = job
+        self._started += 1
+        start = time.monotonic()
+        handled = not self._stopping
+        failure = self._run_handler(job) if handled else None
+        job.ended = True
+        self._settle_job(job, start, handled, failure)
 
     def _start(self, message: Message) -> None:
         job = _Job(message, extend_at=time.monotonic() + self.visibility * EXTEND_AFTER)
@@ -489,6 +522,11 @@ class Worker:
                 now = time.monotonic()
                 with self._changed:
                     jobs = list(self._jobs.values())
+                if self._stop_now or now >= self._grace_ends:
+                    # What _finish does for handler threads, here for a handler running on
+                    # the leasing thread (_run_here), which _finish cannot reach.
+                    for job in jobs:
+                        job.cancelled.set()
                 due = [j for j in jobs if j.extend_at <= now and not j.lost]
                 for job in due:
                     try:
