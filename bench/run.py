@@ -561,7 +561,8 @@ def main() -> None:
     start = time.perf_counter()
     # First, while the file system has freed few inodes (see the module's note on order).
     command_line = cli.table(cli.measure(10 if args.quick else 30))
-    messages, pickups = (200, 30) if args.quick else (400, 60)
+    # Enough messages that the worker's start-up (about 100 ms) does not decide its rate.
+    messages, pickups = (1000, 30) if args.quick else (3000, 60)
     workers = worker.table(*worker.measure(messages, args.reps, pickups, args.workdir))
     results = run(args.workdir, args.quick, args.reps, args.only)
     if args.json:
