@@ -18,7 +18,7 @@ from ..message import (
     MIN_MAX_MESSAGE_BYTES,
     StreamConfig,
 )
-from .fsio import FILE_MODE, NotOurs, fsync_dir, read_regular, unlink_quietly, write_all
+from .fsio import NotOurs, read_regular, replace_file
 from .names import check_stream_name, new_token
 
 CONFIG_FILE = "stream.json"
@@ -63,20 +63,7 @@ class ConfigFile:
         }
         # In tmp/ as a .w file: if this process dies, recovery removes it (recovery.py).
         tmp = os.path.join(os.path.dirname(self.path), "tmp", f"{CONFIG_FILE}.{new_token()}.w")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-        try:
-            write_all(fd, (json.dumps(doc) + "\n").encode())
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.rename(tmp, self.path)
-        except BaseException:
-            unlink_quietly(tmp)
-            raise
-        if durable:
-            fsync_dir(os.path.dirname(self.path))
+        replace_file(tmp, self.path, (json.dumps(doc) + "\n").encode(), durable=durable)
 
 
 def parse(raw: bytes) -> StreamConfig:

@@ -223,6 +223,28 @@ def write_all(fd: int, data: bytes) -> None:
     os.ftruncate(fd, len(data))
 
 
+def replace_file(tmp: str, path: str, data: bytes, *, durable: bool) -> None:
+    """Write data into the new file tmp, then rename it over path: a reader sees the old
+    bytes or the new, never part of them. When durable, the bytes are flushed before the
+    rename and the rename after it. On failure tmp is removed and the error raised."""
+    fd = os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
+    )
+    try:
+        try:
+            write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
+    if durable:
+        fsync_dir(os.path.dirname(path))
+
+
 def fill_locked(fd: int, path: str, data: bytes, *, durable: bool) -> None:
     """Lock a new file we just opened, write data into it and, when durable, flush it.
 

@@ -32,7 +32,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from .fsio import NotOurs, ensure_dir, fsync_dir, listdir, read_regular, unlink_quietly, write_all
+from .fsio import (
+    NotOurs,
+    ensure_dir,
+    fsync_dir,
+    listdir,
+    read_regular,
+    replace_file,
+    unlink_quietly,
+)
 from .names import is_id, new_token
 from .tree import READY_CUTS, Tree
 
@@ -91,18 +99,9 @@ class Group:
 
     def set_head(self, message_id: str) -> None:
         tmp = os.path.join(self.path, f"{HEAD}.{new_token()}.w")
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        replace_file(
+            tmp, os.path.join(self.path, HEAD), (message_id + "\n").encode(), durable=self.durable
         )
-        try:
-            write_all(fd, (message_id + "\n").encode())
-            if self.durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, os.path.join(self.path, HEAD))
-        if self.durable:
-            fsync_dir(self.path)
 
     def clear_head(self) -> None:
         unlink_quietly(os.path.join(self.path, HEAD))
