@@ -456,37 +456,24 @@ class Store:
         else:
             self.ring()
 
-    def place_out(self, path: str, message_id: str, attempts: int, due_ns: int) -> bool:
+    def file_in(self, path: str, message_id: str, attempts: int, due_ns: int) -> bool:
         """Move a complete message file into ready/ (or delayed/ until due_ns), flushed when
-        durable: how a group's head goes out (groups.py)."""
+        durable, keeping its attempts: how a dead letter is filed and a group's head goes out
+        (groups.py). False if the file was gone."""
         now = self.clock()
         if due_ns > now:
             dest = self.delayed.leaf_dir(f"{due_ns:016x}")
             name = str(TimedName(due_ns, message_id, attempts))
         else:
             dest, name = self.ready.leaf_dir(message_id), str(ReadyName(message_id, attempts))
-        placed = place(path, dest, name, durable_dirs=self.durable, flush=self.durable)
-        if placed:
-            self._arrived(now, due_ns - now if due_ns > now else 0)
-            self._forget_head()  # it may come before what this process has cached
-        return placed
-
-    def file_in(self, path: str, message_id: str, attempts: int, due_ns: int) -> None:
-        """Move a complete message file (a dead letter) into ready/, or delayed/ until due_ns,
-        durably: the dead-letter queue keeps counting deliveries from attempts."""
-        if due_ns > self.clock():
-            dest, name = (
-                self.delayed.leaf_dir(f"{due_ns:016x}"),
-                str(TimedName(due_ns, message_id, attempts)),
-            )
-        else:
-            dest, name = self.ready.leaf_dir(message_id), str(ReadyName(message_id, attempts))
-        place(path, dest, name, durable_dirs=self.durable, flush=self.durable)
-        if due_ns > self.clock():
+        if not place(path, dest, name, durable_dirs=self.durable, flush=self.durable):
+            return False
+        if due_ns > now:
             self._note_due(due_ns)
         else:
             self.ring()
             self._forget_head()  # it may come before what this process has cached
+        return True
 
     def _write_in(self, content: bytes, dest_dir: str, name: str) -> None:
         try:

@@ -82,7 +82,7 @@ class Stream:
             durable=durable,
             clock=clock,
             set_aside=self.main._set_aside_dir,
-            place_out=self.main.place_out,
+            place_out=self.main.file_in,
         )
         self.keys = DedupKeys(self.path, self.quarantine, durable=durable, clock=clock)
 
