@@ -736,17 +736,19 @@ class PostgresBackend:
     def redrive(self, stream: str, ids: list[str] | None, progress: Progress = None) -> list[str]:
         with self.db.transaction(f"redrive dead letters of stream {stream!r}") as cur:
             others: list[str] | None = None
-            if ids is not None:  # ids not among the stream's dead letters: its own messages
+            if ids is None:
+                chosen = self._dead_ids(cur, stream, None)
+            else:  # ids not among the stream's dead letters: its own messages
                 for message_id in ids:
                     _require_id(message_id)
                 cur.execute(
-                    "SELECT id FROM ephq.messages WHERE stream = %s AND dead AND id = ANY(%s)",
+                    "SELECT id FROM ephq.messages WHERE stream = %s AND dead AND id = ANY(%s) "
+                    "FOR UPDATE",
                     (stream, ids),
                 )
                 dead = {row[0] for row in cur.fetchall()}
+                chosen = [i for i in dict.fromkeys(ids) if i in dead]
                 others = [i for i in dict.fromkeys(ids) if i not in dead]
-                ids = [i for i in ids if i in dead]
-            chosen = self._dead_ids(cur, stream, ids) if ids != [] else []
             cur.execute(
                 """SELECT id, grp FROM ephq.messages
                    WHERE stream = %s AND dead AND id = ANY(%s) AND grp IS NOT NULL
