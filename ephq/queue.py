@@ -129,11 +129,7 @@ class Queue:
         ``group``: messages of one group are delivered one at a time, in enqueue order: while
         one is leased or waiting for its retry, the next is not delivered.
         """
-        keys = None if dedup_key is None else [dedup_key]
-        groups = None if group is None else [group]
-        return self._enqueue(
-            check_stream_name(stream), [_json_of(data)], delay, keys=keys, groups=groups
-        )[0]
+        return self._enqueue_one(check_stream_name(stream), _json_of(data), delay, dedup_key, group)
 
     def enqueue_json(
         self,
@@ -145,11 +141,16 @@ class Queue:
         group: str | None = None,
     ) -> str:
         """Add a message given as JSON text; the text is kept exactly as given."""
+        return self._enqueue_one(
+            check_stream_name(stream), checked_json(text), delay, dedup_key, group
+        )
+
+    def _enqueue_one(
+        self, stream: str, text: str, delay: Duration, dedup_key: str | None, group: str | None
+    ) -> str:
         keys = None if dedup_key is None else [dedup_key]
         groups = None if group is None else [group]
-        return self._enqueue(
-            check_stream_name(stream), [checked_json(text)], delay, keys=keys, groups=groups
-        )[0]
+        return self._enqueue(stream, [text], delay, keys=keys, groups=groups)[0]
 
     def enqueue_many(
         self,
