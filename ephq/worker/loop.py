@@ -224,14 +224,7 @@ class Worker:
         When the next job is already waiting (held ahead), the settler thread settles this
         one, so that the next handler starts at once; otherwise it is settled here."""
         while (job := self._waiting.get()) is not None:
-            start = time.monotonic()
-            with self._changed:
-                job.began = True
-            # A message held ahead when the worker was told to stop is not started.
-            handled = not self._stopping
-            failure = self._run_handler(job) if handled else None
-            with self._changed:
-                job.ended = True
+            start, handled, failure = self._run(job)
             if self._waiting.empty():
                 self._settle_job(job, start, handled, failure)
             else:  # the next is held ahead: it starts now, while the settler settles this one
@@ -351,23 +344,31 @@ class Worker:
         )
 
     def _run_here(self, message: Message) -> None:
-        job = _Job(message, extend_at=time.monotonic() + self.visibility * EXTEND_AFTER)
-        job.began = True
-        with self._changed:
-            self._jobs[message.id] = job
-        self._started += 1
-        start = time.monotonic()
-        handled = not self._stopping
-        failure = self._run_handler(job) if handled else None
-        job.ended = True
-        self._settle_job(job, start, handled, failure)
+        job = self._take(message)
+        self._settle_job(job, *self._run(job))
 
     def _start(self, message: Message) -> None:
+        self._waiting.put(self._take(message))
+
+    def _take(self, message: Message) -> _Job:
+        """A leased message becomes one of this worker's jobs (its lease kept from now on)."""
         job = _Job(message, extend_at=time.monotonic() + self.visibility * EXTEND_AFTER)
         with self._changed:
             self._jobs[message.id] = job
         self._started += 1
-        self._waiting.put(job)
+        return job
+
+    def _run(self, job: _Job) -> tuple[float, bool, BaseException | None]:
+        """Run job's handler: when it began, whether it ran, and what it raised."""
+        start = time.monotonic()
+        with self._changed:
+            job.began = True
+        # A message held ahead when the worker was told to stop is not started.
+        handled = not self._stopping
+        failure = self._run_handler(job) if handled else None
+        with self._changed:
+            job.ended = True
+        return start, handled, failure
 
     def _finish(self) -> None:
         """Let running handlers finish (within grace, when stopping), cancel the rest, and wait
