@@ -22,7 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from baseline import ROOT, checked_out
 
 PRODUCER = r"""
 import json, os, sys, time
@@ -55,19 +57,11 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=50)
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="ephq-bench-enqueue-", dir=args.workdir)
-    baseline = Path(workdir) / "baseline"
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline],
-        check=True,
-        capture_output=True,
-    )
     try:
-        times, fsyncs = run({"baseline": baseline, "this": ROOT}, workdir, args.rounds, args.chunk)
+        with checked_out(args.baseline, workdir) as baseline:
+            code = {"baseline": baseline, "this": ROOT}
+            times, fsyncs = run(code, workdir, args.rounds, args.chunk)
     finally:
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)],
-            check=False,
-        )
         shutil.rmtree(workdir, ignore_errors=True)
     print(report(times, fsyncs, args))
 

@@ -26,7 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from baseline import ROOT, checked_out
 
 # Run in a child process with the code under test first on sys.path.
 WORKLOAD = r"""
@@ -105,14 +107,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="just these workloads")
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="ephq-bench-features-", dir=args.workdir)
-    baseline = Path(workdir) / "baseline"
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        rates: dict[tuple[str, str], list[float]] = {}
+    rates: dict[tuple[str, str], list[float]] = {}
+    with checked_out(args.baseline, workdir) as baseline:
         for _ in range(args.reps):
             for phase in _chosen(BOTH, args.only):
                 for label, code in (("baseline", baseline), ("this", ROOT)):
@@ -120,11 +116,6 @@ def main() -> None:
                     rates.setdefault((phase, label), []).append(rate)
             for phase in _chosen(THIS_ONLY, args.only):
                 rates.setdefault((phase, "this"), []).append(run_once(ROOT, workdir, phase, args.n))
-    finally:
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)],
-            check=False,
-        )
     print(report(rates, args))
 
 
