@@ -2,11 +2,12 @@
 
     python -m tests.crash_drain HOME CLOCK_NS [KEY,...]
 
-With a clock at CLOCK_NS: check, enqueue three messages (and one with each dedup KEY), drain
-every stream and its dead letters (acking all), check --repair, check again. Prints one JSON
-object: what check found first, the messages drained ([id, data] in order), the ids and data of
-the three it enqueued, the id each keyed enqueue returned ([id, key]: a new message's, or the
-one that took the key), and what the last check left besides the quarantine.
+With a clock at CLOCK_NS: check, read the stream's settings, enqueue three messages (and one
+with each dedup KEY), drain every stream and its dead letters (acking all), check --repair,
+check again. Prints one JSON object: what check found first, the settings ([max_attempts,
+visibility]), the messages drained ([id, data] in order), the ids and data of the three it
+enqueued, the id each keyed enqueue returned ([id, key]: a new message's, or the one that
+took the key), and what the last check left besides the quarantine.
 An exception is printed as {"error": ...}.
 """
 
@@ -27,6 +28,8 @@ DRAIN_ROUNDS = 1000
 def drain(home: str, clock_ns: int, keys: list[str]) -> dict[str, Any]:
     with Queue(home, clock=lambda: clock_ns, keep_leases=False) as q:
         first = [p.kind for p in q.check()]
+        config = q.config(STREAM)
+        settings = [config.max_attempts, config.visibility]
         after = [[q.enqueue(STREAM, {"after": i}), {"after": i}] for i in range(3)]
         keyed = [[q.enqueue(STREAM, {"key": k}, dedup_key=k), k] for k in keys]
         drained: list[list[Any]] = []
@@ -50,7 +53,14 @@ def drain(home: str, clock_ns: int, keys: list[str]) -> dict[str, Any]:
             return {"error": "the drain did not end"}
         q.check(repair=True)
         left = [repr(p) for p in q.check() if p.kind != "quarantined"]
-    return {"first": first, "drained": drained, "after": after, "keyed": keyed, "left": left}
+    return {
+        "first": first,
+        "settings": settings,
+        "drained": drained,
+        "after": after,
+        "keyed": keyed,
+        "left": left,
+    }
 
 
 def main() -> None:

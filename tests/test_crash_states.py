@@ -51,6 +51,8 @@ class Scenario:
         self.recorder: Recorder | None = None
         self._serial = itertools.count(1)
         self.keys: list[str] = []  # dedup keys the drain enqueues with again
+        # The stream's settings ([max_attempts, visibility]) a crash may leave; empty: any.
+        self.settings: list[list[Any]] = []
 
     # -- what the scenario does ------------------------------------------------------------
 
@@ -221,6 +223,8 @@ class Scenario:
         result = json.loads(done.stdout)
         assert "error" not in result, result["error"]
         assert result["left"] == [], f"check --repair left problems: {result['left']}"
+        if self.settings:
+            assert result["settings"] in self.settings, f"settings {result['settings']} torn"
         after = {mid: data for mid, data in result["after"]}
         keyed = {mid for mid, _ in result["keyed"]}
         drained: dict[str, Any] = {}
@@ -543,6 +547,18 @@ def message_groups(s: Scenario) -> None:
         s.q.redrive(S)
 
 
+def configure_settings(s: Scenario) -> None:
+    """stream.json rewritten (fsio.replace_file) beside messages: a crash leaves the old
+    settings or the new, whole, and no message is lost or changed."""
+    s.q.configure(S, max_attempts=3, visibility=45)  # not the defaults a torn file gives
+    _with_pool(s, 1)
+    s.put()
+    s.settings = [[3, 45.0], [7, 90.0]]
+    with s.recording():
+        s.q.configure(S, max_attempts=7, visibility=90)
+        s.put()
+
+
 def steady_state(s: Scenario) -> None:
     _with_pool(s, 2)
     with s.recording():
@@ -576,6 +592,7 @@ SCENARIOS: dict[str, Callable[[Scenario], None]] = {
         enqueue_with_dedup_keys,
         dead_letter_stream_and_back,
         message_groups,
+        configure_settings,
         steady_state,
     )
 }
