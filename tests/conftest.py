@@ -90,6 +90,13 @@ def fresh_database(url: str) -> str:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
+        # A session an earlier test left behind (a SIGKILLed client's server process finishing
+        # its statement, a queue not yet collected) must not hold a lock the DROP needs: the
+        # two deadlocked once. The database is this test process's own (above).
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
         conn.execute("DROP SCHEMA IF EXISTS ephq CASCADE")
     return url
 
