@@ -7,7 +7,8 @@ through the same driver, side by side in one run.
 
 The floor: a table (id bigserial, visible_at, token, data); enqueue is one INSERT; a claim is
 `UPDATE … WHERE id IN (SELECT … ORDER BY id FOR UPDATE SKIP LOCKED LIMIT n) RETURNING`; ack is
-a DELETE by id and token; all with autocommit, one statement per call, as ephq. Phases, each
+a DELETE by id and token (a batch's ids and tokens passed as text joined by commas, as ephq
+passes them); all with autocommit, one statement per call, as ephq. Phases, each
 repeated --reps times with the two systems taking turns: enqueue N one at a time; dequeue+ack
 N one at a time; dequeue 100 and ack them (ephq: one dequeue_many and one ack_many of the
 receipts, as `ephq dequeue --max 100 | ephq ack s -`; the floor: one UPDATE and one DELETE);
@@ -65,10 +66,12 @@ class Floor:
         self.conn.execute("DELETE FROM floor_q WHERE id = %s AND token = %s", item)
 
     def ack_all(self, items: list[tuple[int, str]]) -> None:
+        # The arrays as text joined by commas, as ephq passes them (psycopg dumps a list at
+        # about 2 µs an element).
         self.conn.execute(
-            "DELETE FROM floor_q f USING unnest(%s::bigint[], %s::text[]) AS r(id, token) "
-            "WHERE f.id = r.id AND f.token = r.token",
-            ([i for i, _ in items], [t for _, t in items]),
+            "DELETE FROM floor_q f USING unnest(string_to_array(%s, ',')::bigint[], "
+            "string_to_array(%s, ',')) AS r(id, token) WHERE f.id = r.id AND f.token = r.token",
+            (",".join([str(i) for i, _ in items]), ",".join([t for _, t in items])),
         )
 
 

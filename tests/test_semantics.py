@@ -72,6 +72,22 @@ def test_data_json_is_kept_exactly_as_enqueued(q: Queue) -> None:
     assert m.data["big"] == 123456789012345678901234567890
 
 
+def test_a_batch_keeps_every_message_exactly_and_acks_at_once(q: Queue) -> None:
+    # Text that an array's encoding could mangle: separators, quotes, braces, escapes, NUL
+    # escaped, and characters beyond one byte.
+    texts = ['"é ☃ 😀"', '{"a": "b,c\\"d{}"}', '"\\u0000x"', "[]", '"NULL"', '"a\\\\b"', "1e3"]
+    ids = q.enqueue_many_json("s", texts)
+    got = q.dequeue_many("s", 10)
+    assert [m.id for m in got] == ids
+    assert [m.data_json for m in got] == texts
+    assert got[0].data == "é ☃ 😀" and got[2].data == "\x00x"
+    assert all(m.metadata == {} for m in got)
+    receipts = [m.receipt or "" for m in got]
+    assert q.ack_many("s", receipts) == []
+    assert q.ack_many("s", receipts[:2]) == receipts[:2]  # ended
+    assert q.stats("s").inflight == 0 and q.dequeue("s") is None
+
+
 def test_lease_hides_message_until_it_expires_then_redelivers(q: Queue, clock: FakeClock) -> None:
     q.enqueue("s", "x")
     first = q.dequeue("s", visibility=10)

@@ -81,12 +81,27 @@ _ENQUEUE_MANY = """
 WITH added AS (
     INSERT INTO ephq.messages (stream, dead, id, visible_at, data)
     SELECT %(stream)s, false, i, %(visible)s, d
-    FROM unnest(%(ids)s::text[], %(datas)s::text[]) AS t(i, d)
+    FROM unnest(string_to_array(%(ids)s, ','), %(datas)b::text[]) AS t(i, d)
     RETURNING 1
 )
 SELECT CASE WHEN %(ring)s THEN pg_notify('ephq', %(stream)s) END
 FROM (SELECT count(*) FROM added) n
 """
+
+
+def _enqueue_many_params(
+    stream: str, visible: int, ids: list[str], datas: list[str], ring: bool
+) -> dict[str, Any]:
+    """_ENQUEUE_MANY's parameters. The ids (hex) go joined by commas and the data in binary:
+    psycopg dumps a list as text at ~2 µs an element, in binary at a third of that."""
+    return {
+        "stream": stream,
+        "visible": visible,
+        "ids": ",".join(ids),
+        "datas": datas,
+        "ring": ring,
+    }
+
 
 # Deduplication keys: insert each, or take over one older than the stream's window; the keys
 # returned are this transaction's. A key another transaction is inserting makes this one wait
@@ -215,13 +230,7 @@ class PostgresBackend:
             self.db.run(
                 f"enqueue to stream {stream!r}",
                 _ENQUEUE_MANY,
-                {
-                    "stream": stream,
-                    "visible": visible,
-                    "ids": ids,
-                    "datas": items,
-                    "ring": delay_ns <= 0,
-                },
+                _enqueue_many_params(stream, visible, ids, items, delay_ns <= 0),
             )
         if progress is not None:
             progress(len(items))
@@ -279,13 +288,13 @@ class PostgresBackend:
             elif fresh:
                 cur.execute(
                     _ENQUEUE_MANY,
-                    {
-                        "stream": stream,
-                        "visible": now + delay_ns,
-                        "ids": [ids[i] for i in fresh],
-                        "datas": [items[i] for i in fresh],
-                        "ring": delay_ns <= 0,
-                    },
+                    _enqueue_many_params(
+                        stream,
+                        now + delay_ns,
+                        [ids[i] for i in fresh],
+                        [items[i] for i in fresh],
+                        delay_ns <= 0,
+                    ),
                 )
             self._forget_keys(cur, stream, now)
         if progress is not None:
@@ -360,7 +369,7 @@ class PostgresBackend:
             ).fetchall()
             buried = sum(row[0] for row in rows)
             leased = sorted(row[1:] for row in rows if row[1] is not None)
-            got += [self._message(stream, row, dead, receipt=True) for row in leased]
+            got += [self._delivery(stream, row, dead) for row in leased]
             if not buried:
                 break  # what was not leased is not there (or another consumer has it)
         return got
@@ -373,6 +382,30 @@ class PostgresBackend:
             f"release the leases of workers of stream {stream!r} that are gone",
             _RELEASE_ORPHANS,
             {"stream": stream, "dead": dead, "now": now},
+        )
+
+    @staticmethod
+    def _delivery(stream: str, row: Any, dead: bool) -> Message:
+        """A message just leased, from its claim row: _message without the listings' cases,
+        its fields given in order (this runs for every message dequeued)."""
+        message_id, attempts, visible_at, token, data, meta, group = row
+        if meta is None:  # the claim's NULL for the usual empty metadata
+            meta = {}
+        elif not dead:
+            meta = live_metadata(meta, stream)
+        lease = f"{visible_at:016x}.{message_id}.{attempts}.{token}"
+        return Message(
+            message_id,
+            format_receipt(lease, dead),
+            stream,
+            json.loads(data),
+            data,
+            attempts,
+            utc_from_ns(id_time_ns(message_id)),
+            utc_from_ns(visible_at),
+            meta,
+            None,
+            group,
         )
 
     def _message(
@@ -454,8 +487,9 @@ class PostgresBackend:
                 # `id = ANY(…)`, a planner without statistics may scan the whole stream.
                 """DELETE FROM ephq.messages m WHERE m.ctid = ANY(ARRAY(
                        SELECT found.row
-                       FROM unnest(%(ids)s::text[], %(attempts)s::integer[],
-                                   %(tokens)s::text[]) AS r(id, attempts, token)
+                       FROM unnest(string_to_array(%(ids)s, ','),
+                                   string_to_array(%(attempts)s, ',')::integer[],
+                                   string_to_array(%(tokens)s, ',')) AS r(id, attempts, token)
                        CROSS JOIN LATERAL (
                            SELECT ctid AS row FROM ephq.messages x
                            WHERE x.stream = %(stream)s AND x.dead = %(dead)s AND x.id = r.id
@@ -464,9 +498,12 @@ class PostgresBackend:
                 {
                     "stream": stream,
                     "dead": dead,
-                    "ids": [lease.id for lease in mine],
-                    "attempts": [lease.attempts for lease in mine],
-                    "tokens": [lease.token for lease in mine],
+                    # As text joined by commas (parse_receipt made each part hex or
+                    # digits): psycopg dumps a list at ~2 µs an element, half of a batch
+                    # ack's time in Python.
+                    "ids": ",".join([lease.id for lease in mine]),
+                    "attempts": ",".join([str(lease.attempts) for lease in mine]),
+                    "tokens": ",".join([lease.token or "" for lease in mine]),
                 },
             ).fetchall()
             acked |= {(dead, row[0], row[1], row[2]) for row in rows}
