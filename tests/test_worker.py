@@ -17,6 +17,7 @@ import pytest
 
 from ephq import Message
 from ephq.worker import Cancelled, PermanentFailure, Worker
+from ephq.worker.guard import MARK
 from tests.conftest import open_store, store_environment
 
 EPHQ = str(Path(sys.executable).parent / "ephq")
@@ -483,8 +484,7 @@ def test_a_killed_workers_leases_come_back_long_before_their_deadline(
     seconds, as the next delivery; the dead worker's receipt is then fenced."""
     q = open_store(home)
     mid = q.enqueue("s", "job")
-    pid_file = tmp_path / "handler.pid"
-    handler = script(tmp_path, f"echo $$ > {pid_file}\nexec sleep 120\n")
+    handler = script(tmp_path, "exec sleep 120\n")
     worker = start_worker(home, "s", "--exec", handler, "--visibility", "10m")
     try:
 
@@ -497,15 +497,69 @@ def test_a_killed_workers_leases_come_back_long_before_their_deadline(
             time.sleep(0.05)
         (held,) = q.leases("s")
     finally:
-        os.killpg(worker.pid, signal.SIGKILL)  # the worker; its handler has a session of its own
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker (its guard ends its handler)
         worker.wait(timeout=30)
-        if pid_file.exists():
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
     again = q.dequeue("s", visibility=60, wait=30)  # not ten minutes: within seconds
     assert again is not None and again.id == mid and again.attempts == 2
     assert held.deadline.timestamp() > time.time() + 500  # the old lease had not run out
     q.ack("s", again.receipt or "")
     assert q.stats("s").inflight == 0
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The processes whose parent is pid, with their command lines."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found[int(entry.name)] = cmdline
+    return found
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.both_backends
+def test_a_killed_workers_handlers_die_with_it(store: str, home: Path, tmp_path: Path) -> None:
+    """Only the worker is SIGKILLed (as the OOM killer would): its handler, in a session of its
+    own, and the handler's own child are killed too, before the message is delivered again, so
+    it never runs twice at once; the guard that did it is gone as well."""
+    q = open_store(home)
+    mid = q.enqueue("s", "job")
+    shell_pid, child_pid = tmp_path / "shell.pid", tmp_path / "child.pid"
+    handler = script(tmp_path, f"echo $$ > {shell_pid}\nsleep 120 &\necho $! > {child_pid}\nwait\n")
+    worker = start_worker(home, "s", "--exec", handler, "--visibility", "10m")
+    try:
+        wait_for(lambda: child_pid.exists() and child_pid.read_text().strip() != "")
+        # (announced a few tenths of a second after it is taken: until then, a lease keeps
+        # its deadline when its worker dies)
+        wait_for(lambda: any(lease.holder is not None for lease in q.leases("s")))
+        (guard,) = [pid for pid, cmd in _children(worker.pid).items() if MARK in cmd]
+        handler_pids = [int(shell_pid.read_text()), int(child_pid.read_text())]
+        assert all(alive(pid) for pid in handler_pids)
+    finally:
+        os.kill(worker.pid, signal.SIGKILL)  # the worker alone, not its process group
+        worker.wait(timeout=30)
+    wait_for(lambda: not any(alive(pid) for pid in [*handler_pids, guard]))
+    again = q.dequeue("s", wait=30)  # given back when the worker's holder is found dead
+    assert again is not None and (again.id, again.attempts) == (mid, 2)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_ends_leaves_no_guard_behind(home: Path, tmp_path: Path) -> None:
+    q = open_store(home)
+    q.enqueue_many("s", [1, 2, 3])
+    worker = start_worker(home, "s", "--exec", "cat >/dev/null; sleep 0.2", "--drain")
+    wait_for(lambda: any(MARK in cmd for cmd in _children(worker.pid).values()))
+    (guard,) = [pid for pid, cmd in _children(worker.pid).items() if MARK in cmd]
+    code, err = finish(worker)
+    assert code == 0, err
+    assert "handled 3 (acked 3" in err
+    assert not alive(guard)  # ended with the worker, not left behind
 
 
 def _run_in_thread(worker: Worker) -> threading.Thread:

@@ -1,7 +1,8 @@
 """Running a shell command as a message's handler.
 
 The command runs through /bin/sh -c in a session of its own, so a timeout or a shutdown can stop
-it and everything it started by signalling the process group. The message's data arrives on its
+it and everything it started by signalling the process group; a guard (guard.py) kills the
+groups still running if the worker dies. The message's data arrives on its
 stdin, exactly as enqueued; facts about the delivery arrive in EPHQ_* variables, never on the
 command line. Its stderr passes through to ours, and the tail is kept for the dead letter.
 Exit 0 is success, exit 100 a permanent failure (the qmail convention), 126 and 127 (the shell
@@ -20,8 +21,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from ..message import Message
+from .guard import HandlerGuard
 from .outcomes import Cancelled, HandlerBroken, PermanentFailure, TemporaryFailure
 
 PERMANENT_EXIT = 100
@@ -49,15 +52,21 @@ class _Child:
     """A handler's shell, reaped by us. Started by posix_spawn(3), which costs about a tenth
     less per message than subprocess.Popen (no pipe for exec errors, no file objects)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, guard: HandlerGuard) -> None:
         self.pid = pid
         self.returncode: int | None = None
+        self._guard = guard
+        guard.started(pid)  # its pid is its process group's number (setsid)
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
+            # Seen exited but not reaped, so that its number is still its own when the guard
+            # is told to forget it.
+            if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                return None
+            self._guard.ending(self.pid)
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 
     def wait(self, timeout: float) -> bool:
@@ -70,7 +79,7 @@ class _Child:
         return True
 
 
-def _spawn(command: str, env: dict[str, str]) -> tuple[_Child, int, int]:
+def _spawn(command: str, env: dict[str, str], guard: HandlerGuard) -> tuple[_Child, int, int]:
     """Start /bin/sh -c command in a session of its own, its stdin and stderr our pipes, its
     stdout ours; the child, and the fds of its stdin (to write) and stderr (to read)."""
     fds: list[int] = []
@@ -98,7 +107,7 @@ def _spawn(command: str, env: dict[str, str]) -> tuple[_Child, int, int]:
         raise
     os.close(stdin_read)
     os.close(stderr_write)
-    return _Child(pid), stdin_write, stderr_read
+    return _Child(pid, guard), stdin_write, stderr_read
 
 
 def _above_stdio(fd: int) -> int:
@@ -120,6 +129,25 @@ class CommandHandler:
         self.store = store  # EPHQ_HOME or EPHQ_URL: the store the handler's own ephq uses
         self.timeout = timeout
         self._running: set[_Child] = set()
+        self._guard: HandlerGuard | None = None  # started with the first handler
+        self._guard_lock = threading.Lock()
+        self.on_notice: Callable[[str], None] | None = None
+
+    def close(self) -> None:
+        """Let the guard go: call once no handler runs (the worker has ended)."""
+        with self._guard_lock:
+            if self._guard is not None:
+                self._guard.close()
+
+    def _guarded(self) -> HandlerGuard:
+        with self._guard_lock:
+            if self._guard is None:
+                self._guard = HandlerGuard()
+                if self._guard.problem is not None and self.on_notice is not None:
+                    self.on_notice(
+                        f"{self._guard.problem}; handlers will outlive a worker that is killed"
+                    )
+            return self._guard
 
     def kill_all(self) -> None:
         """SIGKILL every running handler's process group at once (the worker is ending)."""
@@ -130,7 +158,7 @@ class CommandHandler:
                 continue
 
     def __call__(self, message: Message, cancelled: threading.Event) -> None:
-        child, stdin, stderr_fd = _spawn(self.command, self._environment(message))
+        child, stdin, stderr_fd = _spawn(self.command, self._environment(message), self._guarded())
         self._running.add(child)
         try:
             self._supervise(child, stdin, stderr_fd, message, cancelled)

@@ -156,6 +156,7 @@ def run(
 
     worker.on_outcome = settled
     worker.on_notice = log.notice
+    handler.on_notice = log.notice
 
     def overdue() -> None:
         log.overdue(worker.running)
@@ -171,6 +172,7 @@ def run(
     try:
         worker.run()
     finally:
+        handler.close()
         ticking.set()
         watch.close()
         log.finish(worker.summary)
