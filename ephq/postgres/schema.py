@@ -48,8 +48,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 autovacuum_analyze_scale_factor = 0.02, fillfactor = 90)""",
         # No index on visible_at or token: a lease then changes no indexed column, so it is a
         # HOT update (if its page has room: see version 3's fillfactor) that adds no index
-        # entries, which is most of what a claim costs. What looks for due times (a waiting consumer, once a
-        # second; `leases`; the next retry) walks the stream's rows instead.
+        # entries, which is most of what a claim costs. What looks for due times (a waiting
+        # consumer, once a second; `leases`; the next retry) walks the stream's rows instead.
         # The claim, as a function: the row to take is chosen by walking the primary key in
         # id order, and each one taken is updated by its whole key. As one SQL statement the
         # planner, before the table has statistics, joined the picked rows to every row of
