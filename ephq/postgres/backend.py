@@ -507,11 +507,14 @@ class PostgresBackend:
                 },
             ).fetchall()
             acked |= {(dead, row[0], row[1], row[2]) for row in rows}
-        return [
-            r
-            for r, p in parsed
-            if (p.dead, p.lease.id, p.lease.attempts, p.lease.token) not in acked
-        ]
+        ended = []
+        for receipt, p in parsed:
+            delivery = (p.dead, p.lease.id, p.lease.attempts, p.lease.token)
+            if delivery in acked:
+                acked.discard(delivery)  # acked by its first mention: a repeat found it ended
+            else:
+                ended.append(receipt)
+        return ended
 
     def nack(self, stream: str, receipt: str, delay_ns: int, reason: str | None) -> None:
         parsed = parse_receipt(receipt)
