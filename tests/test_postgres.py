@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from ephq import Queue
 from ephq.postgres import schema
@@ -90,6 +91,36 @@ def test_the_cli_round_trip_over_tcp(database_server: str) -> None:
     missing = _run(url, "stats", "typo")
     assert missing.returncode == 4 and "no stream 'typo'" in missing.stderr
     assert _run(url, "check").returncode == 0
+
+
+def test_a_stream_rings_only_its_own_consumers(database_server: str) -> None:
+    """Enqueues, a group's next message coming out and a dead letter forwarded each notify the
+    channel of the stream that gets a visible message, and no other: a consumer waiting on one
+    stream is not woken by the traffic of the others."""
+    url = fresh_database(database_server)
+    q = Queue(url=url, keep_leases=False)
+    q.configure("orders", max_attempts=1, dead_letter_stream="orders-dead")
+    with psycopg.connect(url, autocommit=True) as listener:
+
+        def listen(stream: str) -> None:
+            channel = listener.execute("SELECT ephq.channel(%s)", (stream,)).fetchone()
+            assert channel is not None and channel[0] != "ephq"
+            listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel[0])))
+
+        def heard() -> list[str]:
+            return [n.payload for n in listener.notifies(timeout=0.5, stop_after=None)]
+
+        listen("orders-dead")
+        q.enqueue("other", 1)
+        q.enqueue_many("orders", [1, 2], groups=["g", "g"])
+        assert heard() == []  # neither is orders-dead's
+        listen("orders")
+        m = q.dequeue("orders")
+        assert m is not None and m.receipt
+        q.nack("orders", m.receipt, reason="broken")  # its last attempt: forwarded
+        assert set(heard()) == {"orders", "orders-dead"}  # g's next message is out; the dead one
+        q.enqueue("other", 2)
+        assert heard() == []
 
 
 def test_workers_on_several_hosts_lose_nothing_when_one_is_killed(

@@ -72,7 +72,7 @@ WITH added AS (
     INSERT INTO ephq.messages (stream, dead, id, visible_at, data)
     VALUES (%s, false, %s, %s, %s) RETURNING stream
 )
-SELECT pg_notify('ephq', stream) FROM added
+SELECT ephq.ring(stream) FROM added
 """
 _ENQUEUE_ONE_QUIET = """
 INSERT INTO ephq.messages (stream, dead, id, visible_at, data) VALUES (%s, false, %s, %s, %s)
@@ -84,7 +84,7 @@ WITH added AS (
     FROM unnest(string_to_array(%(ids)s, ','), %(datas)b::text[]) AS t(i, d)
     RETURNING 1
 )
-SELECT CASE WHEN %(ring)s THEN pg_notify('ephq', %(stream)s) END
+SELECT CASE WHEN %(ring)s THEN ephq.ring(%(stream)s) END
 FROM (SELECT count(*) FROM added) n
 """
 
@@ -326,7 +326,7 @@ class PostgresBackend:
                     "SELECT ephq.join_group(%s, %s, %s, 0, %s, %s, '{}')",
                     (stream, group, message_id, visible, data),
                 )
-        cur.execute("SELECT pg_notify('ephq', %s)", (stream,))
+        cur.execute("SELECT ephq.ring(%s)", (stream,))
 
     def _forget_keys(self, cur: Any, stream: str, now: int) -> None:
         """Delete the stream's keys past its window, at most once a minute per process."""
@@ -809,7 +809,7 @@ class PostgresBackend:
                 {"now": self.clock(), "stream": stream, "ids": chosen},
             )
             if chosen:
-                cur.execute("SELECT pg_notify('ephq', %s)", (stream,))
+                cur.execute("SELECT ephq.ring(%s)", (stream,))
             # A dead letter of this stream that first died in another one goes there too.
             chosen = list(dict.fromkeys(chosen + self._send_home(cur, stream, others)))
         if progress is not None:
@@ -877,7 +877,7 @@ class PostgresBackend:
             (self.clock(), stream, list(homes)),
         )
         for home in sorted(set(homes.values())):
-            cur.execute("SELECT pg_notify('ephq', %s)", (home,))
+            cur.execute("SELECT ephq.ring(%s)", (home,))
         return list(homes)
 
     def purge_dead_letters(self, stream: str, ids: list[str] | None) -> list[str]:
@@ -1062,7 +1062,7 @@ class PostgresBackend:
                     [json.dumps(r.metadata) for r in records],
                 ),
             )
-            cur.execute("SELECT pg_notify('ephq', %s)", (stream,))
+            cur.execute("SELECT ephq.ring(%s)", (stream,))
         self._grew(len(records) + len(joining))
         return len(records) + len(joining)
 

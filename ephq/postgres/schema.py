@@ -129,7 +129,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # head that leaves (deleted: acked or purged; or dead-lettered) is replaced by the group's
     # oldest waiting message, in the same transaction, by the triggers.
     #
-    # The claim returns each message's group: version 3 makes it anew.
+    # The claim returns each message's group: version 3 makes it anew, and makes the
+    # functions that release a group and forward a dead letter (they ring as version 3 does).
     (
         "ALTER TABLE ephq.streams ADD COLUMN dedup_window_ms bigint NOT NULL DEFAULT 300000",
         """CREATE TABLE ephq.dedup_keys (
@@ -178,34 +179,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 RETURN false;
             END
             $$""",
-        """CREATE FUNCTION ephq.release_group(p_stream text, p_grp text, p_id text)
-            RETURNS void LANGUAGE plpgsql AS $$
-            DECLARE
-                v_next ephq.waiting%ROWTYPE;
-            BEGIN
-                PERFORM 1 FROM ephq.groups g
-                    WHERE g.stream = p_stream AND g.grp = p_grp AND g.head = p_id FOR UPDATE;
-                IF NOT FOUND THEN
-                    RETURN;  -- not the head (a purge, or released already)
-                END IF;
-                DELETE FROM ephq.waiting w
-                    WHERE w.stream = p_stream AND w.grp = p_grp
-                      AND w.id = (SELECT min(x.id) FROM ephq.waiting x
-                                  WHERE x.stream = p_stream AND x.grp = p_grp)
-                    RETURNING * INTO v_next;
-                IF v_next.id IS NULL THEN
-                    DELETE FROM ephq.groups g WHERE g.stream = p_stream AND g.grp = p_grp;
-                    RETURN;
-                END IF;
-                UPDATE ephq.groups g SET head = v_next.id
-                    WHERE g.stream = p_stream AND g.grp = p_grp;
-                INSERT INTO ephq.messages (stream, dead, id, attempts, visible_at, data, meta,
-                                           grp)
-                    VALUES (p_stream, false, v_next.id, v_next.attempts, v_next.visible_at,
-                            v_next.data, v_next.meta, p_grp);
-                PERFORM pg_notify('ephq', p_stream);
-            END
-            $$""",
         """CREATE FUNCTION ephq.head_left() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
                 PERFORM ephq.release_group(OLD.stream, OLD.grp, OLD.id);
@@ -215,42 +188,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TRIGGER head_left AFTER DELETE ON ephq.messages
             FOR EACH ROW WHEN (OLD.grp IS NOT NULL AND NOT OLD.dead)
             EXECUTE FUNCTION ephq.head_left()""",
-        # Dying releases the group too; a dead letter keeps its group (a redrive rejoins it),
-        # but not in a dead-letter stream, where it is a fact (metadata.dead.group).
-        """CREATE FUNCTION ephq.forward_dead_letter() RETURNS trigger
-            LANGUAGE plpgsql AS $$
-            DECLARE
-                v_target text;
-                v_earlier jsonb := OLD.meta->'dead';
-            BEGIN
-                IF OLD.grp IS NOT NULL THEN
-                    PERFORM ephq.release_group(OLD.stream, OLD.grp, OLD.id);
-                END IF;
-                IF jsonb_typeof(v_earlier) = 'object' AND v_earlier->>'stream' <> OLD.stream THEN
-                    NEW.meta := jsonb_set(OLD.meta, '{dead}', v_earlier || jsonb_build_object(
-                        'dlq_error', NEW.meta->'dead'->'error',
-                        'dlq_failed_at', NEW.meta->'dead'->'died_at'));
-                END IF;
-                SELECT s.dead_letter_stream INTO v_target FROM ephq.streams s
-                    WHERE s.name = OLD.stream;
-                IF v_target IS NOT NULL THEN
-                    INSERT INTO ephq.streams (name) VALUES (v_target) ON CONFLICT DO NOTHING;
-                    IF NEW.grp IS NOT NULL THEN
-                        NEW.meta := jsonb_set(NEW.meta, '{dead,group}', to_jsonb(NEW.grp));
-                        NEW.grp := NULL;
-                    END IF;
-                    NEW.stream := v_target;
-                    NEW.dead := false;
-                    NEW.attempts := 0;
-                    NEW.token := NULL;
-                    PERFORM pg_notify('ephq', v_target);
-                END IF;
-                RETURN NEW;
-            END
-            $$""",
-        """CREATE TRIGGER forward_dead_letter BEFORE UPDATE ON ephq.messages
-            FOR EACH ROW WHEN (NEW.dead AND NOT OLD.dead)
-            EXECUTE FUNCTION ephq.forward_dead_letter()""",
         "DROP FUNCTION ephq.claim(text, boolean, bigint, integer, text, bigint, text)",
     ),
     # 3: the claim as it is now (versions 1 and 2 made earlier forms; a store migrating from
@@ -279,6 +216,79 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # (checked with auto_explain on 200,000 rows never analyzed): the key's index in id order,
     # filtered on visible_at, under LIMIT; and a TID scan. ANALYZE still replans them.
     (
+        # Each stream rings a channel of its own (ephq_ and 16 hex digits of the md5 of its
+        # name: a channel name is an identifier of at most 63 bytes, a stream name may be
+        # 128), so an enqueue wakes only the consumers waiting on its stream. With one channel
+        # for all (versions 1 and 2) it woke every waiting consumer of every stream.
+        """CREATE FUNCTION ephq.channel(p_stream text) RETURNS text
+            LANGUAGE sql IMMUTABLE AS $$ SELECT 'ephq_' || left(md5(p_stream), 16) $$""",
+        """CREATE FUNCTION ephq.ring(p_stream text) RETURNS void
+            LANGUAGE sql AS $$ SELECT pg_notify(ephq.channel(p_stream), p_stream) $$""",
+        """CREATE OR REPLACE FUNCTION ephq.release_group(p_stream text, p_grp text, p_id text)
+            RETURNS void LANGUAGE plpgsql AS $$
+            DECLARE
+                v_next ephq.waiting%ROWTYPE;
+            BEGIN
+                PERFORM 1 FROM ephq.groups g
+                    WHERE g.stream = p_stream AND g.grp = p_grp AND g.head = p_id FOR UPDATE;
+                IF NOT FOUND THEN
+                    RETURN;  -- not the head (a purge, or released already)
+                END IF;
+                DELETE FROM ephq.waiting w
+                    WHERE w.stream = p_stream AND w.grp = p_grp
+                      AND w.id = (SELECT min(x.id) FROM ephq.waiting x
+                                  WHERE x.stream = p_stream AND x.grp = p_grp)
+                    RETURNING * INTO v_next;
+                IF v_next.id IS NULL THEN
+                    DELETE FROM ephq.groups g WHERE g.stream = p_stream AND g.grp = p_grp;
+                    RETURN;
+                END IF;
+                UPDATE ephq.groups g SET head = v_next.id
+                    WHERE g.stream = p_stream AND g.grp = p_grp;
+                INSERT INTO ephq.messages (stream, dead, id, attempts, visible_at, data, meta,
+                                           grp)
+                    VALUES (p_stream, false, v_next.id, v_next.attempts, v_next.visible_at,
+                            v_next.data, v_next.meta, p_grp);
+                PERFORM ephq.ring(p_stream);
+            END
+            $$""",
+        # Dying releases the group too; a dead letter keeps its group (a redrive rejoins it),
+        # but not in a dead-letter stream, where it is a fact (metadata.dead.group).
+        """CREATE OR REPLACE FUNCTION ephq.forward_dead_letter() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            DECLARE
+                v_target text;
+                v_earlier jsonb := OLD.meta->'dead';
+            BEGIN
+                IF OLD.grp IS NOT NULL THEN
+                    PERFORM ephq.release_group(OLD.stream, OLD.grp, OLD.id);
+                END IF;
+                IF jsonb_typeof(v_earlier) = 'object' AND v_earlier->>'stream' <> OLD.stream THEN
+                    NEW.meta := jsonb_set(OLD.meta, '{dead}', v_earlier || jsonb_build_object(
+                        'dlq_error', NEW.meta->'dead'->'error',
+                        'dlq_failed_at', NEW.meta->'dead'->'died_at'));
+                END IF;
+                SELECT s.dead_letter_stream INTO v_target FROM ephq.streams s
+                    WHERE s.name = OLD.stream;
+                IF v_target IS NOT NULL THEN
+                    INSERT INTO ephq.streams (name) VALUES (v_target) ON CONFLICT DO NOTHING;
+                    IF NEW.grp IS NOT NULL THEN
+                        NEW.meta := jsonb_set(NEW.meta, '{dead,group}', to_jsonb(NEW.grp));
+                        NEW.grp := NULL;
+                    END IF;
+                    NEW.stream := v_target;
+                    NEW.dead := false;
+                    NEW.attempts := 0;
+                    NEW.token := NULL;
+                    PERFORM ephq.ring(v_target);
+                END IF;
+                RETURN NEW;
+            END
+            $$""",
+        "DROP TRIGGER IF EXISTS forward_dead_letter ON ephq.messages",
+        """CREATE TRIGGER forward_dead_letter BEFORE UPDATE ON ephq.messages
+            FOR EACH ROW WHEN (NEW.dead AND NOT OLD.dead)
+            EXECUTE FUNCTION ephq.forward_dead_letter()""",
         "ALTER TABLE ephq.messages SET (fillfactor = 50)",
         """CREATE OR REPLACE FUNCTION ephq.claim(p_stream text, p_dead boolean, p_now bigint,
                 p_count integer, p_token text, p_visibility bigint, p_died_at text)

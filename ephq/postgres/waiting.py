@@ -1,7 +1,8 @@
 """Waiting for a stream's messages: LISTEN on a connection of the waiter's own.
 
-Every enqueue notifies channel `ephq` with the stream's name inside its transaction, so a
-notification arrives only once the message is visible. The Queue clears the waiter before it
+Every enqueue notifies the stream's own channel (`ephq.channel(stream)`, schema.py) with the
+stream's name, inside its transaction, so a notification arrives only once the message is
+visible, and only to the consumers of that stream. The Queue clears the waiter before it
 looks and waits after, and the LISTEN is in place before the first look: a notification between
 the look and the wait is queued, not lost. A notification is only a hint; the Queue's wait also
 wakes for the next due message and at least once a second (seconds_until_due), which is the
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import time
 from typing import Any
+
+from psycopg import sql
 
 from ..errors import EphqError
 from .connection import Connections
@@ -28,9 +31,11 @@ class Listener:
     def _listen(self) -> None:
         try:
             self._conn = self._db.connect()
-            self._conn.execute("LISTEN ephq")
+            with self._db.translated(f"wait for stream {self.stream!r}"):
+                row = self._conn.execute("SELECT ephq.channel(%s)", (self.stream,)).fetchone()
+                self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(row[0])))
         except EphqError:
-            self._conn = None  # the server is away: wait() sleeps, and the caller's look fails
+            self.close()  # the server is away: wait() sleeps, and the caller's look fails
 
     def clear(self) -> None:
         self._heard = False
