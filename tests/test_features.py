@@ -657,6 +657,24 @@ def test_dead_lettering_a_groups_head_releases_the_next_and_redrive_rejoins(
 
 
 @pytest.mark.both_backends
+def test_a_batch_of_many_groups_keeps_each_groups_order(q: Queue) -> None:
+    # Keys an array's encoding could mangle, interleaved with messages of no group.
+    keys = ["a,b", 'q"{}', "NULL", None]
+    ids = q.enqueue_many("s", list(range(40)), groups=[keys[i % 4] for i in range(40)])
+    assert q.stats("s").ready == 40
+    seen: dict[str | None, list[str]] = {}
+    while got := q.dequeue_many("s", 7):
+        assert len({m.group for m in got if m.group is not None}) == sum(
+            1 for m in got if m.group is not None
+        )  # at most one message of a group out at once
+        for m in got:
+            seen.setdefault(m.group, []).append(m.id)
+        assert q.ack_many("s", [m.receipt or "" for m in got]) == []
+    for i, key in enumerate(keys):
+        assert seen[key] == ids[i::4]
+
+
+@pytest.mark.both_backends
 def test_a_groups_backlog_purges_exports_and_imports_whole(q: Queue, tmp_path: Path) -> None:
     ids = q.enqueue_many("s", ["x", "y", "z"], groups=["G", "G", None])
     backlog = list(q.export("s"))

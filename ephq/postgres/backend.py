@@ -312,21 +312,13 @@ class PostgresBackend:
         visible: int,
     ) -> None:
         """Insert messages of which some have groups, in id order, in the caller's
-        transaction: each grouped one joins its group (ephq.join_group: its head, or
-        waiting)."""
-        for message_id, data, group in zip(ids, items, groups, strict=True):
-            if group is None:
-                cur.execute(
-                    "INSERT INTO ephq.messages (stream, dead, id, visible_at, data) "
-                    "VALUES (%s, false, %s, %s, %s)",
-                    (stream, message_id, visible, data),
-                )
-            else:
-                cur.execute(
-                    "SELECT ephq.join_group(%s, %s, %s, 0, %s, %s, '{}')",
-                    (stream, group, message_id, visible, data),
-                )
-        cur.execute("SELECT ephq.ring(%s)", (stream,))
+        transaction, with one call of ephq.join_groups: each grouped one joins its group (its
+        head, or waiting). Ids go joined by commas, groups and data as binary arrays (see
+        _enqueue_many_params)."""
+        cur.execute(
+            "SELECT ephq.join_groups(%s, string_to_array(%s, ','), %b::text[], %b::text[], %s)",
+            (stream, ",".join(ids), groups, items, visible),
+        )
 
     def _forget_keys(self, cur: Any, stream: str, now: int) -> None:
         """Delete the stream's keys past its window, at most once a minute per process."""

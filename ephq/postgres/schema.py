@@ -289,6 +289,30 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TRIGGER forward_dead_letter BEFORE UPDATE ON ephq.messages
             FOR EACH ROW WHEN (NEW.dead AND NOT OLD.dead)
             EXECUTE FUNCTION ephq.forward_dead_letter()""",
+        # A batch with groups in one call, in id order (the first of a group becomes its
+        # head): one statement per message had cost a round trip each (89 µs a message for
+        # 1,000).
+        """CREATE FUNCTION ephq.join_groups(p_stream text, p_ids text[], p_groups text[],
+                p_datas text[], p_visible bigint) RETURNS void LANGUAGE plpgsql AS $$
+            DECLARE
+                m record;
+            BEGIN
+                FOR m IN SELECT t.id, t.grp, t.data
+                         FROM unnest(p_ids, p_groups, p_datas) WITH ORDINALITY
+                              AS t(id, grp, data, n)
+                         ORDER BY t.n
+                LOOP
+                    IF m.grp IS NULL THEN
+                        INSERT INTO ephq.messages (stream, dead, id, visible_at, data)
+                            VALUES (p_stream, false, m.id, p_visible, m.data);
+                    ELSE
+                        PERFORM ephq.join_group(p_stream, m.grp, m.id, 0, p_visible, m.data,
+                                                '{}');
+                    END IF;
+                END LOOP;
+                PERFORM ephq.ring(p_stream);
+            END
+            $$""",
         "ALTER TABLE ephq.messages SET (fillfactor = 50)",
         """CREATE OR REPLACE FUNCTION ephq.claim(p_stream text, p_dead boolean, p_now bigint,
                 p_count integer, p_token text, p_visibility bigint, p_died_at text)
