@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import threading
 
 MARK = "ephq-handler-guard"
@@ -133,4 +132,6 @@ def _memory_file() -> int:
     try:
         return os.memfd_create("ephq-handler-guard", os.MFD_CLOEXEC)
     except (AttributeError, OSError):
+        import tempfile  # here: only where memfd_create is missing
+
         return os.open(tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
