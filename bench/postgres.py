@@ -10,7 +10,7 @@ The floor: a table (id bigserial, visible_at, token, data); enqueue is one INSER
 a DELETE by id and token (a batch's ids and tokens passed as text joined by commas, as ephq
 passes them); all with autocommit, one statement per call, as ephq. Phases, each
 repeated --reps times with the two systems taking turns: enqueue N one at a time; dequeue+ack
-N one at a time; dequeue 100 and ack them (ephq: one dequeue_many and one ack_many of the
+N one at a time; dequeue 100 and ack them, 5N in all (ephq: one dequeue_many and one ack_many of the
 receipts, as `ephq dequeue --max 100 | ephq ack s -`; the floor: one UPDATE and one DELETE);
 four consumer processes draining N; and dequeue+ack at 1,000 and at --deep queued messages
 (ephq only: depth independence). Reported: the median time per message, and ephq's time as a
@@ -159,9 +159,16 @@ def run(url: str, n: int, reps: int, deep: int) -> None:
             system: Any = Floor(url) if kind == "floor" else Ephq(url)
             note("enqueue", kind, _timed(functools.partial(_fill, system, payload, n), n))
             note("dequeue+ack", kind, _timed(functools.partial(_drain, system, n, 1), n))
-            for _ in range(n):
+            # Five times the messages: a batch's time is mostly its two commits' flushes, whose
+            # cost swings from run to run, and N / 100 batches are too few to even it out.
+            in_batches = 5 * n
+            for _ in range(in_batches):
                 system.enqueue(payload)
-            note("dequeue 100 + ack", kind, _timed(functools.partial(_drain, system, n, 100), n))
+            note(
+                "dequeue 100 + ack",
+                kind,
+                _timed(functools.partial(_drain, system, in_batches, 100), in_batches),
+            )
             for _ in range(n):
                 system.enqueue(payload)
             note("4 consumer processes", kind, _four(kind, url, n))
