@@ -378,8 +378,8 @@ class PostgresBackend:
 
     @staticmethod
     def _delivery(stream: str, row: Any, dead: bool) -> Message:
-        """A message just leased, from its claim row: _message without the listings' cases,
-        its fields given in order (this runs for every message dequeued)."""
+        """A message just leased, from its claim row, its fields given in order (this runs for
+        every message dequeued)."""
         message_id, attempts, visible_at, token, data, meta, group = row
         if meta is None:  # the claim's NULL for the usual empty metadata
             meta = {}
@@ -400,28 +400,21 @@ class PostgresBackend:
             group,
         )
 
-    def _message(
-        self, stream: str, row: Any, dead: bool, *, receipt: bool, state: str | None = None
-    ) -> Message:
-        message_id, attempts, visible_at, token, data, meta, group = row
+    def _message(self, stream: str, row: Any, dead: bool, state: str | None = None) -> Message:
+        """A message looked at, not leased (peek, dead letters): no receipt; when it is due
+        only when it is not ready."""
+        message_id, attempts, visible_at, _token, data, meta, group = row
         if not dead:
             meta = live_metadata(meta, stream)
-        leased = receipt and token is not None
         return Message(
             id=message_id,
-            receipt=(
-                format_receipt(f"{visible_at:016x}.{message_id}.{attempts}.{token}", dead)
-                if leased
-                else None
-            ),
+            receipt=None,
             stream=stream,
             data=json.loads(data),
             data_json=data,
             attempts=attempts,
             enqueued_at=utc_from_ns(id_time_ns(message_id)),
-            visible_until=utc_from_ns(visible_at)
-            if leased or state not in (None, "ready")
-            else None,
+            visible_until=None if state in (None, "ready") else utc_from_ns(visible_at),
             metadata=meta,
             state=state,
             group=group,
@@ -612,7 +605,7 @@ class PostgresBackend:
                 {"stream": stream, "dead": dead, "now": now, "count": count},
             )
             rows = cur.fetchall()
-        return [self._message(stream, row, dead, receipt=False) for row in rows]
+        return [self._message(stream, row, dead) for row in rows]
 
     def _exists(self, cur: Any, stream: str) -> None:
         cur.execute("SELECT 1 FROM ephq.streams WHERE name = %s", (stream,))
@@ -727,7 +720,7 @@ class PostgresBackend:
     def _dead_message(self, stream: str, row: Any, now: int) -> Message:
         visible_at, token = row[2], row[3]
         state = "ready" if visible_at <= now else "delayed" if token is None else "inflight"
-        return self._message(stream, row, True, receipt=False, state=state)
+        return self._message(stream, row, True, state=state)
 
     def dead_letter(self, stream: str, message_id: str) -> Message:
         _require_id(message_id)
