@@ -2,12 +2,12 @@
 
 The command runs through /bin/sh -c in a session of its own, so a timeout or a shutdown can stop
 it and everything it started by signalling the process group; a guard (guard.py) kills the
-groups still running if the worker dies. The message's data arrives on its
-stdin, exactly as enqueued; facts about the delivery arrive in EPHQ_* variables, never on the
-command line. Its stderr passes through to ours, and the tail is kept for the dead letter.
-Exit 0 is success, exit 100 a permanent failure (the qmail convention), 126 and 127 (the shell
-could not run the command: not executable, not found) a broken handler that stops the worker,
-anything else a temporary failure.
+groups still running if the worker dies. The message's data arrives on its stdin, exactly as
+enqueued; facts about the delivery arrive in EPHQ_* variables, never on the command line. Its
+stderr passes through to ours, and the tail is kept for the dead letter. Exit 0 is success,
+exit 100 a permanent failure (the qmail convention), 126 and 127 (the shell could not run the
+command: not executable, not found) a broken handler that stops the worker, anything else a
+temporary failure.
 """
 
 from __future__ import annotations
