@@ -72,7 +72,7 @@ WITH added AS (
     INSERT INTO ephq.messages (stream, dead, id, visible_at, data)
     VALUES (%s, false, %s, %s, %s) RETURNING stream
 )
-SELECT ephq.ring(stream) FROM added
+SELECT pg_notify(ephq.channel(stream), stream) FROM added  -- ephq.ring, inlined
 """
 _ENQUEUE_ONE_QUIET = """
 INSERT INTO ephq.messages (stream, dead, id, visible_at, data) VALUES (%s, false, %s, %s, %s)

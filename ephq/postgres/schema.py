@@ -216,12 +216,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # (checked with auto_explain on 200,000 rows never analyzed): the key's index in id order,
     # filtered on visible_at, under LIMIT; and a TID scan. ANALYZE still replans them.
     (
-        # Each stream rings a channel of its own (ephq_ and 16 hex digits of the md5 of its
-        # name: a channel name is an identifier of at most 63 bytes, a stream name may be
-        # 128), so an enqueue wakes only the consumers waiting on its stream. With one channel
-        # for all (versions 1 and 2) it woke every waiting consumer of every stream.
+        # Each stream rings a channel of its own, so an enqueue wakes only the consumers
+        # waiting on its stream; with one channel for all (versions 1 and 2) it woke every
+        # waiting consumer of every stream. The channel is ephq_ and the server's own hash of
+        # the name in hex (a channel name is an identifier of at most 63 bytes, a stream name
+        # may be 128): listeners and notifiers compute it on the same server, and two streams
+        # that share one only wake each other's consumers for nothing (the payload is the
+        # stream). md5 cost a single enqueue 3 µs of server time more (OpenSSL's set-up).
         """CREATE FUNCTION ephq.channel(p_stream text) RETURNS text
-            LANGUAGE sql IMMUTABLE AS $$ SELECT 'ephq_' || left(md5(p_stream), 16) $$""",
+            LANGUAGE sql IMMUTABLE AS $$ SELECT 'ephq_' || to_hex(hashtext(p_stream)) $$""",
         """CREATE FUNCTION ephq.ring(p_stream text) RETURNS void
             LANGUAGE sql AS $$ SELECT pg_notify(ephq.channel(p_stream), p_stream) $$""",
         """CREATE OR REPLACE FUNCTION ephq.release_group(p_stream text, p_grp text, p_id text)
