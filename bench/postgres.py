@@ -8,13 +8,14 @@ through the same driver, side by side in one run.
 The floor: a table (id bigserial, visible_at, token, data); enqueue is one INSERT; a claim is
 `UPDATE … WHERE id IN (SELECT … ORDER BY id FOR UPDATE SKIP LOCKED LIMIT n) RETURNING`; ack is
 a DELETE by id and token (a batch's ids and tokens passed as text joined by commas, as ephq
-passes them); all with autocommit, one statement per call, as ephq. Phases, each
-repeated --reps times with the two systems taking turns: enqueue N one at a time; dequeue+ack
-N one at a time; dequeue 100 and ack them, 5N in all (ephq: one dequeue_many and one ack_many of the
+passes them); all with autocommit, one statement per call, as ephq. Phases, each repeated
+--reps times, the two systems taking turns every 50 messages within a phase (what a flush
+costs drifts within seconds): enqueue N one at a time; dequeue+ack N one at a time; dequeue
+100 and ack them, 5N in all, a turn a batch (ephq: one dequeue_many and one ack_many of the
 receipts, as `ephq dequeue --max 100 | ephq ack s -`; the floor: one UPDATE and one DELETE);
-four consumer processes draining N; and dequeue+ack at 1,000 and at --deep queued messages
-(ephq only: depth independence). Reported: the median time per message, and ephq's time as a
-multiple of the floor's.
+four consumer processes draining N (one system, then the other); and dequeue+ack at 1,000
+and at --deep queued messages (ephq only: depth independence). Reported: the median time per
+message, and ephq's time as a multiple of the floor's.
 """
 
 from __future__ import annotations
@@ -146,32 +147,45 @@ def _four(kind: str, url: str, n: int) -> float:
     return elapsed / n * 1e6
 
 
+def _in_turns(
+    systems: dict[str, Any], step: Callable[[Any, int], None], total: int, turn: int = 50
+) -> dict[str, float]:
+    """µs per message of each system doing step(system, k) for total messages, the systems
+    taking turns every `turn` messages (who goes first alternating): what a flush costs this
+    disk drifts within seconds, and turns this short put both under the same drift."""
+    spent = dict.fromkeys(systems, 0.0)
+    for number, done in enumerate(range(0, total, turn)):
+        names = list(systems) if number % 2 == 0 else list(reversed(systems))
+        for name in names:
+            start = time.perf_counter()
+            step(systems[name], min(turn, total - done))
+            spent[name] += time.perf_counter() - start
+    return {name: seconds / total * 1e6 for name, seconds in spent.items()}
+
+
 def run(url: str, n: int, reps: int, deep: int) -> None:
     phases: dict[str, dict[str, list[float]]] = {}
 
-    def note(phase: str, kind: str, us: float) -> None:
-        phases.setdefault(phase, {}).setdefault(kind, []).append(us)
+    def note(phase: str, per_message: dict[str, float]) -> None:
+        for kind, us in per_message.items():
+            phases.setdefault(phase, {}).setdefault(kind, []).append(us)
 
     payload = '{"to": "ann@example.com", "template": "welcome"}'
     for rep in range(reps):
+        _reset(url)
+        systems: dict[str, Any] = {"floor": Floor(url), "ephq": Ephq(url)}
+        note("enqueue", _in_turns(systems, lambda s, k: _fill(s, payload, k), n))
+        note("dequeue+ack", _in_turns(systems, lambda s, k: _drain(s, k, 1), n))
+        # Five times the messages: a batch's time is mostly its two commits' flushes.
+        in_batches = 5 * n
+        for system in systems.values():
+            _fill(system, payload, in_batches)
+        batches = _in_turns(systems, lambda s, k: _drain(s, k, 100), in_batches, turn=100)
+        note("dequeue 100 + ack", batches)
+        for system in systems.values():
+            _fill(system, payload, n)
         for kind in ("floor", "ephq") if rep % 2 == 0 else ("ephq", "floor"):
-            _reset(url)
-            system: Any = Floor(url) if kind == "floor" else Ephq(url)
-            note("enqueue", kind, _timed(functools.partial(_fill, system, payload, n), n))
-            note("dequeue+ack", kind, _timed(functools.partial(_drain, system, n, 1), n))
-            # Five times the messages: a batch's time is mostly its two commits' flushes, whose
-            # cost swings from run to run, and N / 100 batches are too few to even it out.
-            in_batches = 5 * n
-            for _ in range(in_batches):
-                system.enqueue(payload)
-            note(
-                "dequeue 100 + ack",
-                kind,
-                _timed(functools.partial(_drain, system, in_batches, 100), in_batches),
-            )
-            for _ in range(n):
-                system.enqueue(payload)
-            note("4 consumer processes", kind, _four(kind, url, n))
+            note("4 consumer processes", {kind: _four(kind, url, n)})
     with psycopg.connect(url, autocommit=True) as conn:
         settings = {
             name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
