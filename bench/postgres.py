@@ -13,9 +13,9 @@ passes them); all with autocommit, one statement per call, as ephq. Phases, each
 costs drifts within seconds): enqueue N one at a time; dequeue+ack N one at a time; dequeue
 100 and ack them, 5N in all, a turn a batch (ephq: one dequeue_many and one ack_many of the
 receipts, as `ephq dequeue --max 100 | ephq ack s -`; the floor: one UPDATE and one DELETE);
-four consumer processes draining N (one system, then the other); and dequeue+ack at 1,000
-and at --deep queued messages (ephq only: depth independence). Reported: the median time per
-message, and ephq's time as a multiple of the floor's.
+four consumer processes draining N (timed from when all four are connected; one system, then
+the other); and dequeue+ack at 1,000 and at --deep queued messages (ephq only: depth independence).
+Reported: the median time per message, and ephq's time as a multiple of the floor's.
 """
 
 from __future__ import annotations
@@ -124,8 +124,9 @@ def _drain(system: Any, n: int, batch: int) -> None:
         done += len(got)
 
 
-def _consumer(kind: str, url: str, results: Any) -> None:
+def _consumer(kind: str, url: str, results: Any, start: Any) -> None:
     system: Any = Floor(url) if kind == "floor" else Ephq(url)
+    start.wait()  # connected and ready: the clock starts when all four are
     count = 0
     while got := system.take(1):
         system.ack(got[0])
@@ -134,15 +135,22 @@ def _consumer(kind: str, url: str, results: Any) -> None:
 
 
 def _four(kind: str, url: str, n: int) -> float:
+    """µs per message for four consumer processes draining n, from the moment all four are
+    connected (a process's start-up, ephq's heavier than the floor's, is not the drain)."""
     results: Any = multiprocessing.Queue()
-    procs = [multiprocessing.Process(target=_consumer, args=(kind, url, results)) for _ in range(4)]
-    start = time.perf_counter()
+    start: Any = multiprocessing.Barrier(5)
+    procs = [
+        multiprocessing.Process(target=_consumer, args=(kind, url, results, start))
+        for _ in range(4)
+    ]
     for p in procs:
         p.start()
+    start.wait()
+    began = time.perf_counter()
+    total = sum(results.get() for _ in procs)
+    elapsed = time.perf_counter() - began
     for p in procs:
         p.join()
-    elapsed = time.perf_counter() - start
-    total = sum(results.get() for _ in procs)
     assert total == n, f"{kind}: drained {total} of {n}"
     return elapsed / n * 1e6
 
@@ -182,10 +190,11 @@ def run(url: str, n: int, reps: int, deep: int) -> None:
             _fill(system, payload, in_batches)
         batches = _in_turns(systems, lambda s, k: _drain(s, k, 100), in_batches, turn=100)
         note("dequeue 100 + ack", batches)
+        # Processes cannot take turns every 50 messages: one system's four, then the other's.
         for system in systems.values():
             _fill(system, payload, n)
-        for kind in ("floor", "ephq") if rep % 2 == 0 else ("ephq", "floor"):
-            note("4 consumer processes", {kind: _four(kind, url, n)})
+        order = list(systems) if rep % 2 == 0 else list(reversed(systems))
+        note("4 consumer processes", {kind: _four(kind, url, n) for kind in order})
     with psycopg.connect(url, autocommit=True) as conn:
         settings = {
             name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
