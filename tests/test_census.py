@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ephq import Queue
+from ephq.files.groups import group_of
 
 
 def settle(home: Path) -> None:
@@ -71,3 +72,41 @@ def test_a_damaged_or_linked_census_is_ignored(realq: Queue, home: Path, tmp_pat
         assert fresh.stats("s").ready == 30
     assert victim.read_text() == "outside"
     assert not census(home).is_symlink()
+
+
+def test_a_groups_waiting_messages_are_counted_by_the_group(realq: Queue, home: Path) -> None:
+    """A group's waiting messages are kept as one count per group, by the group directory's
+    mtime: every join, leave and set-aside moves it, so the count is never stale, and an
+    unchanged group is not listed again."""
+    groups = [f"g{i % 5}" for i in range(40)]
+    ids = realq.enqueue_many("s", list(range(40)), groups=groups)
+    settle(home)
+    s = realq.stats("s")
+    assert s.ready == 40  # 5 heads out, 35 waiting
+    doc = json.loads(census(home).read_text())
+    kept = sorted(k for k in doc["leaves"] if k.startswith("groups/"))
+    assert len(kept) == 5 and all(doc["leaves"][k][1] == 7 for k in kept)
+    # A kept count is believed while its group's directory holds still.
+    doc["leaves"][f"groups/{group_of('g0')}"][1] += 100
+    doc["leaves"][f"groups/{group_of('g3')}"][1] += 1000
+    census(home).write_text(json.dumps(doc))
+    with Queue(home) as other:
+        assert other.stats("s").ready == 1140
+        head = other.dequeue("s")  # the oldest head: group g0's
+        assert head is not None and head.id == ids[0]
+        other.ack("s", head.receipt or "")  # g0's next comes out: its directory moves
+        assert other.stats("s").ready == 1039  # g0 counted again; g3 still believed
+        other.enqueue("s", "late", group="g3")  # joins g3, waiting: its directory moves
+        assert other.stats("s").ready == 40
+        settle(home)
+        assert other.stats("s").ready == 40
+        # A file set aside from a group's tree (here: a waiting name made a link) is a message
+        # fewer, and its group counted again.
+        g = next((home / "s" / "groups").iterdir())
+        victim = next(p for p in (g / "w").rglob("*") if p.is_file())
+        target = home.parent / "elsewhere"
+        target.write_text("not ours")
+        victim.unlink()
+        victim.symlink_to(target)
+        other.check(repair=True)
+        assert other.stats("s").ready == 39

@@ -43,13 +43,35 @@ class Census:
         self._tmp_dir = os.path.join(store_dir, "tmp")
 
     def count(
-        self, trees: dict[str, tuple[Tree, re.Pattern[str]]], now_ns: int
+        self,
+        trees: dict[str, tuple[Tree, re.Pattern[str]]],
+        now_ns: int,
+        whole: dict[str, tuple[str, Tree, re.Pattern[str]]] | None = None,
     ) -> dict[str, Counted]:
-        """For each named tree: its messages (names the pattern matches), and the first."""
+        """For each named tree: its messages (names the pattern matches), and the first.
+
+        A tree in `whole` is counted as one, kept by the mtime of the directory named with it,
+        which its owner touches whenever it adds or takes a name (groups.py): many small trees
+        with about one name a leaf (a stream's groups) cost a name a leaf otherwise.
+        """
         kept = self._load()
         keep: dict[str, list[Any]] = {}
         settled = time.time_ns() - SETTLE_NS  # mtimes are the real clock's, whatever the store's
         result: dict[str, Counted] = {}
+        for key, (marker, tree, pattern) in (whole or {}).items():
+            try:
+                mtime = os.lstat(marker).st_mtime_ns
+            except FileNotFoundError:
+                continue  # gone as we looked
+            entry = kept.get(key)
+            if entry is not None and entry[0] == mtime:
+                count, first = entry[1], entry[2]
+            else:
+                names = [n for _, n in tree.all_names(now_ns) if pattern.fullmatch(n)]
+                count, first = len(names), min(names, default=None)
+            if mtime < settled:
+                keep[key] = [mtime, count, first]
+            result[key] = (count, first)
         for state, (tree, pattern) in trees.items():
             total, first = 0, None
             for leaf in tree.leaves(now_ns):

@@ -188,6 +188,7 @@ class Groups:
                 return  # placed already (a recovery re-running a batch)
             if self.durable:
                 fsync_dir(dest)
+            touch(group.path)
 
     def release(self, g: str, message_id: str) -> None:
         """The head message_id left the stream (acked or dead-lettered): the next one, if any,
@@ -241,21 +242,43 @@ class Groups:
             except OSError:
                 return
 
-    def all_waiting(self) -> Iterator[Waiting]:
-        """Every waiting message of every group (export, counting, check)."""
-        now = self.clock()
+    def waiting_trees(self) -> Iterator[tuple[str, str, Tree]]:
+        """Each group's name, directory and tree of waiting messages, in name order. The
+        directory's mtime moves whenever a message joins the tree or leaves it (see touch)."""
         for g in sorted(listdir(self.dir)):
             path = os.path.join(self.dir, g)
             if GROUP_NAME.fullmatch(g) is None or not _is_dir(path):
                 continue
-            tree = Tree(os.path.join(path, WAITING), READY_CUTS, self._set_aside)
+            yield g, path, Tree(os.path.join(path, WAITING), READY_CUTS, self._set_aside)
+
+    def all_waiting(self) -> Iterator[Waiting]:
+        """Every waiting message of every group (export, counting, check)."""
+        now = self.clock()
+        for _, _, tree in self.waiting_trees():
             for leaf, name in tree.all_names(now):
                 fields = parse_waiting(name)
                 if fields is not None:
                     yield Waiting(f"{leaf.path}/{name}", *fields)
 
-    def count_waiting(self) -> int:
-        return sum(1 for _ in self.all_waiting())
+
+def touch(group_path: str) -> None:
+    """Move a group directory's mtime: what counts a group's waiting messages keeps its count
+    while the mtime stays (census.py). Leaving happens with a new head, which moves it anyway
+    (head is renamed or unlinked in the directory); joining as a waiting message, and anything
+    taken out of its tree by the quarantine (touch_group_of), touch it. A crash just before a
+    touch leaves the count one behind until the group's next change."""
+    try:
+        os.utime(group_path)
+    except OSError:
+        pass  # gone (purged, idle) or not ours to touch: nothing to count there
+
+
+def touch_group_of(stream_path: str, path: str) -> None:
+    """Touch the group of the stream whose directory holds path, if one does."""
+    relative = os.path.relpath(path, os.path.join(stream_path, GROUPS))
+    g = relative.split(os.sep, 1)[0]
+    if not relative.startswith("..") and GROUP_NAME.fullmatch(g) is not None:
+        touch(os.path.join(stream_path, GROUPS, g))
 
 
 def _is_dir(path: str) -> bool:

@@ -20,6 +20,7 @@ import time
 
 from ..errors import StorageError
 from .fsio import NotOurs, is_real_dir, place, unlink_quietly
+from .groups import touch_group_of
 from .names import new_token
 
 QUARANTINE = "quarantine"
@@ -47,14 +48,17 @@ class Quarantine:
         if is_real_dir(self.dir) is False:
             return False
         try:
-            return place(path, self.dir, self.entry_name(path), durable_dirs=False, flush=False)
+            taken = place(path, self.dir, self.entry_name(path), durable_dirs=False, flush=False)
         except (OSError, StorageError):
             return False
+        touch_group_of(self.base, path)  # a name gone from a group's tree: counted again
+        return taken
 
     def set_aside(self, path: str, problem: NotOurs) -> bool:
         """Take a foreign thing out of the store's way: drop a second name, quarantine the rest."""
         if problem.shared:
             unlink_quietly(path)
+            touch_group_of(self.base, path)
             return True
         return self.take(path)
 

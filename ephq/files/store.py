@@ -66,9 +66,18 @@ from .fsio import (
     unlink_quietly,
     write_all,
 )
-from .groups import GROUP_NAME, Groups, group_of, parse_waiting, waiting_name
+from .groups import (
+    GROUP_NAME,
+    GROUPS,
+    WAITING_NAME,
+    Groups,
+    group_of,
+    parse_waiting,
+    waiting_name,
+)
 from .holders import orphaned_leases
 from .names import (
+    ID_LENGTH,
     READY_NAME,
     TIMED_NAME,
     IdSource,
@@ -1304,6 +1313,10 @@ class Store:
         Counted by names, listing only the leaves that changed since the last count
         (census.py).
         """
+        groups = {  # a group's waiting messages count as ready
+            f"{GROUPS}/{g}": (path, tree, WAITING_NAME)
+            for g, path, tree in (self.groups.waiting_trees() if self.groups else ())
+        }
         found = self.census.count(
             {
                 "ready": (self.ready, READY_NAME),
@@ -1311,14 +1324,15 @@ class Store:
                 "inflight": (self.inflight, TIMED_NAME),
             },
             now,
+            whole=groups,
         )
-        ready, first = found["ready"]
-        oldest = None if first is None else id_time_ns(first)
-        if self.groups is not None:  # a group's waiting messages count as ready
-            for waiting in self.groups.all_waiting():
-                ready += 1
-                if oldest is None or id_time_ns(waiting.id) < oldest:
-                    oldest = id_time_ns(waiting.id)
+        ready, oldest = 0, None
+        for key in ("ready", *groups):
+            count, first = found.get(key, (0, None))
+            ready += count
+            if first is not None:  # a ready name and a waiting one both begin with the id
+                enqueued = id_time_ns(first[:ID_LENGTH])
+                oldest = enqueued if oldest is None else min(oldest, enqueued)
         return ready, found["delayed"][0], found["inflight"][0], oldest
 
     def purge(self) -> int:
