@@ -7,6 +7,8 @@ counted in `census` beside its state directories:
 
     {"v": 1, "leaves": {"ready/<prefix>": [mtime_ns, count, first name or null], ...}}
 
+(and "groups/<g>" for a group's waiting messages, counted whole by its directory's mtime)
+
 and `stats` lists only the leaves whose mtime moved (in a deep backlog: the head, where
 consumers take, and the tail, where producers add). Directory mtimes come from a coarse clock,
 so two changes within one tick can leave the same mtime: a leaf changed in the last
@@ -19,10 +21,12 @@ same distrust as everything else (not a regular file, too big, or not of this sh
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
 import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .fsio import FILE_MODE, NotOurs, listdir, read_regular, write_all
@@ -57,40 +61,42 @@ class Census:
         kept = self._load()
         keep: dict[str, list[Any]] = {}
         settled = time.time_ns() - SETTLE_NS  # mtimes are the real clock's, whatever the store's
-        result: dict[str, Counted] = {}
-        for key, (marker, tree, pattern) in (whole or {}).items():
+
+        def recall(key: str, marker: str, names: Callable[[], Iterable[str]]) -> Counted | None:
+            """What names() holds, from the census while marker's mtime is the one kept with
+            it; None if marker is gone."""
             try:
                 mtime = os.lstat(marker).st_mtime_ns
             except FileNotFoundError:
-                continue  # gone as we looked
+                return None  # gone as we looked
             entry = kept.get(key)
             if entry is not None and entry[0] == mtime:
-                count, first = entry[1], entry[2]
+                counted: Counted = (entry[1], entry[2])
             else:
-                names = [n for _, n in tree.all_names(now_ns) if pattern.fullmatch(n)]
-                count, first = len(names), min(names, default=None)
+                listed = list(names())
+                counted = (len(listed), min(listed, default=None))
             if mtime < settled:
-                keep[key] = [mtime, count, first]
-            result[key] = (count, first)
+                keep[key] = [mtime, *counted]
+            return counted
+
+        result: dict[str, Counted] = {}
+        for key, (marker, tree, pattern) in (whole or {}).items():
+            found = recall(key, marker, functools.partial(_in_tree, tree, pattern, now_ns))
+            if found is not None:
+                result[key] = found
         for state, (tree, pattern) in trees.items():
             total, first = 0, None
             for leaf in tree.leaves(now_ns):
-                key = f"{state}/{leaf.prefix}"
-                try:
-                    mtime = os.lstat(leaf.path).st_mtime_ns
-                except FileNotFoundError:
+                found = recall(
+                    f"{state}/{leaf.prefix}",
+                    leaf.path,
+                    functools.partial(_in_leaf, leaf.path, pattern),
+                )
+                if found is None:
                     continue  # pruned as we looked
-                entry = kept.get(key)
-                if entry is not None and entry[0] == mtime:
-                    count, leaf_first = entry[1], entry[2]
-                else:
-                    names = [n for n in listdir(leaf.path) if pattern.fullmatch(n)]
-                    count, leaf_first = len(names), min(names, default=None)
-                if mtime < settled:
-                    keep[key] = [mtime, count, leaf_first]
-                total += count
+                total += found[0]
                 if first is None:
-                    first = leaf_first
+                    first = found[1]
             result[state] = (total, first)
         if keep != kept:
             self._save(keep)
@@ -119,6 +125,14 @@ class Census:
         except OSError:  # a cache: a full disk or a read-only one only means counting again
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _in_tree(tree: Tree, pattern: re.Pattern[str], now_ns: int) -> Iterator[str]:
+    return (name for _, name in tree.all_names(now_ns) if pattern.fullmatch(name))
+
+
+def _in_leaf(path: str, pattern: re.Pattern[str]) -> Iterator[str]:
+    return (name for name in listdir(path) if pattern.fullmatch(name))
 
 
 def _entry_ok(entry: Any) -> bool:
