@@ -669,3 +669,23 @@ def test_quick_python_handlers_run_in_order_and_a_stop_still_reaches_one(
     back = q.dequeue_many("s", 20)
     assert [m.id for m in back] == ids[20:]
     assert back[0].attempts == 1  # the cancelled attempt did not count
+
+
+def test_a_guard_that_cannot_start_says_why_and_the_handler_still_runs(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ephq.worker.command import CommandHandler
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here"))
+    notices: list[str] = []
+    handler = CommandHandler(f"cat > {tmp_path / 'got'}", store={"EPHQ_HOME": str(home)})
+    handler.on_notice = notices.append
+    q = open_store(home)
+    q.enqueue("s", {"n": 1})
+    m = q.dequeue("s")
+    assert m is not None
+    handler(m, threading.Event())  # runs, unguarded
+    handler.close()
+    assert (tmp_path / "got").read_text() == '{"n":1}'
+    (notice,) = notices
+    assert "cannot start the handler guard" in notice and "no-python-here" in notice

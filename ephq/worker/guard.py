@@ -80,8 +80,10 @@ class HandlerGuard:
                 ],
                 setsid=True,  # a signal to the worker's process group is not for it
             )
-        except OSError as exc:
-            self.problem = f"cannot start the handler guard ({sys.executable}): {exc.strerror}"
+        except (OSError, AttributeError, NotImplementedError) as exc:
+            # (AttributeError, NotImplementedError: a platform without posix_spawn's setsid)
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            self.problem = f"cannot start the handler guard ({sys.executable}): {why}"
             self._close_own()
         finally:
             for fd in fds:
@@ -128,10 +130,13 @@ class HandlerGuard:
 
 
 def _memory_file() -> int:
-    """A file in memory, not linked anywhere: the table."""
+    """A file in memory (or, without memfd_create, a temporary file already unlinked): the
+    table."""
     try:
         return os.memfd_create("ephq-handler-guard", os.MFD_CLOEXEC)
     except (AttributeError, OSError):
         import tempfile  # here: only where memfd_create is missing
 
-        return os.open(tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        fd, path = tempfile.mkstemp(prefix="ephq-handler-guard-")
+        os.unlink(path)
+        return fd
