@@ -989,17 +989,21 @@ class PostgresBackend:
 
     def import_messages(self, stream: str, records: list[Exported]) -> int:
         now = self.clock()
-        ids = [r.id for r in records]
+        # (Ids are checked: hex. They go joined by commas, the other arrays in binary: see
+        # _enqueue_many_params.)
+        ids = ",".join([r.id for r in records])
         self._create_stream(stream)
         with self.db.transaction(f"import into stream {stream!r}") as cur:
             cur.execute(
-                "SELECT id FROM ephq.messages WHERE stream = %s AND id = ANY(%s) LIMIT 1",
+                "SELECT id FROM ephq.messages WHERE stream = %s "
+                "AND id = ANY(string_to_array(%s, ',')) LIMIT 1",
                 (stream, ids),
             )
             clash = cur.fetchone()
             if clash is None:
                 cur.execute(
-                    "SELECT id FROM ephq.waiting WHERE stream = %s AND id = ANY(%s) LIMIT 1",
+                    "SELECT id FROM ephq.waiting WHERE stream = %s "
+                    "AND id = ANY(string_to_array(%s, ',')) LIMIT 1",
                     (stream, ids),
                 )
                 clash = cur.fetchone()
@@ -1025,17 +1029,16 @@ class PostgresBackend:
                         json.dumps(meta),
                     ),
                 )
-            ids = [r.id for r in records]
             cur.execute(
                 """INSERT INTO ephq.messages
                        (stream, dead, id, attempts, visible_at, data, meta, grp)
                    SELECT %s, d, i, a, v, t, m::jsonb - 'group', m::jsonb->>'group'
-                   FROM unnest(%s::boolean[], %s::text[], %s::integer[], %s::bigint[],
-                               %s::text[], %s::text[]) AS x(d, i, a, v, t, m)""",
+                   FROM unnest(%b::boolean[], string_to_array(%s, ','), %b::integer[],
+                               %b::bigint[], %b::text[], %b::text[]) AS x(d, i, a, v, t, m)""",
                 (
                     stream,
                     [r.state == "dead" for r in records],
-                    ids,
+                    ",".join([r.id for r in records]),
                     [r.attempts for r in records],
                     [
                         r.visible_at_ns
