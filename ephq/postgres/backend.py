@@ -109,7 +109,7 @@ def _enqueue_many_params(
 _TAKE_KEYS = """
 INSERT INTO ephq.dedup_keys AS k (stream, key, id, at)
 SELECT %(stream)s, key, id, %(now)s
-FROM unnest(%(keys)s::text[], %(ids)s::text[]) AS t(key, id) ORDER BY key
+FROM unnest(%(keys)b::text[], string_to_array(%(ids)s, ',')) AS t(key, id) ORDER BY key
 ON CONFLICT (stream, key) DO UPDATE SET id = EXCLUDED.id, at = EXCLUDED.at
 WHERE k.at <= %(now)s - 1000000 * (SELECT dedup_window_ms FROM ephq.streams
                                    WHERE name = %(stream)s)
@@ -262,15 +262,16 @@ class PostgresBackend:
                 _TAKE_KEYS,
                 {
                     "stream": stream,
-                    "keys": by_key,
-                    "ids": [ids[owner[k]] for k in by_key],
+                    "keys": by_key,  # in binary, the ids joined: see _enqueue_many_params
+                    "ids": ",".join([ids[owner[k]] for k in by_key]),
                     "now": now,
                 },
             )
             taken = {row[0] for row in cur.fetchall()}
             if len(taken) < len(by_key):
                 cur.execute(
-                    "SELECT key, id FROM ephq.dedup_keys WHERE stream = %s AND key = ANY(%s)",
+                    "SELECT key, id FROM ephq.dedup_keys "
+                    "WHERE stream = %s AND key = ANY(%b::text[])",
                     (stream, [k for k in by_key if k not in taken]),
                 )
                 for key, message_id in cur.fetchall():
