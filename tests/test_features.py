@@ -160,6 +160,10 @@ def test_a_batch_takes_a_key_per_item(q: Queue) -> None:
     assert [m.data for m in q.dequeue_many("s", 10)] == ["before", "a1", "n1", "n2", "c1"]
     with pytest.raises(BadInput, match="2 keys for 3 messages"):
         q.enqueue_many("s", [1, 2, 3], dedup_keys=["x", "y"])
+    # Keys an array's encoding could mangle are keys like any other.
+    odd = q.enqueue_many("s", [1, 2, 3, 4], dedup_keys=["x,y", 'q"{}', "NULL", "x,y"])
+    assert odd[0] == odd[3] and len(set(odd)) == 3
+    assert q.enqueue_many("s", [5, 6], dedup_keys=['q"{}', "NULL"]) == odd[1:3]
 
 
 @pytest.mark.both_backends
