@@ -14,7 +14,6 @@ Semantics (the same for every backend):
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -24,10 +23,11 @@ from typing import Any, overload
 
 from .backend import Backend, Holder, Progress
 from .durations import NS_PER_SECOND, Duration, to_ns
-from .errors import BadInput, InvalidJSON
+from .errors import BadInput
 from .files.backend import FileBackend
 from .files.fsio import translated
 from .ids import DLQ_RECEIPT_PREFIX, check_stream_name, is_id
+from .jsontext import checked_json, json_of
 from .keeping import LeaseKeeper
 from .message import (
     EXPORT_STATES,
@@ -41,8 +41,6 @@ from .message import (
     StreamStats,
     utc_from_ns,
 )
-
-_COMPACT = (",", ":")
 
 
 def default_home() -> str:
@@ -129,7 +127,7 @@ class Queue:
         ``group``: messages of one group are delivered one at a time, in enqueue order: while
         one is leased or waiting for its retry, the next is not delivered.
         """
-        return self._enqueue_one(check_stream_name(stream), _json_of(data), delay, dedup_key, group)
+        return self._enqueue_one(check_stream_name(stream), json_of(data), delay, dedup_key, group)
 
     def enqueue_json(
         self,
@@ -169,7 +167,7 @@ class Queue:
         key an earlier item of the batch has gets that item's id.
         ``groups``: one group (or None) per item, as enqueue's ``group``.
         """
-        texts = [_json_of(item) for item in items]
+        texts = [json_of(item) for item in items]
         return self._enqueue(check_stream_name(stream), texts, delay, progress, dedup_keys, groups)
 
     def enqueue_many_json(
@@ -646,38 +644,3 @@ def _database(url: str, clock: Callable[[], int]) -> Backend:
             "pip install 'ephq[postgres]'"
         ) from None
     return PostgresBackend(url, clock=clock)
-
-
-def _json_of(data: Any) -> str:
-    try:
-        return json.dumps(data, separators=_COMPACT, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise BadInput(f"message data is not JSON-serialisable: {exc}") from None
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def checked_json(text: str | bytes) -> str:
-    """The JSON text itself, stripped of surrounding space, once it is known to parse."""
-    if isinstance(text, bytes):
-        try:
-            text = text.decode()
-        except UnicodeDecodeError as exc:
-            raise BadInput(f"message is not UTF-8 text: {exc}") from None
-    if not isinstance(text, str):
-        raise BadInput(f"JSON text must be str or bytes, not {type(text).__name__}")
-    text = text.strip(" \t\n\r")  # JSON's whitespace, no other: "\u00a01" is not JSON
-    if not text:
-        raise BadInput("message is empty: expected a JSON document")
-    try:
-        json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno}, column {exc.colno}"
-        raise InvalidJSON(
-            f"invalid JSON at {where}: {exc.msg}", exc.lineno, exc.colno, exc.msg
-        ) from None
-    except ValueError as exc:
-        raise InvalidJSON(f"invalid JSON: {exc}", reason=str(exc)) from None
-    return text

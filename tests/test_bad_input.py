@@ -30,6 +30,24 @@ def test_longest_valid_stream_name_works(q: Queue) -> None:
     assert q.dequeue(name) is not None
 
 
+def _nested(levels: int) -> Any:
+    """Arrays and objects in turn, nested this many levels deep."""
+    value: Any = 1
+    for level in range(levels):
+        value = [value] if level % 2 else {"a": value}
+    return value
+
+
+def test_data_nested_to_the_limit_is_taken_whole(q: Queue) -> None:
+    # Brackets inside strings do not count; 128 levels of arrays and objects do not exceed it.
+    text = '{"a":' * 64 + '["[[[[{{{{", ' * 64 + "1" + "]" * 64 + "}" * 64
+    q.enqueue_json("s", text)
+    q.enqueue("s", _nested(128))
+    first, second = q.dequeue_many("s", 2)
+    assert first.data_json == text
+    assert second.data == _nested(128)
+
+
 def _with_one_message(q: Queue, home: Path) -> tuple[str, dict[str, bytes]]:
     q.enqueue("s", "keep")
     m = q.dequeue("s", visibility=60)
@@ -69,6 +87,12 @@ BAD_CALLS: list[tuple[str, Callable[[Queue, str], object], str]] = [
         "message 2 is 1,048,578 bytes of JSON; stream 's' takes at most 1,048,576",
     ),
     ("max-size", lambda q, r: q.configure("s", max_size=(64 << 20) + 1), "max_size must be"),
+    # Nested past what a consumer's parser could always read (jsontext.py), and past what
+    # Python's own parser and encoder can: a one-line error, not a RecursionError.
+    ("deep-129", lambda q, r: q.enqueue_json("s", "[" * 129 + "]" * 129), "deeper than 128"),
+    ("deep-json", lambda q, r: q.enqueue_json("s", "[" * 5000 + "]" * 5000), "deeper than 128"),
+    ("deep-object", lambda q, r: q.enqueue("s", _nested(5000)), "deeper than 128"),
+    ("deep-batch", lambda q, r: q.enqueue_many("s", [1, _nested(129)]), "deeper than 128"),
 ]
 
 

@@ -339,6 +339,27 @@ BAD: list[tuple[list[str], str | None, str, int]] = [
     (["enqueue", "s"], "", "ephq: message is empty: expected a JSON document", 2),
     (["enqueue", "s", "--lines"], "\n\n", "ephq: stdin: no messages: every line is empty", 2),
     (["enqueue", "s"], "[NaN]", "ephq: stdin: invalid JSON: NaN is not valid JSON", 2),
+    (  # deeper than Python's parser goes: a line, not a RecursionError's traceback
+        ["enqueue", "s"],
+        "[" * 5000 + "]" * 5000,
+        "ephq: message data nests deeper than 128 levels of arrays and objects",
+        2,
+    ),
+    (
+        ["enqueue", "s", "--lines"],
+        "1\n" + "[" * 129 + "]" * 129,
+        "ephq: stdin, line 2: message data nests deeper than 128 levels of arrays and objects",
+        2,
+    ),
+    (
+        ["import", "s"],
+        '{"id":"18aaaaaaaaaaaaaa00000000","state":"ready","attempts":0,"data":'
+        + "[" * 5000
+        + "]" * 5000
+        + "}",
+        "ephq: stdin, line 1: nested deeper than a message may be (128 levels)",
+        2,
+    ),
     (["enqueue", "s", "/no/such/file"], None, "ephq: /no/such/file: no such file", 2),
     (
         ["enqueue", "bad/name"],

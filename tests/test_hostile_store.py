@@ -234,6 +234,13 @@ def _valid(name: str) -> bytes:
     return RECORD.format(id=mid, data='"outside"').encode()
 
 
+def _too_deep(path: Path) -> Path:
+    """A record for its name whose data no JSON parser in Python can read: not a traceback."""
+    fields = path.name.split(".")
+    data = "[" * 100_000 + "]" * 100_000
+    return _file(path, RECORD.format(id=fields[0], data=data).encode())
+
+
 def _oversized(path: Path) -> Path:
     with open(path, "wb") as handle:
         handle.truncate(70 << 20)  # sparse: 70 MiB of nothing, past what a message file holds
@@ -253,6 +260,7 @@ CASES: dict[str, Plant] = {
     "ready: garbage message file": lambda s: _file(s.leaf() / s.sibling(), b"\xff garbage"),
     "ready: truncated message file": lambda s: _file(s.leaf() / s.sibling(), b'{"v":1,"id":'),
     "ready: oversized message file": lambda s: _oversized(s.leaf() / s.sibling()),
+    "ready: message nested past the parser's depth": lambda s: _too_deep(s.leaf() / s.sibling()),
     "ready: message-named FIFO": lambda s: _fifo(s.leaf() / s.sibling()),
     "ready: message-named directory": lambda s: _dir(s.leaf() / s.sibling()),
     "ready: link to a message outside": lambda s: _link(

@@ -12,7 +12,7 @@ import typer
 from .. import durations
 from ..errors import BadInput, InvalidJSON
 from ..ids import check_stream_name
-from ..queue import checked_json
+from ..jsontext import checked_json
 from . import render
 from .params import Delay, Stream, settings
 

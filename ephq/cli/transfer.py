@@ -13,6 +13,7 @@ import typer
 
 from ..errors import BadInput
 from ..ids import id_time_ns
+from ..jsontext import MAX_NESTING
 from ..message import Exported
 from . import render
 from .params import Stream, settings
@@ -76,6 +77,8 @@ def _record(line: str) -> Exported:
         doc = json.loads(line)
     except ValueError as exc:
         raise BadInput(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise BadInput(f"nested deeper than a message may be ({MAX_NESTING} levels)") from None
     if not isinstance(doc, dict) or "data" not in doc:
         raise BadInput("not a line of ephq export: an object with id, state and data")
     for field, kind in (("id", str), ("state", str), ("attempts", int)):
@@ -116,6 +119,6 @@ def _raw_data(line: str, data: Any) -> str:
         try:
             if json.dumps(json.loads(candidate), separators=(",", ":")) == compact:
                 return candidate
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
     return compact

@@ -1,0 +1,82 @@
+"""The JSON text a message may carry: parsed once on the way in, never deeper than readers go.
+
+Python's JSON parser recurses once per level of nesting, within the interpreter's recursion
+limit (1,000 frames, less whatever the caller's stack already holds). A message nested 900
+levels deep would be taken from a shallow stack and then fail to parse in a consumer whose
+stack is deeper: a message nobody could receive. So a message may nest at most MAX_NESTING
+levels, as serde_json's default allows, far inside what any reader needs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .errors import BadInput, InvalidJSON
+
+MAX_NESTING = 128
+_COMPACT = (",", ":")
+# A JSON string (whose brackets do not count), or a bracket.
+_NESTING_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def json_of(data: Any) -> str:
+    """The compact JSON text of a Python value given as a message's data."""
+    try:
+        text = json.dumps(data, separators=_COMPACT, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"message data is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise _too_deep() from None
+    _check_nesting(text)
+    return text
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def checked_json(text: str | bytes) -> str:
+    """The JSON text itself, stripped of surrounding space, once it is known to parse."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode()
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"message is not UTF-8 text: {exc}") from None
+    if not isinstance(text, str):
+        raise BadInput(f"JSON text must be str or bytes, not {type(text).__name__}")
+    text = text.strip(" \t\n\r")  # JSON's whitespace, no other: "\u00a01" is not JSON
+    if not text:
+        raise BadInput("message is empty: expected a JSON document")
+    _check_nesting(text)  # first: a text too deep for the parser is refused by name
+    try:
+        json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise InvalidJSON(
+            f"invalid JSON at {where}: {exc.msg}", exc.lineno, exc.colno, exc.msg
+        ) from None
+    except ValueError as exc:
+        raise InvalidJSON(f"invalid JSON: {exc}", reason=str(exc)) from None
+    return text
+
+
+def _check_nesting(text: str) -> None:
+    # Counting brackets is quick and rules out all but a text with many of them; only such a
+    # text is walked, skipping strings.
+    if text.count("[") + text.count("{") <= MAX_NESTING:
+        return
+    depth = 0
+    for token in _NESTING_TOKEN.finditer(text):
+        bracket = token.group()
+        if bracket in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise _too_deep()
+        elif bracket in "]}":
+            depth -= 1
+
+
+def _too_deep() -> BadInput:
+    return BadInput(f"message data nests deeper than {MAX_NESTING} levels of arrays and objects")
