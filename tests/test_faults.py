@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ephq import DiskFull, Queue, StoragePermissionDenied
-from ephq.files import recovery
+from ephq.files import recovery, vouch
 from tests.conftest import FakeClock, snapshot
 
 
@@ -249,3 +249,58 @@ def test_a_purge_whose_sweeper_died_is_finished_a_share_at_a_time(
         assert looks < 10
     assert looks >= 2  # shared out: 600 files, 256 a look
     assert q.check() == []
+
+
+@pytest.mark.parametrize("helpers", ["answering", "failing", "dying"])
+def test_check_shared_with_helper_processes_finds_the_same(
+    q: Queue, home: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, helpers: str
+) -> None:
+    """A large stream's files are read by helper processes too (vouch.py): what check finds and
+    repairs is the same with helpers, and with helpers that fail."""
+    ids = []
+    for i in range(40):  # a leaf each: 50 ms apart
+        ids.append(q.enqueue("s", {"n": i}))
+        clock.advance(0.05)
+    files = ready_files(home)
+    wrong_leaf = home / "s" / "ready" / "00000" / "000" / "00"
+    wrong_leaf.mkdir(parents=True)
+    files[3].rename(wrong_leaf / files[3].name)
+    files[7].write_bytes(b'{"v":1,')
+    files[11].write_bytes(files[12].read_bytes())  # another message's record
+    (files[15].parent / "notes.txt").write_text("hello")
+    os.symlink("/etc/passwd", files[19].parent / f"{ids[19][:16]}00000000.0")
+    inflight_copy = home / "s" / "inflight" / "fffff" / "fff"
+    inflight_copy.mkdir(parents=True)
+    shutil.copy(files[23], inflight_copy / f"ffffffffffffffff.{ids[23]}.1.abcdef01")
+    alone = [(p.kind, p.path, p.detail) for p in q.check()]
+    assert sorted(kind for kind, _, _ in alone) == [
+        "duplicate",
+        "foreign",
+        "foreign",
+        "id-mismatch",
+        "misplaced",
+        "unreadable",
+    ]
+
+    ran = home.parent / "helpers-ran"
+    code = f"open({str(ran)!r}, 'a').write('ran\\n'); " + vouch.HELPER_CODE
+    if helpers == "failing":
+        code = f"open({str(ran)!r}, 'a').write('ran\\n'); print('not a pickle')"
+    if helpers == "dying":  # answers its first leaf, then exits
+        code = code.replace(
+            "from ephq.files.vouch import serve; serve()",
+            "import pickle; from ephq.files.vouch import vouch; "
+            "i, leaf = pickle.load(sys.stdin.buffer); "
+            "pickle.dump((i, vouch(leaf)), sys.stdout.buffer)",
+        )
+        assert code != f"open({str(ran)!r}, 'a').write('ran\\n'); " + vouch.HELPER_CODE
+    monkeypatch.setattr(vouch, "HELPER_CODE", code)
+    monkeypatch.setattr(vouch, "READ_HERE", False)
+    monkeypatch.setattr(vouch, "_cpus", lambda: 3)  # two helpers, and this process
+    assert [(p.kind, p.path, p.detail) for p in q.check()] == alone
+    assert ran.read_text() == "ran\n" * 2
+    assert all(p.repaired for p in q.check(repair=True))
+    assert [p.kind for p in q.check()] == ["quarantined"] * 4
+    delivered = {m.id for m in q.dequeue_many("s", 100)}
+    # Lost to damage: 7 and 11; 23 is kept where it is furthest along, leased for ever.
+    assert delivered == set(ids) - {ids[7], ids[11], ids[23]}

@@ -12,7 +12,9 @@ lists: kept byte for byte, for a person to look at and delete.
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
 import os
 import stat
 from collections.abc import Callable
@@ -31,7 +33,6 @@ from .fsio import (
 )
 from .groups import GROUP_NAME, GROUPS, HEAD, WAITING, Group, Groups, parse_waiting
 from .holders import HOLDER_NAME, HOLDERS, stale_files
-from .names import READY_NAME, TIMED_NAME
 from .pool import MAX_KEPT_BYTES, is_slot
 from .quarantine import HOME_QUARANTINE, QUARANTINE, Quarantine
 from .record import MAX_RECORD_BYTES, CorruptRecord, record_id
@@ -39,6 +40,7 @@ from .recovery import STAGED, clean_tmp, dying_fields, leaving_id, leftovers, pa
 from .store import Store
 from .stream import DEAD_LETTER_MARK, LOCK_FILE, STORE_DIRS, STORE_FILES, Stream
 from .tree import Tree
+from .vouch import Reading, key_fields
 
 # Where a message found twice is kept: the copy furthest along its life, then the most attempts.
 _RANK = {
@@ -58,10 +60,13 @@ class _Walk:
         self.stream = stream
         self.repair = repair
         self.problems: list[CheckProblem] = []
-        # Where each message was found (a dict of tuples: a million lists cost a second), and
-        # every place of those found more than once.
-        self.places: dict[str, tuple[int, int, str]] = {}
-        self.twice: dict[str, list[tuple[int, int, str]]] = {}
+        # The regular files of the state trees' leaves, read all at once (vouch.py), each
+        # with the store and tree it belongs to.
+        self.reading = Reading()
+        self.read_in: list[tuple[Store, Tree]] = []
+        # Every message found whole: (state, directory, names, ids), an id None where the file
+        # was not vouched for (and was looked at on its own).
+        self.found: list[tuple[str, str, list[str], list[str | None]]] = []
 
     def report(self, kind: str, path: str, detail: str, fix: Callable[[], object] | None) -> None:
         repaired = False
@@ -150,37 +155,49 @@ class _Walk:
     def level(
         self, store: Store, state: str, tree: Tree, path: str, prefix: str, depth: int
     ) -> None:
-        leaf = depth == len(tree.cuts)
-        width = 0 if leaf else tree.cuts[depth] - len(prefix)
-        for name, kind in sorted(_entries(path)):
+        if depth == len(tree.cuts):
+            self.reading.add((state, prefix, path))  # listed and read with the others
+            self.read_in.append((store, tree))
+            return
+        width = tree.cuts[depth] - len(prefix)
+        for name in sorted(listdir(path)):
             child = f"{path}/{name}"
-            if kind == _REGULAR and leaf:
-                # The usual entry of a leaf, typed by the directory itself: no lstat (a
-                # million of them is what `check` of a deep backlog costs).
-                self.file(store, state, tree, child, stat.S_IFREG, prefix, name)
-                continue
             mode = _mode(child)
             if not mode:
-                continue  # moved on by a consumer or producer while we looked
-            if leaf:
-                self.file(store, state, tree, child, mode, prefix, name)
-            elif stat.S_ISDIR(mode) and len(name) == width and _HEX.issuperset(name):
+                continue  # pruned by a consumer while we looked
+            if stat.S_ISDIR(mode) and len(name) == width and _HEX.issuperset(name):
                 self.level(store, state, tree, child, prefix + name, depth + 1)
             else:
                 self.foreign(child, f"{describe_kind(mode)} where ephq keeps {state}/ directories")
+
+    def read_leaves(self) -> None:
+        """Every leaf, listed and read at once (vouch.py); each entry not vouched for is
+        looked at alone."""
+        for ((state, prefix, path), listed), (store, tree) in zip(
+            self.reading.ids(), self.read_in, strict=True
+        ):
+            names, ids = listed
+            self.found.append((state, path, names, ids))
+            for name, found_id in zip(names, ids, strict=True):
+                if found_id is not None:
+                    continue
+                child = f"{path}/{name}"
+                mode = _mode(child)
+                if mode:  # else moved on by a consumer or producer while we looked
+                    self.file(store, state, tree, child, mode, prefix, name)
 
     def file(
         self, store: Store, state: str, tree: Tree, path: str, mode: int, prefix: str, name: str
     ) -> None:
         """A file in the leaf of tree whose directories spell prefix."""
-        fields = _fields(state, name)
+        fields = key_fields(state, name)
         if fields is None:
             self.foreign(path, f"{describe_kind(mode)} not named as ephq names a {state} message")
             return
         if not stat.S_ISREG(mode):
             self.foreign(path, f"{describe_kind(mode)} named as a message")
             return
-        key, message_id, attempts = fields
+        key, message_id, _ = fields
         if not key.startswith(prefix):  # the leaf's directories spell the first cut of keys
             leaf = tree.leaf_dir(key)
             self.report(
@@ -217,24 +234,27 @@ class _Walk:
                 ),
             )
             return
-        self.found(message_id, (_RANK[state], attempts, path))
-
-    def found(self, message_id: str, place: tuple[int, int, str]) -> None:
-        """A message's file, whole and its own; one found twice is a duplicate."""
-        first = self.places.setdefault(message_id, place)
-        if first is not place:
-            self.twice.setdefault(message_id, [first]).append(place)
-
-    def where(self, message_id: str) -> list[tuple[int, int, str]]:
-        """Every place a message was found."""
-        if message_id in self.twice:
-            return self.twice[message_id]
-        return [self.places[message_id]] if message_id in self.places else []
+        self.found.append((state, os.path.dirname(path), [name], [message_id]))
 
     def duplicates(self) -> None:
-        for message_id, places in self.twice.items():
-            keep = max(places)
-            for _, _, path in places:
+        ids = list(itertools.chain.from_iterable(ids for _, _, _, ids in self.found))
+        unique = set(ids)  # built in C: a million ids in a tenth of a second
+        unique.discard(None)
+        if len(unique) == len(ids) - ids.count(None):
+            return  # the usual answer: each message once
+        counts = collections.Counter(ids)
+        twice = {message_id for message_id, n in counts.items() if n > 1 and message_id}
+        places: dict[str, list[tuple[int, int, str]]] = {}
+        for state, directory, names, found_ids in self.found:
+            if twice.isdisjoint(found_ids):
+                continue
+            for name, message_id in zip(names, found_ids, strict=True):
+                if message_id is not None and message_id in twice:
+                    place = (_RANK[state], _attempts(state, name), f"{directory}/{name}")
+                    places.setdefault(message_id, []).append(place)
+        for message_id, found in places.items():
+            keep = max(found)
+            for _, _, path in found:
                 if path != keep[2]:
                     self.report(
                         "duplicate",
@@ -332,8 +352,15 @@ class _Walk:
                     self.report("stale-tmp", child, "a group's head, left unwritten", fix)
                 elif kind:
                     self.foreign(child, f"{describe_kind(kind)} that is not part of a group")
+        live = set(  # found in the stream itself, not among its dead letters
+            itertools.chain.from_iterable(
+                ids for state, _, _, ids in self.found if _RANK[state] <= _RANK["inflight"]
+            )
+            if heads
+            else ()
+        )
         for g, head in heads.items():
-            if not any(rank <= _RANK["inflight"] for rank, _, _ in self.where(head)):
+            if head not in live:
                 fix = functools.partial(groups.release, g, head)
                 why = f"its head {head} is nowhere in the stream: the group would wait for ever"
                 self.report("stuck-group", os.path.join(groups.dir, g), why, fix)
@@ -366,7 +393,7 @@ class _Walk:
                     why = f"the file holds message {found_id}"
                     self.unreadable(path, why, NotOurs(why, shared=st.st_nlink > 1))
                     continue
-                self.found(fields[0], (_RANK["waiting"], fields[1], path))
+                self.found.append(("waiting", dirpath, [name], [fields[0]]))
 
     def quarantined(self) -> None:
         for name in self.stream.quarantine.entries():
@@ -375,19 +402,6 @@ class _Walk:
             self.problems.append(
                 CheckProblem(self.stream.name, "quarantined", path, detail, repaired=True)
             )
-
-
-_REGULAR = "f"
-
-
-def _entries(path: str) -> list[tuple[str, str]]:
-    """A directory's names, each with "f" when the directory says it is a regular file (a
-    type it does not give, or any other, is looked up with lstat by the caller)."""
-    try:
-        with os.scandir(path) as found:
-            return [(e.name, _REGULAR if e.is_file(follow_symlinks=False) else "") for e in found]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def _clear_head_tmp(groups: Groups, g: str) -> None:
@@ -421,16 +435,13 @@ def _tmp_name(name: str, mode: int) -> bool:
     return False
 
 
-def _fields(state: str, name: str) -> tuple[str, str, int] | None:
-    """The tree key, id and attempts in a state's file name; None if it is not such a name."""
-    # The names' patterns without their NamedTuples: a million of them add a second.
-    if state.endswith("ready"):
-        ready = READY_NAME.fullmatch(name)
-        return None if ready is None else (ready[1], ready[1], int(ready[2]))
-    timed = TIMED_NAME.fullmatch(name)
-    if timed is None or (timed[4] is None) != state.endswith("delayed"):
-        return None
-    return timed[1], timed[2], int(timed[3])
+def _attempts(state: str, name: str) -> int:
+    """The attempts a found message's name gives (its name was parsed when it was read)."""
+    if state == "waiting":
+        waiting = parse_waiting(name)
+        return 0 if waiting is None else waiting[1]
+    fields = key_fields(state, name)
+    return 0 if fields is None else fields[2]
 
 
 def check_stream(stream: Stream, repair: bool) -> list[CheckProblem]:
@@ -462,8 +473,12 @@ def check_stream(stream: Stream, repair: bool) -> list[CheckProblem]:
     )
     if stat.S_ISDIR(_mode(stream.dead.path)):
         walk.layout(stream.dead, {})
-    walk.store(stream.main, "")
-    walk.store(stream.dead, "dlq/")
+    try:
+        walk.store(stream.main, "")
+        walk.store(stream.dead, "dlq/")
+        walk.read_leaves()
+    finally:
+        walk.reading.close()  # helpers started for a walk that failed go
     walk.holders()
     walk.keys()
     walk.groups()

@@ -1,0 +1,222 @@
+"""The part of `check` that reads every message: which files of a leaf hold, whole, the message
+their names name. At a million messages it is nearly all of check's time, so a large stream's
+leaves are shared out between this process and a helper process per further CPU.
+
+To vouch for a file is only to say it is exactly as ephq writes it: its name one a message of its
+state has, in the leaf its key belongs in, a regular file no larger than a record, that parses
+as a record holding the id its name gives. Whatever is not vouched for, for whatever reason (a
+race with a consumer, a link, a file that changed while it was read), check looks at again on
+its own in this process, which reports and repairs. So a helper that fails or lies in the other
+direction costs time, never a finding: a helper that cannot start, dies or answers nonsense has
+its share read here instead.
+
+A helper is `python -I -c HELPER_CODE <directory holding ephq>`: isolated from the environment
+and the current directory, importing the same ephq as this process. It reads its leaves as a
+pickle on stdin and writes their ids as a pickle on stdout. Starting it costs about 0.1 s (the
+interpreter and the package), worth it only for a large stream.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import stat
+import subprocess
+import sys
+import threading
+from typing import IO
+
+from .names import READY_NAME, TIMED_NAME
+from .record import MAX_RECORD_BYTES, CorruptRecord, record_id
+
+# A leaf to read: (state, the key prefix its directories spell, its path).
+Leaf = tuple[str, str, str]
+# What a leaf holds: its names, sorted, and for each the id its file holds if vouched for.
+Listed = tuple[list[str], list[str | None]]
+
+# Below this many files left to read, this process reads them all (~10 us a file, against the
+# ~0.1 s a helper takes to start).
+SHARE_FROM = 50_000
+# False: helpers are started at once and read every leaf, this process only those they did not
+# answer (the tests' way to see a helper's answers used, and not used).
+READ_HERE = True
+_MAX_HELPERS = 3
+_AHEAD = 2  # leaves a helper holds: one to read, one waiting in its pipe
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HELPER_CODE = (
+    "import sys; sys.path.insert(0, sys.argv[1]); from ephq.files.vouch import serve; serve()"
+)
+
+
+def key_fields(state: str, name: str) -> tuple[str, str, int] | None:
+    """The tree key, id and attempts in a state's file name; None if it is not such a name."""
+    # The names' patterns without their NamedTuples: a million of them add a second.
+    if state.endswith("ready"):
+        ready = READY_NAME.fullmatch(name)
+        return None if ready is None else (ready[1], ready[1], int(ready[2]))
+    timed = TIMED_NAME.fullmatch(name)
+    if timed is None or (timed[4] is None) != state.endswith("delayed"):
+        return None
+    return timed[1], timed[2], int(timed[3])
+
+
+def vouch(leaf: Leaf) -> Listed:
+    """The leaf's names, each with the id its file holds if it is vouched for, else None."""
+    state, prefix, path = leaf
+    try:  # the leaf opened once: each file is one lookup, and the leaf cannot move under us
+        directory = os.open(path, _DIRECTORY)
+    except OSError:
+        return [], []  # pruned, or not a directory (a link): the walk saw and reported it
+    try:
+        with os.scandir(directory) as entries:
+            listed = sorted((e.name, e.is_file(follow_symlinks=False)) for e in entries)
+        names = [name for name, _ in listed]
+        ids = [
+            _vouch_one(state, prefix, directory, name) if regular else None
+            for name, regular in listed
+        ]
+    except OSError:
+        return [], []
+    finally:
+        os.close(directory)
+    return names, ids
+
+
+def _vouch_one(state: str, prefix: str, directory: int, name: str) -> str | None:
+    fields = key_fields(state, name)
+    if fields is None or not fields[0].startswith(prefix):
+        return None
+    try:
+        fd = os.open(name, _READ, dir_fd=directory)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_RECORD_BYTES:
+            return None
+        raw = os.read(fd, st.st_size + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(raw) != st.st_size:
+        return None  # it changed while we read
+    try:
+        found = record_id(raw)
+    except CorruptRecord:
+        return None
+    return found if found == fields[1] else None
+
+
+class Reading:
+    """The leaves of a check, each listed and vouched for by this process or a helper.
+
+    The walk adds every leaf first (the directories above them are few). This process then
+    reads leaves from the back of the list; once what it has read says the leaves left hold
+    SHARE_FROM files or more, it starts a helper per further CPU, each taking leaves from the
+    front (two or three ahead, what a pipe holds), so that all finish together however fast
+    each one is.
+    """
+
+    def __init__(self) -> None:
+        self._leaves: list[Leaf] = []
+        self._waiting: collections.deque[int] = collections.deque()  # leaves nobody took yet
+        self._answers: dict[int, Listed] = {}
+        self._helpers: list[threading.Thread] = []
+
+    def add(self, leaf: Leaf) -> None:
+        self._waiting.append(len(self._leaves))
+        self._leaves.append(leaf)
+
+    def ids(self) -> list[tuple[Leaf, Listed]]:
+        """Every leaf added, in order, with vouch()'s answer for it."""
+        files = done = 0
+        if not READ_HERE:
+            self._start_helpers()
+        while READ_HERE and (i := self._take(front=False)) is not None:
+            self._answers[i] = vouch(self._leaves[i])
+            files += len(self._answers[i][0])
+            done += 1
+            if not self._helpers and files * len(self._waiting) >= SHARE_FROM * done:
+                self._start_helpers()
+        for talk in self._helpers:
+            talk.join()
+        answers = self._answers
+        return [  # a leaf a failed helper took is read here
+            (leaf, answers[i] if i in answers else vouch(leaf))
+            for i, leaf in enumerate(self._leaves)
+        ]
+
+    def close(self) -> None:
+        """Let the helpers go, if the walk stopped before ids() (an error)."""
+        self._waiting.clear()
+
+    def _take(self, front: bool) -> int | None:
+        """The next leaf nobody took; None once all are taken. (A deque's pops are atomic.)"""
+        try:
+            return self._waiting.popleft() if front else self._waiting.pop()
+        except IndexError:
+            return None
+
+    def _start_helpers(self) -> None:
+        for _ in range(min(_cpus(), _MAX_HELPERS + 1) - 1):
+            talk = threading.Thread(target=self._helper, daemon=True)
+            talk.start()
+            self._helpers.append(talk)
+
+    def _helper(self) -> None:
+        """One helper's life, from this side: it is given _AHEAD leaves, then one more for
+        each it answers, so that it never holds many more than it can read."""
+        try:
+            helper = subprocess.Popen(
+                [sys.executable, "-I", "-c", HELPER_CODE, _ROOT],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError:
+            return  # the leaves are all read here
+        if helper.stdin is None or helper.stdout is None:  # not with PIPE: for the types
+            return
+        try:
+            given = 0
+            while given < _AHEAD and self._give(helper.stdin):
+                given += 1
+            while given:
+                i, (names, ids) = pickle.load(helper.stdout)
+                given -= 1
+                if isinstance(names, list) and isinstance(ids, list) and len(names) == len(ids):
+                    self._answers[i] = names, ids
+                if given == _AHEAD - 1 and self._give(helper.stdin):
+                    given += 1
+        except Exception:  # it died or answered nonsense: what it did not answer is read here
+            pass
+        finally:
+            helper.kill()
+            helper.communicate()
+
+    def _give(self, pipe: IO[bytes]) -> int:
+        """Hand the next leaf to a helper (1), or tell it there are no more (0)."""
+        i = self._take(front=True)
+        pickle.dump(None if i is None else (i, self._leaves[i]), pipe, pickle.HIGHEST_PROTOCOL)
+        pipe.flush()
+        return 0 if i is None else 1
+
+
+def serve() -> None:
+    """A helper's life: (number, leaf) pickles from stdin until None, each answered with
+    (number, vouch(leaf)) on stdout."""
+    while (task := pickle.load(sys.stdin.buffer)) is not None:
+        i, leaf = task
+        pickle.dump((i, vouch(leaf)), sys.stdout.buffer, pickle.HIGHEST_PROTOCOL)
+        sys.stdout.buffer.flush()
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
