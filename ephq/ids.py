@@ -6,8 +6,6 @@ receipt   <deadline>.<id>.<attempts>.<token>, with 'dlq:' before it for a dead l
           lease: which delivery of which message (the file backend's inflight name)
 """
 
-from __future__ import annotations
-
 import os
 import re
 from typing import NamedTuple

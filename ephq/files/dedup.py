@@ -25,8 +25,6 @@ What is read is not trusted: a key file that is not a regular file holding a key
 treated as absent (and replaced); `check` reports it.
 """
 
-from __future__ import annotations
-
 import errno
 import fcntl
 import json

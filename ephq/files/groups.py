@@ -22,8 +22,6 @@ So at most one message of a group is ever out, and no crash leaves a group stuck
 half-done step is either finished by recovery or visible to the next lock.
 """
 
-from __future__ import annotations
-
 import fcntl
 import os
 import re

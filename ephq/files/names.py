@@ -14,8 +14,6 @@ Each state directory is a small tree whose levels are prefixes of the name's lea
 (see tree.py), so no directory grows with the depth of the queue.
 """
 
-from __future__ import annotations
-
 import re
 from typing import NamedTuple
 

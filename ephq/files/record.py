@@ -6,8 +6,6 @@ The data's text is written exactly as enqueued, so a handler receives the bytes 
 sent (number spelling, key order, spacing), and the whole file still parses as JSON.
 """
 
-from __future__ import annotations
-
 import json
 from collections.abc import Callable
 from datetime import datetime, timezone

@@ -24,8 +24,6 @@ real directory); anything else in tmp/ is foreign, left for check to report and 
 Runs with every reap (so with dequeue), and from check().
 """
 
-from __future__ import annotations
-
 import os
 import re
 import shutil
@@ -51,6 +49,13 @@ _HEX8 = re.compile(r"[0-9a-f]{8}", re.ASCII)
 PURGE_SHARE = 256
 
 
+class Staged(NamedTuple):
+    """What a staged file's name says: where it goes, and the CRC-32 of its bytes."""
+
+    name: ReadyName | TimedName
+    crc: int
+
+
 class Finisher(Protocol):
     """What recovery needs of a store: where its tmp/ is, and how to finish a promise."""
 
@@ -74,13 +79,6 @@ class Finisher(Protocol):
         *,
         recovering: bool = False,
     ) -> None: ...
-
-
-class Staged(NamedTuple):
-    """What a staged file's name says: where it goes, and the CRC-32 of its bytes."""
-
-    name: ReadyName | TimedName
-    crc: int
 
 
 def parse_staged(name: str) -> Staged | None:

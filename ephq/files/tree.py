@@ -12,8 +12,6 @@ leaf it checks each directory on the way with lstat, setting aside anything else
 so a stray link cannot send a message out of the home.
 """
 
-from __future__ import annotations
-
 import os
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
