@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -10,6 +12,14 @@ import pytest
 
 from ephq import Queue
 from ephq.files import pool
+from ephq.files.fsio import on_memory_file_system
+
+
+@pytest.fixture(autouse=True)
+def _pooling_here(request: pytest.FixtureRequest) -> None:
+    """The pool is off on tmpfs (pool.py): its tests need a home on a disk's file system."""
+    if "home" in request.fixturenames and on_memory_file_system(tempfile.gettempdir()):
+        pytest.skip("the temporary directory is on a memory file system, where nothing is pooled")
 
 
 def _message_files(home: Path, state: str) -> list[Path]:
@@ -119,3 +129,24 @@ def test_ack_does_not_hang_on_a_file_someone_else_keeps_locked(q: Queue, home: P
         q.ack("s", m.receipt)  # gives up on pooling after about a second, and frees the file
         assert not leased.exists()
     assert q.dequeue("s") is None and q.check() == []
+
+
+@pytest.mark.skipif(
+    not on_memory_file_system("/dev/shm"), reason="needs /dev/shm on tmpfs, as Linux mounts it"
+)
+def test_on_tmpfs_acked_files_are_freed_not_pooled() -> None:
+    home = Path(tempfile.mkdtemp(prefix="ephq-tmpfs-", dir="/dev/shm"))
+    try:
+        with Queue(home) as q:
+            for i in range(20):
+                q.enqueue("s", {"secret": f"hunter{i}"})
+            for m in q.dequeue_many("s", 20):
+                q.ack("s", m.receipt or "")
+            q.enqueue("s", "next")
+            assert q.check() == []
+        assert list((home / "s" / "pool").iterdir()) == []
+        files = [p for p in (home / "s").rglob("*") if p.is_file()]
+        assert not any(b"hunter" in p.read_bytes() for p in files)
+        assert len(_message_files(home, "ready")) == 1
+    finally:
+        shutil.rmtree(home)

@@ -146,6 +146,30 @@ def still_there(path: str, st: os.stat_result) -> bool:
         return False
 
 
+# File systems kept in memory: creating and freeing a file costs little there, and what the
+# pool (pool.py) saves elsewhere costs more than it saves.
+_MEMORY_FILE_SYSTEMS = frozenset({"tmpfs", "ramfs"})
+
+
+def on_memory_file_system(path: str) -> bool:
+    """Whether the directory at path is on tmpfs or ramfs, as /proc/self/mountinfo tells by its
+    device; False where that cannot be told."""
+    try:
+        device = os.lstat(path).st_dev
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            table = mounts.read()
+    except OSError:
+        return False
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    for line in table.splitlines():
+        # <id> <parent> <major:minor> <root> <mount point> <options> [optional...] - <type> ...
+        fields = line.split(" ", 3)
+        if len(fields) > 3 and fields[2] == wanted and " - " in line:
+            kind = line.split(" - ", 1)[1].split(" ", 1)[0]
+            return kind in _MEMORY_FILE_SYSTEMS
+    return False
+
+
 def is_real_dir(path: str) -> bool | None:
     """True for a directory (not a link to one), False for anything else, None if absent."""
     try:

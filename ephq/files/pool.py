@@ -13,6 +13,9 @@ pool locks it before writing, so a producer never writes into a file still being
 process killed between the move and the zeroing leaves one unscrubbed file in the pool until a
 producer overwrites it.)
 
+On a file system in memory (tmpfs) there is nothing to save and the pool's work costs more than
+an unlink: ack unlinks there (docs/design.md has the measurements).
+
 The pool is bounded: at most SLOTS files, each of at most MAX_KEPT_BYTES (bigger ones are freed:
 a few large messages must not pin megabytes). bench/pool.py measures the trade-off between the
 pool's size, the disk it keeps and the cost of a drain. It has a directory of its own so that
@@ -38,7 +41,7 @@ import stat
 import time
 from collections.abc import Callable
 
-from .fsio import FILE_MODE, NotOurs, listdir, open_regular, unlink_quietly
+from .fsio import FILE_MODE, NotOurs, listdir, on_memory_file_system, open_regular, unlink_quietly
 
 SLOTS = 4096
 MAX_KEPT_BYTES = 16384
@@ -77,6 +80,14 @@ class FilePool:
         self._full_until_ns = 0
         self._empties: list[str] = []
         self._gives = 0  # slots this process found by drawing
+        self._paying: bool | None = None  # whether the pool pays on this file system
+
+    def _pays(self) -> bool:
+        """Not on a file system in memory (tmpfs): there a drain took 0.76x the time with no
+        pool, and the next burst 0.86x (bench/pool.py); asked of /proc once per process."""
+        if self._paying is None:
+            self._paying = not on_memory_file_system(os.path.dirname(self.dir))
+        return self._paying
 
     def give(self, path: str) -> None:
         """Take an acked file out of its state and keep it for reuse (or free it).
@@ -84,7 +95,7 @@ class FilePool:
         Raises FileNotFoundError when the file was not there: someone else moved it first, and
         NotOurs when what is there is not a file ephq wrote.
         """
-        slot = None if self.low_on_space() else self._empty_slot()
+        slot = None if not self._pays() or self.low_on_space() else self._empty_slot()
         if slot is None:  # the pool is full (or off, or the disk low): free the file
             os.unlink(path)
             return
