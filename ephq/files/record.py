@@ -8,7 +8,7 @@ sent (number spelling, key order, spacing), and the whole file still parses as J
 
 import json
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from ..message import MAX_MESSAGE_BYTES
@@ -34,12 +34,24 @@ class Record(NamedTuple):
     data_json: str
 
 
+_EPOCH = datetime(1970, 1, 1)
+
+
 def iso_utc(ns: int) -> str:
-    moment = datetime.fromtimestamp(ns // 1000 / 1e6, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The instant as ISO 8601 in UTC to the microsecond, as 2026-11-27T09:54:57.123456Z."""
+    # Exact integer microseconds, formatted in C: strftime took three times as long.
+    moment = _EPOCH + timedelta(microseconds=ns // 1000)
+    return moment.isoformat(timespec="microseconds") + "Z"
 
 
 def _header(message_id: str, stream: str, enqueued_ns: int, meta: dict[str, Any]) -> str:
+    if not meta and _plain(message_id) and _plain(stream):
+        # What json.dumps makes of the usual header, at a quarter of its cost (every enqueue
+        # pays it): no value here needs escaping.
+        return (
+            f'{{"v":{FORMAT_VERSION},"id":"{message_id}","stream":"{stream}",'
+            f'"enqueued_at":"{iso_utc(enqueued_ns)}","meta":{{}},"data":'
+        )
     head = {
         "v": FORMAT_VERSION,
         "id": message_id,
@@ -48,6 +60,11 @@ def _header(message_id: str, stream: str, enqueued_ns: int, meta: dict[str, Any]
         "meta": meta,
     }
     return json.dumps(head, separators=_COMPACT)[:-1] + ',"data":'
+
+
+def _plain(text: str) -> bool:
+    """Whether json.dumps writes text as it is, between quotes."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
 def encode(
