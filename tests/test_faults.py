@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -251,7 +252,7 @@ def test_a_purge_whose_sweeper_died_is_finished_a_share_at_a_time(
     assert q.check() == []
 
 
-@pytest.mark.parametrize("helpers", ["answering", "failing", "dying"])
+@pytest.mark.parametrize("helpers", ["answering", "failing", "dying", "unstartable"])
 def test_check_shared_with_helper_processes_finds_the_same(
     q: Queue, home: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, helpers: str
 ) -> None:
@@ -297,8 +298,10 @@ def test_check_shared_with_helper_processes_finds_the_same(
     monkeypatch.setattr(vouch, "HELPER_CODE", code)
     monkeypatch.setattr(vouch, "READ_HERE", False)
     monkeypatch.setattr(vouch, "_cpus", lambda: 3)  # two helpers, and this process
+    if helpers == "unstartable":
+        monkeypatch.setattr(sys, "executable", str(home.parent / "no-such-python"))
     assert [(p.kind, p.path, p.detail) for p in q.check()] == alone
-    assert ran.read_text() == "ran\n" * 2
+    assert ran.read_text() == "ran\n" * 2 if helpers != "unstartable" else not ran.exists()
     assert all(p.repaired for p in q.check(repair=True))
     assert [p.kind for p in q.check()] == ["quarantined"] * 4
     delivered = {m.id for m in q.dequeue_many("s", 100)}

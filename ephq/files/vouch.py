@@ -177,8 +177,8 @@ class Reading:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
             )
-        except OSError:
-            return  # the leaves are all read here
+        except Exception:  # no interpreter to start (an embedded Python): all is read here
+            return
         if helper.stdin is None or helper.stdout is None:  # not with PIPE: for the types
             return
         try:
