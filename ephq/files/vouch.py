@@ -11,9 +11,9 @@ direction costs time, never a finding: a helper that cannot start, dies or answe
 its share read here instead.
 
 A helper is `python -I -c HELPER_CODE <directory holding ephq>`: isolated from the environment
-and the current directory, importing the same ephq as this process. It reads its leaves as a
-pickle on stdin and writes their ids as a pickle on stdout. Starting it costs about 0.1 s (the
-interpreter and the package), worth it only for a large stream.
+and the current directory, importing the same ephq as this process. It is given a leaf at a
+time as a pickle on stdin and answers each with a pickle on stdout. Starting it costs about
+0.1 s (the interpreter and the package), worth it only for a large stream.
 """
 
 from __future__ import annotations
@@ -117,8 +117,7 @@ class Reading:
     The walk adds every leaf first (the directories above them are few). This process then
     reads leaves from the back of the list; once what it has read says the leaves left hold
     SHARE_FROM files or more, it starts a helper per further CPU, each taking leaves from the
-    front (two or three ahead, what a pipe holds), so that all finish together however fast
-    each one is.
+    front, _AHEAD at a time, so that all finish together however fast each one is.
     """
 
     def __init__(self) -> None:
@@ -181,29 +180,34 @@ class Reading:
             return
         if helper.stdin is None or helper.stdout is None:  # not with PIPE: for the types
             return
+        given: set[int] = set()  # leaves it holds
         try:
-            given = 0
-            while given < _AHEAD and self._give(helper.stdin):
-                given += 1
+            while len(given) < _AHEAD and self._give(helper.stdin, given):
+                pass
             while given:
                 i, (names, ids) = pickle.load(helper.stdout)
-                given -= 1
+                if i not in given:
+                    break  # not an answer to what it was asked: nonsense
+                given.discard(i)
                 if isinstance(names, list) and isinstance(ids, list) and len(names) == len(ids):
                     self._answers[i] = names, ids
-                if given == _AHEAD - 1 and self._give(helper.stdin):
-                    given += 1
+                if len(given) == _AHEAD - 1:  # it was full: one more (or the end)
+                    self._give(helper.stdin, given)
         except Exception:  # it died or answered nonsense: what it did not answer is read here
             pass
         finally:
             helper.kill()
             helper.communicate()
 
-    def _give(self, pipe: IO[bytes]) -> int:
-        """Hand the next leaf to a helper (1), or tell it there are no more (0)."""
+    def _give(self, pipe: IO[bytes], given: set[int]) -> bool:
+        """Hand the next leaf to a helper, or tell it there are no more (False)."""
         i = self._take(front=True)
         pickle.dump(None if i is None else (i, self._leaves[i]), pipe, pickle.HIGHEST_PROTOCOL)
         pipe.flush()
-        return 0 if i is None else 1
+        if i is None:
+            return False
+        given.add(i)
+        return True
 
 
 def serve() -> None:
