@@ -6,8 +6,7 @@ per line); tables and colour appear only on a terminal. Errors are one line on s
 exit codes in EXIT_CODES, printed by main.py.
 """
 
-from __future__ import annotations
-
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +14,6 @@ from typing import Annotated
 import typer
 
 from ..errors import BadInput
-from . import consume, dead, look, manage, metrics, produce, transfer, work
 from .params import Settings
 
 EXIT_CODES = """\
@@ -99,29 +97,31 @@ def _on_command_line(ctx: typer.Context, name: str) -> bool:
 
 # -- the tree ------------------------------------------------------------------------------
 
-COMMANDS: dict[str, Callable[..., None]] = {
-    "enqueue": produce.enqueue,
-    "dequeue": consume.dequeue,
-    "ack": consume.ack,
-    "nack": consume.nack,
-    "release": consume.release,
-    "extend": consume.extend,
-    "peek": look.peek,
-    "stats": look.stats,
-    "leases": look.leases,
-    "metrics": metrics.metrics_command,
-    "config": manage.config,
-    "purge": manage.purge,
-    "check": manage.check,
-    "worker": work.worker,
-    "export": transfer.export,
-    "import": transfer.import_command,
+# Each command's module and function. A module is imported only when its command is built, so
+# a run of one command loads one module and has Typer read one module's annotations.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "enqueue": ("produce", "enqueue"),
+    "dequeue": ("consume", "dequeue"),
+    "ack": ("consume", "ack"),
+    "nack": ("consume", "nack"),
+    "release": ("consume", "release"),
+    "extend": ("consume", "extend"),
+    "peek": ("look", "peek"),
+    "stats": ("look", "stats"),
+    "leases": ("look", "leases"),
+    "metrics": ("metrics", "metrics_command"),
+    "config": ("manage", "config"),
+    "purge": ("manage", "purge"),
+    "check": ("manage", "check"),
+    "worker": ("work", "worker"),
+    "export": ("transfer", "export"),
+    "import": ("transfer", "import_command"),
 }
-DLQ_COMMANDS: dict[str, Callable[..., None]] = {
-    "list": dead.dlq_list,
-    "show": dead.dlq_show,
-    "redrive": dead.dlq_redrive,
-    "purge": dead.dlq_purge,
+DLQ_COMMANDS: dict[str, tuple[str, str]] = {
+    "list": ("dead", "dlq_list"),
+    "show": ("dead", "dlq_show"),
+    "redrive": ("dead", "dlq_redrive"),
+    "purge": ("dead", "dlq_purge"),
 }
 GROUPS = {"dlq": "Inspect, redrive and purge a stream's dead letters."}
 
@@ -144,12 +144,18 @@ def build(only: str | None = None) -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(root)
-    for name, command in COMMANDS.items():
+    for name, where in COMMANDS.items():
         if only in (None, name):
-            app.command(name)(command)
+            app.command(name)(_function(where))
     if only in (None, "dlq"):
         dlq = typer.Typer(help=GROUPS["dlq"], no_args_is_help=True, rich_markup_mode=None)
-        for name, command in DLQ_COMMANDS.items():
-            dlq.command(name)(command)
+        for name, where in DLQ_COMMANDS.items():
+            dlq.command(name)(_function(where))
         app.add_typer(dlq, name="dlq")
     return app
+
+
+def _function(where: tuple[str, str]) -> Callable[..., None]:
+    module, name = where
+    command: Callable[..., None] = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    return command

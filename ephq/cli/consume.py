@@ -1,7 +1,5 @@
 """Consuming by hand: `dequeue`, then `ack`, `nack`, `release` or `extend` with its receipt."""
 
-from __future__ import annotations
-
 import json
 import sys
 from collections.abc import Callable

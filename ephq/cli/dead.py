@@ -1,8 +1,6 @@
 """`ephq dlq …`: a stream's dead letters, in any state: ready, delayed (a dead-letter
 handler's retry) or leased by a dead-letter consumer. Every command here sees all of them."""
 
-from __future__ import annotations
-
 import json
 import sys
 from typing import Annotated

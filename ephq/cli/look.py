@@ -1,7 +1,5 @@
 """Looking without changing: `peek`, `stats` and `leases`."""
 
-from __future__ import annotations
-
 import json
 import sys
 import time

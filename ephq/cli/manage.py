@@ -1,7 +1,5 @@
 """Managing a stream: `config`, `purge`, `check`."""
 
-from __future__ import annotations
-
 import json
 from typing import Annotated, Any
 

@@ -1,8 +1,6 @@
 """`ephq metrics`: every stream's state in the Prometheus text format, printed, written for
 node_exporter's textfile collector, or served over HTTP."""
 
-from __future__ import annotations
-
 import os
 import sys
 from pathlib import Path

@@ -1,8 +1,6 @@
 """What every command shares: the root's settings, the Queue they open, and the parameters
 defined once (with their shell completion)."""
 
-from __future__ import annotations
-
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated

@@ -1,7 +1,5 @@
 """`ephq enqueue`: one JSON document, or JSON Lines, from a file or stdin."""
 
-from __future__ import annotations
-
 import json
 import sys
 from pathlib import Path

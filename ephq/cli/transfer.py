@@ -2,8 +2,6 @@
 reads them, so `ephq export s | EPHQ_URL=… ephq import s` moves a stream from files to
 PostgreSQL (or back)."""
 
-from __future__ import annotations
-
 import json
 import sys
 from datetime import datetime, timezone

@@ -1,7 +1,5 @@
 """`ephq worker`: run a command for every message (the loop is ephq.worker's)."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer
