@@ -10,6 +10,8 @@ takes turns, REPS times:
 - `ephq check`, and its floor: one process walking the same tree and reading every file (open,
   fstat, read, close and a parse by json's C scanner), what a check that reads every message
   does in one process without doing anything else.
+With `--baseline REV`, each rep also runs `check` of REV (checked out into a temporary git
+worktree) and of this tree through the Python API, in turn, on the same stream.
 Then fills stream `p` with PURGE_N messages and times `ephq purge p --yes`, and right after it
 an `ephq enqueue p` and an `ephq dequeue p` (the stream is usable at once; the files go in the
 background).
@@ -18,6 +20,7 @@ background).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -27,6 +30,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from baseline import ROOT, checked_out
 
 BIN = Path(sys.executable).parent
 
@@ -61,6 +68,16 @@ print(n)
 """
 
 
+# check() through the API of the ephq at sys.argv[1], on the home at sys.argv[2].
+CHECK = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from ephq import Queue
+problems = Queue(sys.argv[2]).check()
+assert problems == [], problems
+"""
+
+
 def timed(argv: list[str], env: dict[str, str]) -> float:
     """Seconds the process took; it must succeed."""
     start = time.perf_counter()
@@ -74,7 +91,17 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=1_000_000)
     parser.add_argument("--purge-n", type=int, default=100_000)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--baseline", metavar="REV", help="also time check() of REV, in turn")
     args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        baseline = None
+        if args.baseline:
+            scratch = stack.enter_context(tempfile.TemporaryDirectory())
+            baseline = str(stack.enter_context(checked_out(args.baseline, scratch)))
+        run(args, baseline)
+
+
+def run(args: argparse.Namespace, baseline: str | None) -> None:
     root = tempfile.mkdtemp(prefix="ephq-bench-admin-", dir=args.workdir)
     home = os.path.join(root, "home")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -85,10 +112,14 @@ def main() -> None:
         print(f"filled {args.n:,} messages in {filled:.0f} s", file=sys.stderr)
         first_stats = timed([ephq, "stats", "s", "--json"], env)
         times: dict[str, list[float]] = {"stats": [], "check": [], "floor": []}
-        for _ in range(args.reps):
+        versions = {} if baseline is None else {args.baseline: baseline, "this tree": str(ROOT)}
+        api: dict[str, list[float]] = {name: [] for name in versions}
+        for rep in range(args.reps):
             times["stats"].append(timed([ephq, "stats", "s", "--json"], env))
             times["check"].append(timed([ephq, "check"], env))
             times["floor"].append(timed([sys.executable, "-c", FLOOR, home], env))
+            for name in sorted(versions, reverse=rep % 2 == 1):
+                api[name].append(timed([sys.executable, "-c", CHECK, versions[name], home], env))
         timed([sys.executable, "-c", FILL, home, "p", str(args.purge_n)], env)
         purge = timed([ephq, "purge", "p", "--yes"], env)
         subprocess.run(
@@ -119,6 +150,12 @@ def main() -> None:
         spread = f"{min(values):.2f}-{max(values):.2f}"
         print(f"| {label} | {median:.2f} | {spread} | {ratio} |")
     print(f"| `ephq purge p --yes` of {args.purge_n:,} | {purge:.2f} | | |")
+    if api:
+        old, new = (statistics.median(api[name]) for name in versions)
+        print(
+            f"\ncheck() through the API, in turn: {args.baseline} {old:.2f} s, this tree "
+            f"{new:.2f} s ({new / old:.2f}x)"
+        )
     usable = "delivered" if after.returncode == 0 and b'"data":{}' in after.stdout else "NOT"
     print(f"\nright after the purge, a message enqueued to p and dequeued: {usable}")
 
