@@ -73,7 +73,8 @@ def enqueue(
     """Add a message (or, with --lines, many) to STREAM and print each new id on its own line.
 
     A message larger than the stream's max size (1 MiB unless configured with `ephq config
-    STREAM --max-size`) is refused with exit status 2, before it is read whole.
+    STREAM --max-size`) is refused with exit status 2, before it is read whole; so is one
+    nested more than 128 levels deep in arrays and objects.
     """
     check_stream_name(stream)
     delay_s = durations.parse(delay, "--delay")
