@@ -60,8 +60,8 @@ class _Walk:
         self.stream = stream
         self.repair = repair
         self.problems: list[CheckProblem] = []
-        # The regular files of the state trees' leaves, read all at once (vouch.py), each
-        # with the store and tree it belongs to.
+        # The state trees' leaves, listed and read all at once (vouch.py), and the store and
+        # tree of each.
         self.reading = Reading()
         self.read_in: list[tuple[Store, Tree]] = []
         # Every message found whole: (state, directory, names, ids), an id None where the file
