@@ -9,7 +9,9 @@ levels, as serde_json's default allows, far inside what any reader needs.
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 import re
 from typing import Any
 
@@ -17,8 +19,9 @@ from .errors import BadInput, InvalidJSON
 
 MAX_NESTING = 128
 _COMPACT = (",", ":")
-# A JSON string (whose brackets do not count), or a bracket.
-_NESTING_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string: its brackets do not count
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")  # an opening bracket 2, a closing 0
 
 
 def json_of(data: Any) -> str:
@@ -63,19 +66,16 @@ def checked_json(text: str | bytes) -> str:
 
 
 def _check_nesting(text: str) -> None:
-    # Counting brackets is quick and rules out all but a text with many of them; only such a
-    # text is walked, skipping strings.
+    # Counting brackets is quick and rules out all but a text with many of them. Only such a
+    # text is measured, in C: its strings dropped, its brackets alone made steps of 2 (opening)
+    # and 0 (closing), whose running sum less their number is the depth at each bracket. (A
+    # walk of its tokens in Python cost four times json.loads on a 1 MB array of objects.)
     if text.count("[") + text.count("{") <= MAX_NESTING:
         return
-    depth = 0
-    for token in _NESTING_TOKEN.finditer(text):
-        bracket = token.group()
-        if bracket in "[{":
-            depth += 1
-            if depth > MAX_NESTING:
-                raise _too_deep()
-        elif bracket in "]}":
-            depth -= 1
+    steps = _STRING.sub("", text).encode().translate(_STEPS, _NOT_BRACKETS)
+    depths = map(operator.sub, itertools.accumulate(steps), itertools.count(1))
+    if max(depths, default=0) > MAX_NESTING:
+        raise _too_deep()
 
 
 def _too_deep() -> BadInput:
