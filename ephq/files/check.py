@@ -352,13 +352,11 @@ class _Walk:
                     self.report("stale-tmp", child, "a group's head, left unwritten", fix)
                 elif kind:
                     self.foreign(child, f"{describe_kind(kind)} that is not part of a group")
-        live = set(  # found in the stream itself, not among its dead letters
-            itertools.chain.from_iterable(
-                ids for state, _, _, ids in self.found if _RANK[state] <= _RANK["inflight"]
-            )
-            if heads
-            else ()
-        )
+        live: set[str | None] = set()  # found in the stream itself, not in its dead letters
+        if heads:
+            for state, _, _, ids in self.found:
+                if _RANK[state] <= _RANK["inflight"]:
+                    live.update(ids)
         for g, head in heads.items():
             if head not in live:
                 fix = functools.partial(groups.release, g, head)
