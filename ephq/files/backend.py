@@ -19,6 +19,7 @@ from ..message import (
     StreamStats,
     died_elsewhere,
 )
+from . import browse
 from .fsio import is_real_dir, listdir
 from .holders import HolderFile, live_holders
 from .names import IdSource, Receipt, check_stream_name, is_id, parse_receipt
@@ -182,15 +183,15 @@ class FileBackend:
 
     def peek(self, stream: str, count: int, dead: bool) -> list[Message]:
         owner = self._stream(stream)
-        return owner.store(dead).peek(count, owner.max_attempts(dead))
+        return browse.peek(owner.store(dead), count, owner.max_attempts(dead))
 
     def stats(self, stream: str) -> StreamStats:
         owner = self._existing(stream)
         now = self.clock()
         owner.main.reap(now, owner.max_attempts(False))
         owner.dead.reap(now, None)
-        ready, delayed, inflight, oldest = owner.main.counts(now)
-        dead = sum(owner.dead.counts(now)[:3])
+        ready, delayed, inflight, oldest = browse.counts(owner.main, now)
+        dead = sum(browse.counts(owner.dead, now)[:3])
         age = None if oldest is None else max(0.0, (now - oldest) / NS)
         return StreamStats(stream, ready, delayed, inflight, dead, age)
 
@@ -258,11 +259,11 @@ class FileBackend:
     def dead_letters(self, stream: str, count: int) -> list[Message]:
         owner = self._existing(stream)
         owner.dead.maybe_reap(self.clock(), None)
-        return owner.dead.listing(count)
+        return browse.listing(owner.dead, count)
 
     def dead_letter(self, stream: str, message_id: str) -> Message:
         _require_id(message_id)
-        return self._stream(stream).dead.get(message_id)
+        return browse.get(self._stream(stream).dead, message_id)
 
     def redrive(self, stream: str, ids: list[str] | None, progress: Progress = None) -> list[str]:
         for message_id in ids or []:
@@ -295,8 +296,8 @@ class FileBackend:
 
     def export(self, stream: str) -> Iterator[Exported]:
         owner = self._existing(stream)
-        yield from owner.main.exported()
-        yield from owner.dead.exported()
+        yield from browse.exported(owner.main)
+        yield from browse.exported(owner.dead)
 
     def import_messages(self, stream: str, records: list[Exported]) -> int:
         owner = self._stream(stream)
@@ -323,7 +324,7 @@ class FileBackend:
     def leases(self, stream: str) -> list[Lease]:
         owner = self._existing(stream)
         held = live_holders(owner.path)
-        return owner.main.leases(held) + owner.dead.leases(held)
+        return browse.leases(owner.main, held) + browse.leases(owner.dead, held)
 
     def hold(self, stream: str, dead: bool, worker: str) -> Holder:
         owner = self._stream(stream)
@@ -331,7 +332,7 @@ class FileBackend:
         return HolderFile(owner.path, worker, dead, durable=False)
 
     def next_delayed_ns(self, stream: str, dead: bool) -> int | None:
-        return self._stream(stream).store(dead).next_delayed_ns()
+        return browse.next_delayed_ns(self._stream(stream).store(dead))
 
     def seconds_until_due(self, stream: str, dead: bool) -> float:
         store = self._stream(stream).store(dead)

@@ -34,23 +34,25 @@ lease or ack means a redelivery, which at-least-once delivery allows. After a po
 directory that was not flushed can still name a file that was since acked and recycled for
 another message; the reader finds the other message's id in it and drops that stale name
 (tests/test_crash_states.py explores every such state).
+
+Kept apart: how a batch is committed and placed (batch.py: enqueue_many, import, a redrive into
+a group) and what reads a store without taking anything (browse.py: list, get, peek, stats,
+leases, export).
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import heapq
 import os
-import shutil
 import threading
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import BadInput, EphqError, LeaseLost, NotFound
-from ..message import Exported, Lease, Message, died_elsewhere, live_metadata, utc_from_ns
-from . import fsio, sweep
+from ..message import Exported, Message, died_elsewhere, live_metadata, utc_from_ns
+from . import batch, sweep
 from .census import Census
 from .fsio import (
     NotOurs,
@@ -64,22 +66,13 @@ from .fsio import (
     read_regular,
     try_lock,
     unlink_quietly,
-    write_all,
 )
 from .groups import (
-    GROUP_NAME,
-    GROUPS,
-    WAITING_NAME,
     Groups,
     group_of,
-    parse_waiting,
-    waiting_name,
 )
 from .holders import orphaned_leases
 from .names import (
-    ID_LENGTH,
-    READY_NAME,
-    TIMED_NAME,
     IdSource,
     ReadyName,
     TimedName,
@@ -109,10 +102,6 @@ from .tree import BATCH_SPACING_NS, READY_CUTS, TIMED_CUTS, Tree
 Clock = Callable[[], int]
 Progress = Callable[[int], None] | None  # told how many more messages are done
 REAP_INTERVAL_NS = 1_000_000_000
-# In a committed batch of a stream, the name of a file that goes to its dead letters (import).
-DEAD_PREFIX = "dlq."
-# ... and of a file that joins its group (groups.py): grp.<group>.<waiting name>.
-GROUP_PREFIX = "grp."
 STATES = ("ready", "delayed", "inflight")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # Names in ready/ that this process found are not messages, skipped from then on; forgotten
@@ -190,7 +179,7 @@ class Store:
     def _set_aside_dir(self, path: str, why: str) -> None:
         self.quarantine.take(path)
 
-    def _load(self, path: str, message_id: str, *, taken: bool = True) -> Record | None:
+    def load(self, path: str, message_id: str, *, taken: bool = True) -> Record | None:
         """The record of message_id in the file at path, or None: it is gone, or was not it.
 
         When the caller has taken the file (leased it), what is not that message's record is
@@ -219,7 +208,7 @@ class Store:
         now = self.clock()
         message_id = self._ids.next(now)
         content = encode(message_id, self.stream, id_time_ns(message_id), data_json, {})
-        dest_dir, name = self._arrival(message_id, now, delay_ns)
+        dest_dir, name = self.arrival(message_id, now, delay_ns)
         self._write_in(content, dest_dir, name)
         self._arrived(now, delay_ns)
         return message_id
@@ -238,8 +227,10 @@ class Store:
         """
         now = self.clock()
         ids = [self._ids.next(now + i * BATCH_SPACING_NS) for i in range(len(items))]
-        self._commit_batch(
-            ids[0], lambda batch: self._stage(batch, ids, items, now, delay_ns, progress, groups)
+        batch.commit(
+            self,
+            ids[0],
+            lambda into: batch.stage_new(self, into, ids, items, now, delay_ns, progress, groups),
         )
         self._arrived(now, delay_ns)
         return ids
@@ -257,203 +248,22 @@ class Store:
             if record.id in here:
                 raise BadInput(f"message {record.id} is already in stream {self.stream!r}")
 
-        def stage(batch: str) -> None:
+        def stage(into: str) -> None:
             for record in records:
-                self._stage_record(batch, record, now)
+                batch.stage_exported(self, into, record, now)
 
-        self._commit_batch(records[0].id, stage)
+        batch.commit(self, records[0].id, stage)
         self._forget_head()
         self.ring()
         return len(records)
 
-    def _commit_batch(self, first_id: str, stage: Callable[[str], None]) -> None:
-        """The batch protocol: stage(batch) writes the files into a locked batch directory in
-        tmp/; when durable one flush of the file system makes their bytes stick, one rename
-        commits them, and install_batch places them (which recovery finishes after a crash)."""
-        batch, lock = self._new_batch_dir(first_id)
-        try:
-            try:
-                stage(batch)
-                if self.durable:  # every file's bytes, before anything names them as committed
-                    fsio.sync_file_system(lock)
-                commit = _committed_name(batch)
-                os.rename(batch, commit)
-            except BaseException:
-                shutil.rmtree(batch, ignore_errors=True)
-                raise
-            self.install_batch(commit)
-        finally:
-            os.close(lock)
+    def install_batch(self, committed: str) -> None:
+        """Place what a committed batch holds (batch.py); recovery finishes one this way."""
+        batch.install(self, committed)
 
-    def _new_batch_dir(self, first_id: str) -> tuple[str, int]:
-        """A new batch directory in tmp/ and the fd of its flock. Until it is renamed a commit
-        (locked already, so recovery never takes it for a writer's that is gone), it is scrap
-        to recovery: nothing in it was promised."""
-        token = new_token()  # an import's ids are not new: this keeps its names unique
-        batch = os.path.join(self.tmp, f"batch-{first_id}.{token}")
-        try:
-            os.mkdir(batch, 0o700)
-        except FileNotFoundError:
-            self.create()
-            os.mkdir(batch, 0o700)
-        lock = os.open(batch, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(lock)
-            raise
-        return batch, lock
-
-    def _stage_record(self, batch: str, record: Exported, now: int) -> None:
-        content = encode(
-            record.id, self.stream, id_time_ns(record.id), record.data_json, record.metadata
-        )
-        due = record.visible_at_ns
-        group = record.metadata.get("group")
-        if record.state == "dead":
-            name = DEAD_PREFIX + str(ReadyName(record.id, record.attempts))
-        elif isinstance(group, str) and self.groups is not None:
-            later = due if record.state == "delayed" and due is not None and due > now else 0
-            name = (
-                f"{GROUP_PREFIX}{group_of(group)}.{waiting_name(record.id, record.attempts, later)}"
-            )
-        elif record.state == "delayed" and due is not None and due > now:
-            name = str(TimedName(due, record.id, record.attempts))
-        else:  # ready, a delay that has passed, or a lease (leases do not move between stores)
-            name = str(ReadyName(record.id, record.attempts))
-        fd = self.pool.open_new(os.path.join(batch, name))
-        try:
-            write_all(fd, content)
-        finally:
-            os.close(fd)
-
-    def exported(self) -> Iterator[Exported]:
-        """Every message of this store, in id order, as export writes them."""
-        clean_tmp(self)  # what a crash left promised in tmp/ is placed first: it is a message
-        now = self.clock()
-        found = list(self.entries(None, now))
-        if self.groups is not None:  # waiting in their groups: ready, or delayed, to come
-            found += [(w.path, w.id, "waiting") for w in self.groups.all_waiting()]
-        found.sort(key=lambda entry: entry[1])
-        for path, message_id, state in found:
-            if state == "waiting":
-                yield from self._exported_waiting(path, message_id, now)
-                continue
-            record = self._load(path, message_id, taken=False)
-            name = os.path.basename(path)
-            parsed = parse_ready(name) if state == "ready" else parse_timed(name)
-            if record is None or parsed is None:
-                continue  # gone meanwhile, or not a message: check reports it
-            due = parsed.at_ns if isinstance(parsed, TimedName) and state == "delayed" else None
-            meta = self._live_meta(record.meta)
-            yield Exported(
-                message_id,
-                "dead" if self.graveyard is None else state,
-                parsed.attempts,
-                due,
-                meta,
-                record.data_json,
-            )
-
-    def _exported_waiting(self, path: str, message_id: str, now: int) -> Iterator[Exported]:
-        fields = parse_waiting(os.path.basename(path))
-        record = self._load(path, message_id, taken=False)
-        if fields is None or record is None:
-            return
-        _, attempts, due = fields
-        later = due > now
-        yield Exported(
-            message_id,
-            "delayed" if later else "ready",
-            attempts,
-            due if later else None,
-            record.meta,
-            record.data_json,
-        )
-
-    def _stage(
-        self,
-        batch: str,
-        ids: list[str],
-        items: list[str],
-        now: int,
-        delay: int,
-        progress: Progress,
-        groups: list[str | None] | None = None,
-    ) -> None:
-        for n, (message_id, data_json) in enumerate(zip(ids, items, strict=True)):
-            key = None if groups is None else groups[n]
-            meta = {} if key is None else {"group": key}
-            content = encode(message_id, self.stream, id_time_ns(message_id), data_json, meta)
-            if key is None:
-                _, name = self._arrival(message_id, now, delay)
-            else:
-                due = now + delay if delay > 0 else 0
-                name = f"{GROUP_PREFIX}{group_of(key)}.{waiting_name(message_id, 0, due)}"
-            fd = self.pool.open_new(os.path.join(batch, name))
-            try:
-                write_all(fd, content)
-            finally:
-                os.close(fd)
-            if progress is not None:
-                progress(1)
-
-    def install_batch(self, commit: str) -> None:
-        """Move every file of a committed batch into place; also how recovery finishes one.
-
-        When durable, one flush of the file system after the moves makes the commit and every
-        placement stick at once (the batch's bytes were flushed before its commit).
-        """
-        touched: dict[str, str] = {}  # file name -> the directory it went to
-        joining: list[tuple[str, str, str, int, int]] = []
-        for name in sorted(listdir(commit)):
-            if name.startswith(GROUP_PREFIX) and self.groups is not None:
-                g, _, rest = name[len(GROUP_PREFIX) :].partition(".")
-                fields = parse_waiting(rest)
-                if GROUP_NAME.fullmatch(g) and fields is not None:
-                    joining.append((g, f"{commit}/{name}", *fields))
-                continue
-            if name.startswith(DEAD_PREFIX) and self.graveyard is not None:
-                dead = parse_ready(name[len(DEAD_PREFIX) :])  # an imported dead letter
-                if dead is not None and dead.token is None:
-                    dest = self.graveyard.ready.leaf_dir(dead.id)
-                    if place(
-                        f"{commit}/{name}",
-                        dest,
-                        str(dead),
-                        durable_dirs=False,
-                        flush=False,
-                    ):
-                        touched[name] = dest
-                continue
-            ready = parse_ready(name)
-            if ready is not None and ready.token is None:
-                dest = self.ready.leaf_dir(ready.id)
-            else:
-                timed = parse_timed(name)
-                if timed is None or timed.token is not None:
-                    continue  # not a file a batch writes: check reports it
-                dest = self.delayed.leaf_dir(f"{timed.at_ns:016x}")
-            # Not durable one by one: the flush below covers every move and new directory.
-            if place(os.path.join(commit, name), dest, name, durable_dirs=False, flush=False):
-                touched[name] = dest
-        if self.durable:
-            fd = os.open(self.tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                fsio.sync_file_system(fd)
-            finally:
-                os.close(fd)
-        # After the flush: each joins its group under the group's lock, flushing as it goes
-        # (groups.py); the commit directory, removed only after, is the promise meanwhile.
-        if self.groups is not None:
-            for g, path, message_id, attempts, due_ns in joining:
-                self.groups.place(g, path, message_id, attempts, due_ns)
-        try:
-            os.rmdir(commit)
-        except OSError:  # a concurrent recovery is still at it, or a rename did nothing
-            _drop_second_names(commit, touched)
-
-    def _arrival(self, message_id: str, now: int, delay_ns: int) -> tuple[str, str]:
+    def arrival(self, message_id: str, now: int, delay_ns: int) -> tuple[str, str]:
+        """The directory and name a new message goes to: ready/, or delayed/ until its delay
+        has passed."""
         if delay_ns <= 0:
             return self.ready.leaf_dir(message_id), str(ReadyName(message_id, 0))
         due = now + delay_ns
@@ -624,7 +434,7 @@ class Store:
             return None  # another consumer took it first
         leased = f"{dest_dir}/{name}"
         # None: gone (its lease already expired and someone else reaped it) or set aside.
-        record = self._load(leased, ready.id)
+        record = self.load(leased, ready.id)
         if record is None:
             return None
         if self.groups is not None and isinstance(record.meta.get("group"), str):
@@ -638,7 +448,7 @@ class Store:
             name = str(lease)
         self._note_due(deadline)
         receipt = format_receipt(name, self.is_dead_letter_queue)
-        return self._message(record, lease.attempts, receipt, deadline)
+        return self.as_message(record, lease.attempts, receipt, deadline)
 
     def _lease_move(self, path: str, dest_dir: str, name: str) -> bool:
         try:
@@ -659,10 +469,10 @@ class Store:
             if exc.errno not in _DISK_FULL:
                 raise
 
-    def _message(
+    def as_message(
         self, record: Record, attempts: int, receipt: str | None, visible_until: int | None
     ) -> Message:
-        meta = self._live_meta(record.meta)
+        meta = self.live_meta(record.meta)
         group = meta.get("group")
         if group is not None:
             meta = {key: value for key, value in meta.items() if key != "group"}
@@ -679,7 +489,7 @@ class Store:
             group=group if isinstance(group, str) else None,
         )
 
-    def _live_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
+    def live_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
         return meta if self.graveyard is None else live_metadata(meta, self.stream)
 
     # -- settle a delivery -----------------------------------------------------------------
@@ -962,7 +772,7 @@ class Store:
         id that is not here; BadInput for one that did not come from another stream."""
 
         def home(path: str, message_id: str) -> Store | None:
-            record = self._load(path, message_id, taken=False)
+            record = self.load(path, message_id, taken=False)
             origin = _died_in(None if record is None else record.meta.get("dead"))
             if origin is not None and origin != self.stream:
                 return home_of(origin)
@@ -1019,7 +829,7 @@ class Store:
         """The group a message moving to target joins there, if it has one."""
         if target.groups is None:
             return None
-        record = self._load(path, message_id, taken=False)
+        record = self.load(path, message_id, taken=False)
         group = None if record is None else record.meta.get("group")
         return group if isinstance(group, str) else None
 
@@ -1031,17 +841,17 @@ class Store:
         The directory is committed (locked, empty) before the file moves in: a batch
         directory is scrap to recovery, and the file must never be in one.
         """
-        batch, lock = self._new_batch_dir(message_id)
+        staging, lock = batch.new_dir(self, message_id)
         try:
-            commit = _committed_name(batch)
-            os.rename(batch, commit)
-            name = f"{GROUP_PREFIX}{group_of(group)}.{waiting_name(message_id, 0, 0)}"
+            committed = batch.committed_name(staging)
+            os.rename(staging, committed)
+            name = batch.joining_name(group, message_id, 0, 0)
             try:
-                os.rename(path, f"{commit}/{name}")
+                os.rename(path, f"{committed}/{name}")
             except FileNotFoundError:
-                os.rmdir(commit)
+                os.rmdir(committed)
                 return False
-            self.install_batch(commit)
+            batch.install(self, committed)
             return True
         finally:
             os.close(lock)
@@ -1076,7 +886,7 @@ class Store:
         redriving and purging agree about a dead letter a consumer holds or will retry.
         """
         if ids is None:
-            for state, tree, parse in self._states():
+            for state, tree, parse in self.states():
                 for leaf, name in tree.all_names(now):
                     parsed = parse(name)
                     if parsed is not None:
@@ -1085,10 +895,10 @@ class Store:
         for message_id in ids:
             found = self.find(message_id)
             if found is None:
-                raise NotFound(f"no {self._noun()} with id {message_id} in {self._what()}")
+                raise self.not_found(message_id)
             yield found[0], message_id, found[1]
 
-    def _states(
+    def states(
         self,
     ) -> tuple[tuple[str, Tree, Callable[[str], ReadyName | TimedName | None]], ...]:
         return (
@@ -1096,34 +906,6 @@ class Store:
             ("delayed", self.delayed, parse_timed),
             ("inflight", self.inflight, parse_timed),
         )
-
-    def listing(self, count: int) -> list[Message]:
-        """The first count messages by id (enqueue order), in any state, without taking them."""
-        now = self.clock()
-        found: list[tuple[str, str, ReadyName | TimedName]] = []
-        for state, tree, parse in self._states():
-            taken = 0
-            for leaf, name in tree.all_names(now):
-                parsed = parse(name)
-                if parsed is None:
-                    continue
-                found.append((os.path.join(leaf.path, name), state, parsed))
-                taken += 1
-                if state == "ready" and taken >= count:
-                    break  # ready/ is in id order; the others are in time order
-        found.sort(key=lambda entry: entry[2].id)
-        listed: list[Message] = []
-        for path, state, parsed in found:
-            if len(listed) >= count:
-                break
-            record = self._load(path, parsed.id, taken=False)
-            if record is not None:
-                listed.append(self._described(record, parsed, state))
-        return listed
-
-    def _described(self, record: Record, parsed: ReadyName | TimedName, state: str) -> Message:
-        until = parsed.at_ns if isinstance(parsed, TimedName) else None
-        return self._message(record, parsed.attempts, None, until)._replace(state=state)
 
     def find(self, message_id: str) -> tuple[str, str] | None:
         """The path and state of the message with this id, if it is in this store."""
@@ -1137,26 +919,12 @@ class Store:
                     return os.path.join(found_leaf.path, name), state
         return None
 
-    def get(self, message_id: str) -> Message:
-        found = self.find(message_id)
-        if found is not None:
-            path, state = found
-            record = self._load(path, message_id, taken=False)
-            name = os.path.basename(path)
-            parsed = parse_ready(name) if state == "ready" else parse_timed(name)
-            if record is not None and parsed is not None:
-                return self._described(record, parsed, state)
-        raise NotFound(f"no {self._noun()} with id {message_id} in {self._what()}")
-
-    def _noun(self) -> str:
-        return "dead letter" if self.is_dead_letter_queue else "message"
-
-    def _what(self) -> str:
-        return (
-            f"the dead letters of stream {self.stream!r}"
-            if self.is_dead_letter_queue
-            else (f"stream {self.stream!r}")
-        )
+    def not_found(self, message_id: str) -> NotFound:
+        if self.is_dead_letter_queue:
+            return NotFound(
+                f"no dead letter with id {message_id} in the dead letters of stream {self.stream!r}"
+            )
+        return NotFound(f"no message with id {message_id} in stream {self.stream!r}")
 
     # -- reap ------------------------------------------------------------------------------
 
@@ -1166,40 +934,6 @@ class Store:
     def maybe_reap(self, now: int, max_attempts: int | None) -> None:
         if now >= self._next_reap_ns:
             self.reap(now, max_attempts)
-
-    def leases(self, holders: dict[tuple[str, str], tuple[dict[str, Any], int]]) -> list[Lease]:
-        """Every message in flight, by deadline, with its holder when a live worker said so."""
-        found: list[Lease] = []
-        for leaf, name in self.inflight.all_names(self.clock()):
-            lease = parse_timed(name)
-            if lease is None or lease.token is None:
-                continue
-            holder, leased_at = holders.get((lease.id, lease.token), (None, None))
-            if leased_at is None:
-                try:  # a rename sets the ctime: when it was leased or last extended
-                    leased_at = os.lstat(os.path.join(leaf.path, name)).st_ctime_ns
-                except FileNotFoundError:
-                    continue  # settled while we looked
-            found.append(
-                Lease(
-                    lease.id,
-                    self.stream,
-                    lease.attempts,
-                    utc_from_ns(leased_at),
-                    utc_from_ns(lease.at_ns),
-                    holder,
-                    self.is_dead_letter_queue,
-                )
-            )
-        return found
-
-    def next_delayed_ns(self) -> int | None:
-        """When the first delayed message (a retry, or a delayed enqueue) becomes visible."""
-        for _, name in self.delayed.all_names(self.clock()):
-            timed = parse_timed(name)
-            if timed is not None:
-                return timed.at_ns
-        return None
 
     def next_due_ns(self) -> int:
         return self._next_reap_ns
@@ -1289,52 +1023,6 @@ class Store:
             tree.prune(leaf, now)
         return returned
 
-    # -- look without taking ---------------------------------------------------------------
-
-    def peek(self, count: int, max_attempts: int | None) -> list[Message]:
-        now = self.clock()
-        self.maybe_reap(now, max_attempts)
-        found: list[Message] = []
-        for leaf, name in self.ready.all_names(now):
-            if len(found) >= count:
-                break
-            ready = parse_ready(name)
-            if ready is None:
-                continue
-            record = self._load(os.path.join(leaf.path, name), ready.id, taken=False)
-            if record is None:
-                continue
-            found.append(self._message(record, ready.attempts, None, None))
-        return found
-
-    def counts(self, now: int) -> tuple[int, int, int, int | None]:
-        """Ready, delayed and inflight counts, and the enqueue time of the oldest ready message.
-
-        Counted by names, listing only the leaves that changed since the last count
-        (census.py).
-        """
-        groups = {  # a group's waiting messages count as ready
-            f"{GROUPS}/{g}": (path, tree, WAITING_NAME)
-            for g, path, tree in (self.groups.waiting_trees() if self.groups else ())
-        }
-        found = self.census.count(
-            {
-                "ready": (self.ready, READY_NAME),
-                "delayed": (self.delayed, TIMED_NAME),
-                "inflight": (self.inflight, TIMED_NAME),
-            },
-            now,
-            whole=groups,
-        )
-        ready, oldest = 0, None
-        for key in ("ready", *groups):
-            count, first = found.get(key, (0, None))
-            ready += count
-            if first is not None:  # a ready name and a waiting one both begin with the id
-                enqueued = id_time_ns(first[:ID_LENGTH])
-                oldest = enqueued if oldest is None else min(oldest, enqueued)
-        return ready, found["delayed"][0], found["inflight"][0], oldest
-
     def purge(self) -> int:
         """Remove every message in ready/, delayed/ and inflight/; how many there were.
 
@@ -1383,12 +1071,6 @@ class Store:
             pass
 
 
-def _committed_name(batch: str) -> str:
-    """A batch directory's name once committed: batch-<id>.<token> becomes commit-…."""
-    head, name = os.path.split(batch)
-    return os.path.join(head, "commit-" + name.removeprefix("batch-"))
-
-
 def _none() -> None:
     return None
 
@@ -1419,26 +1101,3 @@ def _vetted(raw: bytes, st: os.stat_result, message_id: str) -> Record | NotOurs
     if record.id != message_id:
         return NotOurs(f"holds message {record.id}", shared=shared)
     return record
-
-
-def _drop_second_names(commit: str, placed: dict[str, str]) -> None:
-    """Unlink the names left in a committed batch that are the same file as the placed ones.
-
-    After a power loss a batch can be both committed and placed (its directory was not flushed
-    after the moves); moving a file onto another name of itself does nothing (rename(2)), so
-    those names stay behind and would keep the batch directory from ever being removed.
-    """
-    for name in listdir(commit):
-        dest = placed.get(name)
-        if dest is None:
-            continue
-        placed_as = name.removeprefix(DEAD_PREFIX)
-        try:
-            if os.path.samestat(os.lstat(f"{commit}/{name}"), os.lstat(f"{dest}/{placed_as}")):
-                os.unlink(f"{commit}/{name}")
-        except FileNotFoundError:
-            continue
-    try:
-        os.rmdir(commit)
-    except OSError:
-        pass
