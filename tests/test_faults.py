@@ -141,6 +141,32 @@ def test_committed_batch_is_finished_and_uncommitted_one_dropped(
     assert not commit.exists() and not staged.exists()
 
 
+def test_a_batch_both_committed_and_placed_is_delivered_once_and_cleared(
+    q: Queue, home: Path
+) -> None:
+    """A power loss after a batch's moves can keep each file's name in the commit directory
+    and in its place (the commit directory was not flushed after them): moving a file onto
+    another name of itself does nothing, so recovery must drop those second names itself, or
+    the commit would stay in tmp/ for good. Both a message and an imported dead letter."""
+    q.enqueue("s", "dead one")
+    m = q.dequeue("s")
+    assert m is not None and m.receipt is not None
+    q.reject("s", m.receipt, "bad")
+    ids = q.enqueue_many("s", ["a", "b"])
+    commit = home / "s" / "tmp" / f"commit-{ids[0]}.0badc0de"
+    commit.mkdir()
+    for f in ready_files(home):
+        os.link(f, commit / f.name)
+    (dead,) = ready_files(home, "s/dlq")
+    os.link(dead, commit / f"dlq.{dead.name}")
+    with Queue(home) as fresh:  # (q has reaped within the second: it would not look yet)
+        got = fresh.dequeue_many("s", 10)
+        assert [x.id for x in got] == ids
+        assert [x.id for x in fresh.peek("s", 10, dlq=True)] == [m.id]
+        assert not commit.exists()
+        assert fresh.check() == []
+
+
 def _fail_writes(monkeypatch: pytest.MonkeyPatch, err: int) -> None:
     real_write = os.write
 
