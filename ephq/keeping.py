@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from .backend import Holder
 from .errors import EphqError
 from .ids import DLQ_RECEIPT_PREFIX
+from .message import Message
 
 PUBLISH_EVERY_S = 0.1
 
@@ -31,8 +32,9 @@ class LeaseKeeper:
     def __init__(self, opener: Opener, name: str) -> None:
         self.name = name
         self._open = opener
-        # (stream, dead) -> receipt -> (leased at ns, deadline ns)
-        self._leases: dict[tuple[str, bool], dict[str, tuple[int, int]]] = {}
+        # (stream, dead) -> receipt -> (leased at ns, deadline ns if extended; else None: the
+        # deadline its receipt says)
+        self._leases: dict[tuple[str, bool], dict[str, tuple[int, int | None]]] = {}
         self._holders: dict[tuple[str, bool], Holder] = {}
         self._changed: set[tuple[str, bool]] = set()
         self._lock = threading.Lock()
@@ -40,17 +42,22 @@ class LeaseKeeper:
         self._closed = False
         self._thread: threading.Thread | None = None
 
-    def took(self, stream: str, receipts: list[tuple[str, int]]) -> None:
-        """Leases just taken: (receipt, deadline ns) each."""
-        if not receipts:
+    def took(self, stream: str, got: Sequence[Message]) -> None:
+        """Leases just taken. Only noted here (this is on every dequeue): the thread reads each
+        one's deadline from its receipt when it publishes."""
+        if not got:
             return
         now = time.time_ns()
         with self._lock:
             if self._closed:
                 return
-            for receipt, deadline in receipts:
+            for message in got:
+                receipt = message.receipt or ""
                 key = (stream, receipt.startswith(DLQ_RECEIPT_PREFIX))
-                self._leases.setdefault(key, {})[receipt] = (now, deadline)
+                held = self._leases.get(key)
+                if held is None:
+                    held = self._leases[key] = {}
+                held[receipt] = (now, None)
                 self._changed.add(key)
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -65,10 +72,13 @@ class LeaseKeeper:
             if receipt in held:
                 held[receipt] = (held[receipt][0], deadline)
 
-    def ended(self, stream: str, receipts: list[str]) -> None:
-        """Deliveries settled (or found lost): no longer this process's."""
+    def ended(self, stream: str, receipts: Iterable[object]) -> None:
+        """Deliveries settled (or found lost): no longer this process's. What is not a string
+        was never a receipt (the API refused it)."""
         with self._lock:
             for receipt in receipts:
+                if not isinstance(receipt, str):
+                    continue
                 key = (stream, receipt.startswith(DLQ_RECEIPT_PREFIX))
                 held = self._leases.get(key)
                 if held is not None and held.pop(receipt, None) is not None:
@@ -95,7 +105,11 @@ class LeaseKeeper:
         now = time.time_ns()
         with self._lock:
             for key, held in self._leases.items():
-                gone = [r for r, (_, deadline) in held.items() if deadline <= now]
+                gone = [
+                    r
+                    for r, (_, deadline) in held.items()
+                    if (deadline_of(r) if deadline is None else deadline) <= now
+                ]
                 for receipt in gone:  # its deadline applies now, announced or not
                     del held[receipt]
                 if gone:
@@ -113,3 +127,10 @@ class LeaseKeeper:
             except (EphqError, OSError):
                 with self._lock:  # the store is away: try again at the next round
                     self._changed.add(key)
+
+
+def deadline_of(receipt: str) -> int:
+    """When a lease runs out unless extended: the receipt's first field (ids.py), read without
+    parsing the rest."""
+    start = len(DLQ_RECEIPT_PREFIX) if receipt.startswith(DLQ_RECEIPT_PREFIX) else 0
+    return int(receipt[start : start + 16], 16)

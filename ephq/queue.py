@@ -26,7 +26,7 @@ from .durations import NS_PER_SECOND, Duration, to_ns
 from .errors import BadInput
 from .files.backend import FileBackend
 from .files.fsio import translated
-from .ids import DLQ_RECEIPT_PREFIX, check_stream_name, is_id
+from .ids import check_stream_name, is_id
 from .jsontext import checked_json, json_of
 from .keeping import LeaseKeeper
 from .message import (
@@ -284,15 +284,13 @@ class Queue:
         self, stream: str, count: int, visibility_ns: int | None, dlq: bool
     ) -> list[Message]:
         got = self._backend.dequeue(stream, count, visibility_ns, dlq)
-        if got and self.lease_keeper is not None:
-            self.lease_keeper.took(
-                stream, [(m.receipt or "", _deadline_ns(m.receipt or "")) for m in got]
-            )
+        if self.lease_keeper is not None:
+            self.lease_keeper.took(stream, got)
         return got
 
     def _settled(self, stream: str, receipts: list[str]) -> None:
-        if self.lease_keeper is not None:  # (a receipt of the wrong type was refused)
-            self.lease_keeper.ended(stream, [r for r in receipts if isinstance(r, str)])
+        if self.lease_keeper is not None:
+            self.lease_keeper.ended(stream, receipts)
 
     def ack(self, stream: str, receipt: str) -> None:
         """The delivery succeeded: remove the message. LeaseLost if the delivery had ended."""
@@ -597,13 +595,6 @@ def _checked_labels(keys: Iterable[str | None], count: int, what: str) -> list[s
         except UnicodeEncodeError:
             raise BadInput(f"{what} {key[:40]!r} is not valid Unicode text") from None
     return given
-
-
-def _deadline_ns(receipt: str) -> int:
-    """When a lease just taken runs out: the receipt's first field (ids.py), read without
-    parsing the rest (this is on every dequeue)."""
-    start = len(DLQ_RECEIPT_PREFIX) if receipt.startswith(DLQ_RECEIPT_PREFIX) else 0
-    return int(receipt[start : start + 16], 16)
 
 
 def _check_exported(record: Exported) -> None:

@@ -519,6 +519,21 @@ def test_a_closed_queue_leaves_its_leases_to_their_deadlines(home: Path) -> None
     assert [lease.holder for lease in other.leases("s")] == [None]
 
 
+def test_a_kept_lease_past_its_deadline_is_announced_no_more(home: Path) -> None:
+    """A process that never settles a lease stops announcing it once its deadline passes (the
+    keeper reads the deadline from the receipt): its announcement does not grow for good."""
+    q = Queue(home)
+    try:
+        q.enqueue("s", 1)
+        assert q.dequeue("s", visibility=1) is not None
+        observer = Queue(home, keep_leases=False)
+        wait_for(lambda: [lease.holder is not None for lease in observer.leases("s")] == [True])
+        # Not reaped (nobody dequeues): still in flight, past its deadline, no longer held.
+        wait_for(lambda: [lease.holder is None for lease in observer.leases("s")] == [True])
+    finally:
+        q.close()
+
+
 @pytest.mark.both_backends
 def test_a_dead_letter_streams_backlog_moves_and_still_goes_home(
     q: Queue, clock: FakeClock, tmp_path: Path
