@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -547,6 +548,63 @@ def test_a_killed_workers_handlers_die_with_it(store: str, home: Path, tmp_path:
     wait_for(lambda: not any(alive(pid) for pid in [*handler_pids, guard]))
     again = q.dequeue("s", wait=30)  # given back when the worker's holder is found dead
     assert again is not None and (again.id, again.attempts) == (mid, 2)
+
+
+def _in_own_session(pid_file: Path) -> str:
+    """A line of shell that starts a sleeper in a session of its own, its pid in pid_file
+    (holding none of the worker's pipes, which the test reads to their end)."""
+    return f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 120' </dev/null >/dev/null 2>&1 &\n"
+
+
+@pytest.mark.timeout(90)
+def test_what_a_handler_put_in_a_session_of_its_own_dies_with_a_killed_worker(
+    home: Path, tmp_path: Path
+) -> None:
+    """The guard's table knows the handler's process group, not a session the handler made
+    (setsid): what carries the worker's token in its environment is killed too."""
+    q = open_store(home)
+    mid = q.enqueue("s", "job")
+    shell_pid, loner_pid = tmp_path / "shell.pid", tmp_path / "loner.pid"
+    handler = script(tmp_path, f"echo $$ > {shell_pid}\n{_in_own_session(loner_pid)}sleep 120\n")
+    worker = start_worker(home, "s", "--exec", handler, "--visibility", "10m")
+    try:
+        wait_for(lambda: loner_pid.exists() and loner_pid.read_text().strip() != "")
+        wait_for(lambda: shell_pid.exists() and shell_pid.read_text().strip() != "")
+        wait_for(lambda: any(lease.holder is not None for lease in q.leases("s")))
+        pids = [int(shell_pid.read_text()), int(loner_pid.read_text())]
+        assert os.getsid(pids[1]) == pids[1] != os.getsid(pids[0])  # a session of its own
+    finally:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    try:
+        wait_for(lambda: not any(alive(pid) for pid in pids))
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    again = q.dequeue("s", wait=30)
+    assert again is not None and (again.id, again.attempts) == (mid, 2)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_ends_cleanly_kills_nothing_its_handlers_left(
+    home: Path, tmp_path: Path
+) -> None:
+    """A clean end tells the guard so: what a handler deliberately left running (here in a
+    session of its own, so the worker does not wait for it) outlives the worker."""
+    q = open_store(home)
+    q.enqueue("s", "job")
+    loner_pid = tmp_path / "loner.pid"
+    handler = script(tmp_path, _in_own_session(loner_pid))
+    worker = start_worker(home, "s", "--exec", handler, "--drain")
+    code, err = finish(worker)
+    assert code == 0, err
+    wait_for(lambda: loner_pid.exists() and loner_pid.read_text().strip() != "")
+    pid = int(loner_pid.read_text())
+    try:
+        assert alive(pid)  # (the worker reaped its guard before it exited)
+    finally:
+        os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.timeout(60)

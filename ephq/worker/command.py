@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 
 from ..message import Message
-from .guard import HandlerGuard
+from .guard import TOKEN_VARIABLE, HandlerGuard
 from .outcomes import Cancelled, HandlerBroken, PermanentFailure, TemporaryFailure
 
 PERMANENT_EXIT = 100
@@ -158,7 +158,8 @@ class CommandHandler:
                 continue
 
     def __call__(self, message: Message, cancelled: threading.Event) -> None:
-        child, stdin, stderr_fd = _spawn(self.command, self._environment(message), self._guarded())
+        guard = self._guarded()
+        child, stdin, stderr_fd = _spawn(self.command, self._environment(message, guard), guard)
         self._running.add(child)
         try:
             self._supervise(child, stdin, stderr_fd, message, cancelled)
@@ -187,7 +188,7 @@ class CommandHandler:
             feeder.join(timeout=5)
         self._verdict(child.returncode, why, stderr.tail())
 
-    def _environment(self, message: Message) -> dict[str, str]:
+    def _environment(self, message: Message, guard: HandlerGuard) -> dict[str, str]:
         # The worker's environment is read once per handler start: a variable the worker's
         # own code sets later still reaches the handlers.
         env = {k: v for k, v in os.environ.items() if k not in ("EPHQ_HOME", "EPHQ_URL")}
@@ -206,6 +207,13 @@ class CommandHandler:
             env["EPHQ_GROUP"] = message.group
         else:
             env.pop("EPHQ_GROUP", None)  # not the worker's own, if it had one
+        # What the handler starts inherits it: the guard kills what carries it (guard.py).
+        # (A worker that is itself a handler's passes on its own, not its worker's: when that
+        # worker dies, its guard kills this worker, whose guard kills these handlers.)
+        if guard.problem is None:
+            env[TOKEN_VARIABLE] = guard.token
+        else:
+            env.pop(TOKEN_VARIABLE, None)
         return env
 
     def _wait(self, child: _Child, cancelled: threading.Event, stderr: _StderrTail) -> str | None:

@@ -5,8 +5,9 @@ nothing the kernel does when the worker dies reaches it. Left running, it would 
 on a message that the worker's death has just given back: another worker would get the message
 within a second and run it a second time, at once. So each worker that runs commands starts a
 guard: a small process, in a session of its own too, blocked reading a pipe that only the worker
-holds open and never writes to. When the read returns end of file, the worker is gone, however
-it died: the guard SIGKILLs the process groups in its table and exits.
+holds open. When the read returns end of file, the worker is gone, however it died: the guard
+SIGKILLs the process groups in its table, then every process that carries the worker's token,
+and exits. A worker that ends cleanly writes a byte first: then the guard kills nothing.
 
 The table is a memory file both hold (memfd_create), one 8-byte slot per running handler: the
 worker writes a handler's process group into a free slot when it starts, and zero when it has
@@ -14,7 +15,13 @@ exited but is not yet reaped (while that number cannot belong to anyone else), e
 pwrite. The guard reads it only once the worker is dead, so it never wakes while the worker
 lives (a pipe carrying each start and end would wake it twice a message).
 
-The guard is `python -I -S -c GUARD_CODE ephq-handler-guard` (the last word marks it in `ps`),
+The token (TOKEN_VARIABLE in each handler's environment, which what it starts inherits) covers
+what the table cannot: a handler started in the instant before its slot was written, and a
+process a handler put in a session of its own (setsid). The guard finds them in
+/proc/<pid>/environ (Linux; elsewhere only the table), looking again until a look finds none,
+so that what forked meanwhile is found too.
+
+The guard is `python -I -S -c GUARD_CODE ephq-handler-guard TOKEN` (the word marks it in `ps`),
 about 15 ms once per worker. A fork of the worker would be cheaper, but it would inherit the
 worker's open files, among them the lock and the database session that announce its leases
 (keeping.py), which must end when the worker dies.
@@ -28,17 +35,30 @@ import threading
 
 MARK = "ephq-handler-guard"
 
-# Runs alone in a fresh interpreter (-I -S): only os and signal. fd 0 is the pipe, fd 3 the table.
+TOKEN_VARIABLE = "EPHQ_HANDLER_GUARD"
+# Looks through /proc at most this many times: a process that forks faster than it is killed
+# cannot keep the guard from exiting.
+_LOOKS = 8
+FAREWELL = b"."
+
+# Runs alone in a fresh interpreter (-I -S): only os, signal and sys. fd 0 is the pipe, fd 3 the
+# table; its arguments are the mark, the token's variable as it appears in an environment, and
+# how often to look. A byte b"." (FAREWELL) before end of file is a clean end.
 GUARD_CODE = """
-import os, signal
+import os, signal, sys
 for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
     signal.signal(s, signal.SIG_IGN)  # the worker's stop is not the guard's: it ends at EOF
+clean = False
 while True:
     try:
-        if not os.read(0, 1):
-            break
+        got = os.read(0, 1)
     except InterruptedError:
-        pass
+        continue
+    if not got:
+        break
+    clean = got == b"."
+if clean:
+    sys.exit(0)
 table = os.pread(3, os.fstat(3).st_size, 0)
 for at in range(0, len(table) - 7, 8):
     group = int.from_bytes(table[at:at + 8], 'little')
@@ -47,6 +67,36 @@ for at in range(0, len(table) - 7, 8):
             os.killpg(group, signal.SIGKILL)
         except OSError:
             pass
+needle = b"\\0" + sys.argv[2].encode() + b"\\0"
+me = os.getpid()
+for _ in range(int(sys.argv[3])):
+    found = 0
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        break
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open("/proc/" + name + "/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if needle not in b"\\0" + env:
+            continue
+        found += 1
+        pid = int(name)
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if not found:
+        break
 """
 
 
@@ -63,6 +113,7 @@ class HandlerGuard:
         self._slot_of: dict[int, int] = {}
         self._free: list[int] = []
         self._slots = 0
+        self.token = os.urandom(16).hex()  # TOKEN_VARIABLE's value in each handler's environment
         fds: list[int] = []
         try:
             self._table = _memory_file()
@@ -70,7 +121,10 @@ class HandlerGuard:
             fds = [read]
             self._pid = os.posix_spawn(
                 sys.executable,
-                [sys.executable, "-I", "-S", "-c", GUARD_CODE, MARK],
+                [
+                    *(sys.executable, "-I", "-S", "-c", GUARD_CODE, MARK),
+                    *(f"{TOKEN_VARIABLE}={self.token}", str(_LOOKS)),
+                ],
                 {},
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, read, 0),
@@ -112,8 +166,14 @@ class HandlerGuard:
         return self._slots - 1
 
     def close(self) -> None:
-        """Let the guard go (every handler has ended: the table is all zeros) and reap it."""
+        """Let the guard go, killing nothing (every handler has ended; what they left running
+        in the background is theirs), and reap it."""
         pid, self._pid = self._pid, None
+        if self._pipe is not None:
+            try:
+                os.write(self._pipe, FAREWELL)
+            except OSError:
+                pass  # the guard is gone already: nothing to tell
         self._close_own()
         if pid is not None:
             try:
