@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ephq import Message
+from ephq import Message, Queue
 from ephq.worker import Cancelled, PermanentFailure, Worker
 from ephq.worker.guard import MARK
 from tests.conftest import open_store, store_environment
@@ -523,37 +523,53 @@ def _children(pid: int) -> dict[int, str]:
     return found
 
 
-@pytest.mark.timeout(90)
-@pytest.mark.both_backends
-def test_a_killed_workers_handlers_die_with_it(store: str, home: Path, tmp_path: Path) -> None:
-    """Only the worker is SIGKILLed (as the OOM killer would): its handler, in a session of its
-    own, and the handler's own child are killed too, before the message is delivered again, so
-    it never runs twice at once; the guard that did it is gone as well."""
-    q = open_store(home)
-    mid = q.enqueue("s", "job")
-    shell_pid, child_pid = tmp_path / "shell.pid", tmp_path / "child.pid"
-    handler = script(tmp_path, f"echo $$ > {shell_pid}\nsleep 120 &\necho $! > {child_pid}\nwait\n")
+def _kill_worker_running(
+    q: Queue, home: Path, tmp_path: Path, body: str, pid_files: list[Path]
+) -> tuple[list[int], int]:
+    """Start a worker whose handler runs body, which writes pid_files; once they are written
+    and the lease announced, SIGKILL the worker alone (as the OOM killer would, not its
+    process group). The pids the files held, and the worker's guard's."""
+    handler = script(tmp_path, body)
     worker = start_worker(home, "s", "--exec", handler, "--visibility", "10m")
     try:
-        wait_for(lambda: child_pid.exists() and child_pid.read_text().strip() != "")
+        for pid_file in pid_files:
+            wait_for(lambda f=pid_file: f.exists() and f.read_text().strip() != "")
         # (announced a few tenths of a second after it is taken: until then, a lease keeps
         # its deadline when its worker dies)
         wait_for(lambda: any(lease.holder is not None for lease in q.leases("s")))
         (guard,) = [pid for pid, cmd in _children(worker.pid).items() if MARK in cmd]
-        handler_pids = [int(shell_pid.read_text()), int(child_pid.read_text())]
-        assert all(alive(pid) for pid in handler_pids)
+        pids = [int(pid_file.read_text()) for pid_file in pid_files]
+        assert all(alive(pid) for pid in pids)
     finally:
-        os.kill(worker.pid, signal.SIGKILL)  # the worker alone, not its process group
+        os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
-    wait_for(lambda: not any(alive(pid) for pid in [*handler_pids, guard]))
+    return pids, guard
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.both_backends
+def test_a_killed_workers_handlers_die_with_it(store: str, home: Path, tmp_path: Path) -> None:
+    """Only the worker is SIGKILLed: its handler, in a session of its own, and the handler's
+    own child are killed too, before the message is delivered again, so it never runs twice at
+    once; the guard that did it is gone as well."""
+    q = open_store(home)
+    mid = q.enqueue("s", "job")
+    shell_pid, child_pid = tmp_path / "shell.pid", tmp_path / "child.pid"
+    body = f"echo $$ > {shell_pid}\nsleep 120 &\necho $! > {child_pid}\nwait\n"
+    pids, guard = _kill_worker_running(q, home, tmp_path, body, [shell_pid, child_pid])
+    wait_for(lambda: not any(alive(pid) for pid in [*pids, guard]))
     again = q.dequeue("s", wait=30)  # given back when the worker's holder is found dead
     assert again is not None and (again.id, again.attempts) == (mid, 2)
 
 
 def _in_own_session(pid_file: Path) -> str:
-    """A line of shell that starts a sleeper in a session of its own, its pid in pid_file
-    (holding none of the worker's pipes, which the test reads to their end)."""
-    return f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 120' </dev/null >/dev/null 2>&1 &\n"
+    """A line of shell that starts a sleeper in a session of its own, its pid in pid_file and
+    its session's id in pid_file.sid (holding none of the worker's pipes, which the test reads
+    to their end)."""
+    sid = f"read -r _ _ _ _ _ sid _ < /proc/$$/stat; echo $sid > {pid_file}.sid"
+    return (
+        f"setsid sh -c '{sid}; echo $$ > {pid_file}; exec sleep 120' </dev/null >/dev/null 2>&1 &\n"
+    )
 
 
 @pytest.mark.timeout(90)
@@ -565,18 +581,10 @@ def test_what_a_handler_put_in_a_session_of_its_own_dies_with_a_killed_worker(
     q = open_store(home)
     mid = q.enqueue("s", "job")
     shell_pid, loner_pid = tmp_path / "shell.pid", tmp_path / "loner.pid"
-    handler = script(tmp_path, f"echo $$ > {shell_pid}\n{_in_own_session(loner_pid)}sleep 120\n")
-    worker = start_worker(home, "s", "--exec", handler, "--visibility", "10m")
+    body = f"echo $$ > {shell_pid}\n{_in_own_session(loner_pid)}sleep 120\n"
+    pids, _ = _kill_worker_running(q, home, tmp_path, body, [shell_pid, loner_pid])
     try:
-        wait_for(lambda: loner_pid.exists() and loner_pid.read_text().strip() != "")
-        wait_for(lambda: shell_pid.exists() and shell_pid.read_text().strip() != "")
-        wait_for(lambda: any(lease.holder is not None for lease in q.leases("s")))
-        pids = [int(shell_pid.read_text()), int(loner_pid.read_text())]
-        assert os.getsid(pids[1]) == pids[1] != os.getsid(pids[0])  # a session of its own
-    finally:
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.wait(timeout=30)
-    try:
+        assert int(Path(f"{loner_pid}.sid").read_text()) == pids[1]  # a session of its own
         wait_for(lambda: not any(alive(pid) for pid in pids))
     finally:
         for pid in pids:
