@@ -28,10 +28,17 @@ PUBLISH_EVERY_S = 0.1
 Opener = Callable[[str, bool, str], Holder]
 
 
+_TOOK, _EXTENDED, _ENDED = 0, 1, 2
+
+
 class LeaseKeeper:
     def __init__(self, opener: Opener, name: str) -> None:
         self.name = name
         self._open = opener
+        # What dequeue, extend and ack saw, in order, for the thread: (what, stream, receipt,
+        # when leased or the new deadline). Appending is all they do (list.append is atomic),
+        # so they take no lock; the thread swaps the list for a fresh one and applies it.
+        self._events: list[tuple[int, str, str, int]] = []
         # (stream, dead) -> receipt -> (leased at ns, deadline ns if extended; else None: the
         # deadline its receipt says)
         self._leases: dict[tuple[str, bool], dict[str, tuple[int, int | None]]] = {}
@@ -43,46 +50,41 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
 
     def took(self, stream: str, got: Sequence[Message]) -> None:
-        """Leases just taken. Only noted here (this is on every dequeue): the thread reads each
-        one's deadline from its receipt when it publishes."""
-        if not got:
+        """Leases just taken (this is on every dequeue: it only notes them)."""
+        if not got or self._closed:
             return
         now = time.time_ns()
-        with self._lock:
-            if self._closed:
-                return
-            for message in got:
-                receipt = message.receipt or ""
-                key = (stream, receipt.startswith(DLQ_RECEIPT_PREFIX))
-                held = self._leases.get(key)
-                if held is None:
-                    held = self._leases[key] = {}
-                held[receipt] = (now, None)
-                self._changed.add(key)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="ephq-lease-keeper", daemon=True
-                )
-                self._thread.start()
+        for message in got:
+            self._events.append((_TOOK, stream, message.receipt or "", now))
+        if self._thread is None:
+            self._start()
 
     def extended(self, stream: str, receipt: str, deadline: int) -> None:
-        key = (stream, receipt.startswith(DLQ_RECEIPT_PREFIX))
-        with self._lock:
-            held = self._leases.get(key, {})
-            if receipt in held:
-                held[receipt] = (held[receipt][0], deadline)
+        if self._listening():
+            self._events.append((_EXTENDED, stream, receipt, deadline))
 
     def ended(self, stream: str, receipts: Iterable[object]) -> None:
         """Deliveries settled (or found lost): no longer this process's. What is not a string
         was never a receipt (the API refused it)."""
+        if not self._listening():
+            return
+        for receipt in receipts:
+            if isinstance(receipt, str):
+                self._events.append((_ENDED, stream, receipt, 0))
+
+    def _listening(self) -> bool:
+        """Whether this process has taken a lease and not closed: else there is nothing to note
+        (and nobody would ever apply it: a Queue that only acks others' receipts must not
+        collect them)."""
+        return self._thread is not None and not self._closed
+
+    def _start(self) -> None:
         with self._lock:
-            for receipt in receipts:
-                if not isinstance(receipt, str):
-                    continue
-                key = (stream, receipt.startswith(DLQ_RECEIPT_PREFIX))
-                held = self._leases.get(key)
-                if held is not None and held.pop(receipt, None) is not None:
-                    self._changed.add(key)
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._run, name="ephq-lease-keeper", daemon=True
+                )
+                self._thread.start()
 
     def close(self) -> None:
         """Stop announcing; the announcements go (what this process still holds keeps its
@@ -101,9 +103,30 @@ class LeaseKeeper:
             self._publish()
             self._wake.wait(PUBLISH_EVERY_S)
 
+    def _apply(self) -> None:
+        """What happened since the last look, in the order it happened (call with the lock)."""
+        events, self._events = self._events, []
+        for what, stream, receipt, value in events:
+            key = (stream, receipt.startswith(DLQ_RECEIPT_PREFIX))
+            held = self._leases.get(key)
+            if what == _TOOK:
+                if held is None:
+                    held = self._leases[key] = {}
+                held[receipt] = (value, None)
+            elif held is None or receipt not in held:
+                continue
+            elif what == _EXTENDED:
+                held[receipt] = (held[receipt][0], value)
+            else:
+                del held[receipt]
+            self._changed.add(key)
+
     def _publish(self) -> None:
         now = time.time_ns()
         with self._lock:
+            if self._closed:
+                return
+            self._apply()
             for key, held in self._leases.items():
                 gone = [
                     r

@@ -534,6 +534,23 @@ def test_a_kept_lease_past_its_deadline_is_announced_no_more(home: Path) -> None
         q.close()
 
 
+def test_an_extended_kept_lease_is_announced_past_its_first_deadline(home: Path) -> None:
+    """Extended at once (before the keeper's thread has even published the lease), it is
+    announced until its new deadline, not forgotten at its first."""
+    q = Queue(home)
+    try:
+        q.enqueue("s", 1)
+        m = q.dequeue("s", visibility=1)
+        assert m is not None and m.receipt is not None
+        q.extend("s", m.receipt, 120)
+        observer = Queue(home, keep_leases=False)
+        wait_for(lambda: [lease.holder is not None for lease in observer.leases("s")] == [True])
+        time.sleep(1.5)  # past the first deadline, and a dozen publishing rounds
+        assert [lease.holder is not None for lease in observer.leases("s")] == [True]
+    finally:
+        q.close()
+
+
 @pytest.mark.both_backends
 def test_a_dead_letter_streams_backlog_moves_and_still_goes_home(
     q: Queue, clock: FakeClock, tmp_path: Path
