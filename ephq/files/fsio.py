@@ -123,19 +123,27 @@ def read_regular(path: str, limit: int) -> tuple[bytes, os.stat_result]:
             raise NotOurs(
                 f"{st.st_size} bytes, more than a message file holds", shared=st.st_nlink > 1
             )
-        chunk = os.read(fd, _READ_SIZE)
-        if len(chunk) < _READ_SIZE:  # the usual message: one read, no second one to see EOF
-            return chunk, st
-        chunks = [chunk]
-        total = len(chunk)
-        while chunk := os.read(fd, _READ_SIZE):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:  # it grew while we read: not a file ephq is writing
-                raise NotOurs("a file that keeps growing", shared=st.st_nlink > 1)
-        return b"".join(chunks), st
+        raw = read_bounded(fd, limit)
+        if raw is None:  # it grew while we read: not a file ephq is writing
+            raise NotOurs("a file that keeps growing", shared=st.st_nlink > 1)
+        return raw, st
     finally:
         os.close(fd)
+
+
+def read_bounded(fd: int, limit: int) -> bytes | None:
+    """What fd holds from where it is to its end, or None past limit bytes."""
+    chunk = os.read(fd, _READ_SIZE)
+    if len(chunk) < _READ_SIZE:  # the usual message: one read, no second one to see EOF
+        return chunk if len(chunk) <= limit else None
+    chunks = [chunk]
+    total = len(chunk)
+    while chunk := os.read(fd, _READ_SIZE):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            return None
+    return b"".join(chunks)
 
 
 def still_there(path: str, st: os.stat_result) -> bool:

@@ -21,12 +21,12 @@ from __future__ import annotations
 import collections
 import os
 import pickle
-import stat
 import subprocess
 import sys
 import threading
 from typing import IO
 
+from .fsio import read_bounded
 from .names import READY_NAME, TIMED_NAME
 from .record import MAX_RECORD_BYTES, CorruptRecord, record_id
 
@@ -86,6 +86,13 @@ def vouch(leaf: Leaf) -> Listed:
 
 
 def _vouch_one(state: str, prefix: str, directory: int, name: str) -> str | None:
+    """The id the file holds, if it is a record of the message its name names.
+
+    No fstat: the listing said the name was a regular file (d_type), the open follows no link
+    and does not block, and what is not a whole record does not parse. Whatever replaced the
+    file since the listing (a directory, a pipe, a file being written) is not vouched for, and
+    check looks at it on its own; so is a file larger than a record.
+    """
     fields = key_fields(state, name)
     if fields is None or not fields[0].startswith(prefix):
         return None
@@ -94,16 +101,13 @@ def _vouch_one(state: str, prefix: str, directory: int, name: str) -> str | None
     except OSError:
         return None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_RECORD_BYTES:
-            return None
-        raw = os.read(fd, st.st_size + 1)
+        raw = read_bounded(fd, MAX_RECORD_BYTES)
     except OSError:
         return None
     finally:
         os.close(fd)
-    if len(raw) != st.st_size:
-        return None  # it changed while we read
+    if raw is None:
+        return None
     try:
         found = record_id(raw)
     except CorruptRecord:
