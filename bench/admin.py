@@ -7,9 +7,9 @@ Fills stream `s` with N messages (without fsync: the filling is not what is meas
 takes turns, REPS times:
 - `ephq stats s --json` in a fresh process (the first one after the filling is given apart:
   it counts the leaves; later ones read the census);
-- `ephq check`, and its floor: one process walking the same tree and reading every file (open,
-  fstat, read, close and a parse by json's C scanner), what a check that reads every message
-  does in one process without doing anything else.
+- `ephq check`, and its floor: one process walking the same tree and reading every file (open
+  relative to its directory, read, close and a parse by json's C scanner), what a check that
+  reads every message does in one process without doing anything else.
 With `--baseline REV`, each rep also runs `check` of REV (checked out into a temporary git
 worktree) and of this tree through the Python API, in turn, on the same stream.
 Then fills stream `p` with PURGE_N messages and times `ephq purge p --yes`, and right after it
@@ -47,8 +47,10 @@ for start in range(0, n, 10_000):
     q.enqueue_many(stream, [{"n": i, "pad": "x" * 100} for i in batch])
 """
 
-# Reads every message file as a check must, and nothing else (parsed by json's C scanner alone,
-# as ephq parses records).
+# Reads every message file as a check must, and nothing else: each file opened relative to its
+# directory's fd, read in one read (the listing's d_type says it is a regular file; the open
+# follows no link and does not block) and parsed by json's C scanner alone, as ephq parses
+# records.
 FLOOR = r"""
 import json, os, sys
 scan = json.JSONDecoder().scan_once
@@ -56,14 +58,15 @@ flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 n = 0
 for state in ("ready", "delayed", "inflight"):
     for path, _, names in os.walk(os.path.join(sys.argv[1], "s", state)):
+        directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         for name in names:
-            fd = os.open(os.path.join(path, name), flags)
+            fd = os.open(name, flags, dir_fd=directory)
             try:
-                size = os.fstat(fd).st_size
-                scan(os.read(fd, size + 1).decode(), 0)
+                scan(os.read(fd, 65536).decode(), 0)
             finally:
                 os.close(fd)
             n += 1
+        os.close(directory)
 print(n)
 """
 
