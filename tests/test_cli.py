@@ -409,6 +409,13 @@ BAD: list[tuple[list[str], str | None, str, int]] = [
         2,
     ),
     (
+        ["worker", "s", "--exec", " ", "--drain"],
+        None,
+        "ephq worker: Invalid value for --exec: the command is empty: every message would be "
+        "acked without anything run (see 'ephq worker --help')",
+        2,
+    ),
+    (
         ["config", "s", "--visibility", "-1"],
         None,
         "ephq: --visibility '-1' is not a duration: use a number of seconds or a unit, "

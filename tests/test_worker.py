@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from ephq import Message, Queue
+from ephq.errors import BadInput
 from ephq.worker import Cancelled, PermanentFailure, Worker
+from ephq.worker.command import CommandHandler
 from ephq.worker.guard import MARK
 from tests.conftest import open_store, store_environment
 
@@ -735,6 +737,13 @@ def test_quick_python_handlers_run_in_order_and_a_stop_still_reaches_one(
     back = q.dequeue_many("s", 20)
     assert [m.id for m in back] == ids[20:]
     assert back[0].attempts == 1  # the cancelled attempt did not count
+
+
+def test_an_empty_command_is_refused_before_anything_runs() -> None:
+    """`sh -c ''` exits 0: a worker with an empty command would ack every message unrun."""
+    for command in ("", "  \n\t"):
+        with pytest.raises(BadInput, match="command is empty"):
+            CommandHandler(command, store={})
 
 
 def test_a_guard_that_cannot_start_says_why_and_the_handler_still_runs(

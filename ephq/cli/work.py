@@ -98,6 +98,11 @@ def worker(
 
     q = settings(ctx).queue()
     check_stream_name(stream)
+    if not exec_.strip():  # `--exec "$HANDLER"` with the variable unset, say
+        raise typer.BadParameter(
+            "the command is empty: every message would be acked without anything run",
+            param_hint="--exec",
+        )
     lease = seconds(visibility, "--visibility")
     limit = None if rate is None else parse_rate(rate, "--rate")
     if wait_retries is not None and not drain:

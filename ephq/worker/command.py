@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..errors import BadInput
 from ..message import Message
 from .guard import TOKEN_VARIABLE, HandlerGuard
 from .outcomes import Cancelled, HandlerBroken, PermanentFailure, TemporaryFailure
@@ -125,6 +126,8 @@ class CommandHandler:
     def __init__(
         self, command: str, *, store: dict[str, str], timeout: float | None = None
     ) -> None:
+        if not command.strip():  # `sh -c ''` exits 0: every message acked, nothing run
+            raise BadInput("the handler's command is empty: nothing would run, yet all acked")
         self.command = command
         self.store = store  # EPHQ_HOME or EPHQ_URL: the store the handler's own ephq uses
         self.timeout = timeout
