@@ -441,6 +441,35 @@ def test_bad_input_is_one_line_and_changes_nothing(
     assert snapshot(home) == before
 
 
+@pytest.mark.both_backends
+def test_dequeue_into_a_closed_pipe_gives_the_messages_back(store: str, home: Path) -> None:
+    """`ephq dequeue s | handler` whose handler is gone before reading: what could not be
+    written reached nobody, so it is visible again at once, this delivery not counted."""
+    sent = [ok(home, "enqueue", "s", stdin=str(n)).strip() for n in range(3)]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("EPHQ_")}
+    environ.update(store_environment(home))
+    read, write = os.pipe()
+    os.close(read)  # the reader left before a byte was written
+    try:
+        result = subprocess.run(
+            [EPHQ, "dequeue", "s", "--max", "2"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environ,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "ephq: cannot write to stdout (Broken pipe): 2 leased messages given back, visible again\n"
+    )
+    got = [json.loads(line) for line in ok(home, "dequeue", "s", "--max", "5").splitlines()]
+    assert [(m["id"], m["attempts"]) for m in got] == [(mid, 1) for mid in sent]
+
+
 def test_debug_shows_the_traceback(home: Path) -> None:
     quiet = ephq(home, "enqueue", "bad/name", stdin="1")
     assert "Traceback" not in quiet.stderr

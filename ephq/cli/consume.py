@@ -1,6 +1,9 @@
 """Consuming by hand: `dequeue`, then `ack`, `nack`, `release` or `extend` with its receipt."""
 
+import contextlib
+import itertools
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Annotated
@@ -9,6 +12,7 @@ import typer
 
 from .. import durations
 from ..errors import BadInput, LeaseLost
+from ..message import Message
 from ..queue import Queue
 from . import render
 from .params import DeadLetters, Receipt, Stream, Visibility, seconds, settings
@@ -39,22 +43,55 @@ def dequeue(
     """Lease the oldest visible messages of STREAM: one JSON object per message per line.
 
     Each has id, receipt, stream, attempts, enqueued_at, visible_until and data (the message
-    as it was enqueued). Exit status 1, with nothing printed, if there was nothing to lease.
+    as it was enqueued). Exit status 1, with nothing printed, if there was nothing to lease;
+    also when stdout was closed (a broken pipe): what could not be written is given back.
     """
-    got = (
-        settings(ctx)
-        .queue()
-        .dequeue_many(
-            stream,
-            max_messages,
-            seconds(visibility, "--visibility"),
-            durations.parse(wait, "--wait"),
-            dlq=dlq,
-        )
+    q = settings(ctx).queue()
+    got = q.dequeue_many(
+        stream,
+        max_messages,
+        seconds(visibility, "--visibility"),
+        durations.parse(wait, "--wait"),
+        dlq=dlq,
     )
-    if not got:
+    if not got or not _deliver(q, stream, got):
         raise typer.Exit(1)
-    sys.stdout.write("".join(render.message_line(m) + "\n" for m in got))
+
+
+def _deliver(q: Queue, stream: str, got: list[Message]) -> bool:
+    """Write the messages' lines to stdout; whether any was written whole.
+
+    A message whose line could not be written whole (the reader of a pipe is gone, the disk
+    of a redirection is full) was delivered to nobody: it is given back at once, uncounted,
+    instead of waiting for its lease to run out. A line written whole may have been read: its
+    lease stands.
+    """
+    lines = [(render.message_line(m) + "\n").encode() for m in got]
+    data = b"".join(lines)
+    sys.stdout.flush()
+    written = 0
+    try:
+        while written < len(data):
+            written += os.write(sys.stdout.fileno(), data[written:])
+        return True
+    except OSError as exc:
+        whole = 0
+        for end in itertools.accumulate(len(line) for line in lines):
+            if end > written:
+                break
+            whole += 1
+        for m in got[whole:]:
+            with contextlib.suppress(LeaseLost):
+                q.release(stream, m.receipt or "")
+        back = len(got) - whole
+        print(
+            f"ephq: cannot write to stdout ({exc.strerror or exc}): {back} leased "
+            f"message{'s' if back != 1 else ''} given back, visible again",
+            file=sys.stderr,
+        )
+        if isinstance(exc, BrokenPipeError):  # nothing more reaches the reader
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return whole > 0
 
 
 def ack(ctx: typer.Context, stream: Stream, receipts: Receipts) -> None:
