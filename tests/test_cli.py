@@ -446,28 +446,62 @@ def test_dequeue_into_a_closed_pipe_gives_the_messages_back(store: str, home: Pa
     """`ephq dequeue s | handler` whose handler is gone before reading: what could not be
     written reached nobody, so it is visible again at once, this delivery not counted."""
     sent = [ok(home, "enqueue", "s", stdin=str(n)).strip() for n in range(3)]
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("EPHQ_")}
-    environ.update(store_environment(home))
     read, write = os.pipe()
     os.close(read)  # the reader left before a byte was written
     try:
-        result = subprocess.run(
-            [EPHQ, "dequeue", "s", "--max", "2"],
-            stdout=write,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=environ,
-            timeout=60,
-            check=False,
-        )
+        result = _into(home, write, "dequeue", "s", "--max", "2")
     finally:
         os.close(write)
-    assert result.returncode == 1
-    assert result.stderr == (
-        "ephq: cannot write to stdout (Broken pipe): 2 leased messages given back, visible again\n"
+    assert result == (
+        1,
+        "ephq: cannot write to stdout (Broken pipe): 2 leased messages given back, visible again\n",
     )
     got = [json.loads(line) for line in ok(home, "dequeue", "s", "--max", "5").splitlines()]
     assert [(m["id"], m["attempts"]) for m in got] == [(mid, 1) for mid in sent]
+
+
+def _into(home: Path, stdout: int, *args: str, stdin: str | None = None) -> tuple[int, str]:
+    """Run ephq with its stdout on the given fd: exit status and stderr."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("EPHQ_")}
+    environ.update(store_environment(home))
+    result = subprocess.run(
+        [EPHQ, *args],
+        input=stdin,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environ,
+        timeout=60,
+        check=False,
+    )
+    return result.returncode, result.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="/dev/full is a full disk")
+def test_output_to_a_full_disk_is_one_line_and_exit_7(home: Path) -> None:
+    """stdout redirected to a full disk: one line, exit 7, whatever the command writes and
+    however (a JSON line, a table, Rich); enqueue says its messages were stored all the same."""
+    ok(home, "enqueue", "s", stdin="1")
+    line = "ephq: cannot write to stdout: No space left on device\n"
+    with open("/dev/full", "w") as full:
+        for args in (["peek", "s"], ["stats"], ["stats", "s", "--json"], ["export", "s"]):
+            assert _into(home, full.fileno(), *args) == (7, line), args
+        enqueued = _into(home, full.fileno(), "enqueue", "s", stdin="2")
+    assert enqueued == (7, "ephq: enqueued 1 message, but " + line.removeprefix("ephq: "))
+    assert json.loads(ok(home, "stats", "s", "--json"))["ready"] == 2
+
+
+def test_output_to_a_pipe_whose_reader_left_is_fine(home: Path) -> None:
+    """`ephq peek s | head -1` once head has left: nothing more to say, exit 0."""
+    ok(home, "enqueue", "s", stdin="1")
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        assert _into(home, write, "peek", "s") == (0, "")
+        assert _into(home, write, "enqueue", "s", stdin="2") == (0, "")  # stored all the same
+    finally:
+        os.close(write)
+    assert json.loads(ok(home, "stats", "s", "--json"))["ready"] == 2
 
 
 def test_debug_shows_the_traceback(home: Path) -> None:

@@ -19,10 +19,10 @@ from .params import Settings
 EXIT_CODES = """\
 Exit status: 0 success; 1 nothing to dequeue or peek at (stdout stays empty); 2 usage error or
 bad input (nothing was written); 3 the receipt's lease is lost; 4 not found (a stream, or a dead
-letter's id); 5 permission denied; 6 disk full; 7 other storage failure; 8 check found problems
-it did not repair; 9 the worker's handler cannot be run (the shell's exit 126 or 127); 10 the
-database (--url) cannot be reached; 130 interrupted (Ctrl-C; a worker stopped by a second one,
-or unable to stop within --grace)."""
+letter's id); 5 permission denied; 6 disk full; 7 other storage failure, or stdout cannot be
+written; 8 check found problems it did not repair; 9 the worker's handler cannot be run (the
+shell's exit 126 or 127); 10 the database (--url) cannot be reached; 130 interrupted (Ctrl-C; a
+worker stopped by a second one, or unable to stop within --grace)."""
 
 
 def _print_version(value: bool) -> None:

@@ -1,8 +1,8 @@
 """The entry point: runs the command tree and turns every expected failure into one line.
 
-Usage errors from Typer (its boxed panels) and ephq's own errors alike become one line on stderr,
-``ephq: <what is wrong>``, and the documented exit status. --debug or EPHQ_DEBUG=1 re-raises
-instead, with the traceback.
+Usage errors from Typer (its boxed panels), ephq's own errors and a stdout that cannot be
+written (output.py) alike become one line on stderr, ``ephq: <what is wrong>``, and the
+documented exit status. --debug or EPHQ_DEBUG=1 re-raises instead, with the traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 import typer
 
 from ..errors import EphqError
+from .output import GuardedStdout, OutputFailed, ReaderGone
 
 INTERRUPTED = 130
 
@@ -25,22 +26,28 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     from .app import build
 
+    real_stdout, sys.stdout = sys.stdout, GuardedStdout(sys.stdout)
     try:
         result = build(_command_named(args))(args=args, prog_name="ephq", standalone_mode=False)
+        sys.stdout.flush()  # here, not at exit: a failure is this command's to report
     except typer.TyperException as exc:  # usage errors: bad option, missing argument, ...
         if _debugging(args):
             raise
         return _usage_error(exc)
+    except ReaderGone:  # `ephq peek s | head -1`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), real_stdout.fileno())
+        return 0
     except EphqError as exc:
         if _debugging(args):
             raise
         print(f"ephq: {exc}", file=sys.stderr)
+        if isinstance(exc, OutputFailed):  # what is still buffered cannot go either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), real_stdout.fileno())
         return exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
         return INTERRUPTED
-    except BrokenPipeError:  # `ephq peek s | head -1`: the reader left, which is fine
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    finally:
+        sys.stdout = real_stdout
     return result if isinstance(result, int) else 0
 
 

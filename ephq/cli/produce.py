@@ -12,6 +12,7 @@ from ..errors import BadInput, InvalidJSON
 from ..ids import check_stream_name
 from ..jsontext import checked_json
 from . import render
+from .output import OutputFailed
 from .params import Delay, Stream, settings
 
 
@@ -113,7 +114,12 @@ def enqueue(
             ids = q.enqueue_many_json(
                 stream, texts, delay_s, progress=progress, dedup_keys=keys, groups=groups
             )
-    sys.stdout.write("".join(i + "\n" for i in ids))
+    try:
+        sys.stdout.write("".join(i + "\n" for i in ids))
+        sys.stdout.flush()
+    except OutputFailed as exc:  # stored all the same: a retry would enqueue them twice
+        s = "s" if len(ids) != 1 else ""
+        raise OutputFailed(f"enqueued {len(ids)} message{s}, but {exc}") from None
 
 
 def keys_of(
