@@ -340,6 +340,52 @@ def test_python_worker_with_a_callable(store: str, home: Path) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_an_on_outcome_that_raises_does_not_stop_the_worker(home: Path) -> None:
+    """A callback's failure is said, and every message is still handled and settled (a handler
+    thread that died of it left the next message waiting for good)."""
+    q = open_store(home)
+    q.enqueue_many("s", list(range(5)))
+    notices: list[str] = []
+
+    def broken(outcome: object) -> None:
+        raise OSError(32, "Broken pipe")
+
+    worker = Worker(q, "s", lambda m, c: None, drain=True, on_outcome=broken)
+    worker.on_notice = notices.append
+    summary = worker.run()
+    assert summary.acked == 5
+    assert q.stats("s").ready == q.stats("s").inflight == 0
+    assert notices and all("on_outcome raised" in n for n in notices)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_whose_stderr_is_gone_drains_all_the_same(home: Path, tmp_path: Path) -> None:
+    """`ephq worker ... 2>&1 | head -1`: once the log's reader has left, lines are dropped and
+    every message is still handled; the exit status is the worker's own."""
+    q = open_store(home)
+    q.enqueue_many("s", list(range(10)))
+    done = tmp_path / "done"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPHQ_")}
+    env.update(store_environment(home))
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run(
+            [EPHQ, "worker", "s", "--exec", f"cat >> {done}; echo >> {done}", "--drain"],
+            stdout=subprocess.PIPE,
+            stderr=write,
+            env=env,
+            timeout=50,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 0
+    assert sorted(int(line) for line in done.read_text().split()) == list(range(10))
+    assert q.stats("s").ready == q.stats("s").inflight == 0
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.both_backends
 def test_idle_worker_wakes_for_a_new_message(store: str, home: Path, tmp_path: Path) -> None:
     done = tmp_path / "done"

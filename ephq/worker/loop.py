@@ -36,6 +36,7 @@ One implementation for Python and the shell: `Worker(queue, stream, handler)` ta
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import threading
 import time
@@ -404,12 +405,23 @@ class Worker:
             with self._changed:  # settled on several threads at once
                 self._count(outcome)
             if self.on_outcome is not None:
-                self.on_outcome(outcome)
+                self._tell(self.on_outcome, outcome)
         finally:
             with self._changed:
                 del self._jobs[job.message.id]
                 self._settled += 1
                 self._changed.notify_all()
+
+    def _tell(self, callback: Callable[[Outcome], None], outcome: Outcome) -> None:
+        """Call on_outcome: what it raises is said (on_notice), never left to end the thread
+        that settled the message (a handler thread that died would leave the next job waiting
+        for good)."""
+        try:
+            callback(outcome)
+        except Exception as exc:
+            if self.on_notice is not None:
+                with contextlib.suppress(Exception):
+                    self.on_notice(f"on_outcome raised {exc!r}; the worker goes on")
 
     def _give_back(self, job: _Job, start: float) -> Outcome:
         m = job.message

@@ -33,6 +33,7 @@ class Log:
         self.console: Any = None
         self.status: Any = None
         self._lock = threading.Lock()
+        self.lost = False  # stderr could not be written: nothing more is logged
         if not json_logs and sys.stderr.isatty():
             from rich.console import Console
 
@@ -93,13 +94,26 @@ class Log:
             self._write(line)
             return
         with self._lock:
-            self.console.print(line, markup=False)
+            if not self.lost:
+                try:
+                    self.console.print(line, markup=False)
+                except OSError:
+                    self.lost = True
 
     def _write(self, line: str) -> None:
-        """One write per line, under a lock: handlers finish on several threads at once."""
+        """One write per line, under a lock: handlers finish on several threads at once.
+
+        Logging is the worker's report, not its work: once stderr cannot be written (a pipe
+        whose reader left, a full disk), lines are dropped and the messages go on being handled
+        and settled; the exit status still says how the worker ended."""
         with self._lock:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
+            if self.lost:
+                return
+            try:
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
+            except OSError:
+                self.lost = True
 
     def notice(self, text: str) -> None:
         if self.json_logs:
