@@ -19,10 +19,11 @@ command that prints once and exits does not need.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .message import StreamStats
 
@@ -175,6 +176,8 @@ def serve(address: tuple[str, int], render: Render) -> ThreadingHTTPServer:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 10  # a connection that sends nothing is closed, not a thread held for good
+
         def do_GET(self) -> None:
             if self.path.split("?")[0] not in ("/metrics", "/"):
                 self.send_error(404, "only /metrics is here")
@@ -198,5 +201,16 @@ def serve(address: tuple[str, int], render: Render) -> ThreadingHTTPServer:
     class Server(ThreadingHTTPServer):
         address_family = family
         daemon_threads = True
+
+        def handle_error(self, request: object, client_address: Any) -> None:
+            """A scraper that hangs up mid-answer (its timeout, a restart) is not news; anything
+            else is one line on stderr, not the standard library's traceback."""
+            exc = sys.exc_info()[1]
+            if isinstance(exc, ConnectionError):
+                return
+            print(
+                f"ephq metrics: a request from {client_address[0]} failed: {exc!r}",
+                file=sys.stderr,
+            )
 
     return Server(address, Handler)

@@ -9,7 +9,9 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ephq import Queue
+from ephq import Queue, metrics
 from tests.conftest import snapshot
 from tests.test_cli import EPHQ, ephq, lease, ok
 from tests.test_worker import finish, script, start_worker
@@ -276,6 +278,26 @@ def test_metrics_print_write_a_textfile_and_serve(home: Path, tmp_path: Path) ->
     assert busy.returncode == 2 and busy.stderr.startswith("ephq: cannot listen on 127.0.0.1:")
     bad = ephq(home, "metrics", "--listen", "nonsense")
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+
+
+def test_a_scraper_that_hangs_up_is_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    """A scraper that resets its connection mid-answer (its timeout, a restart) leaves nothing
+    on stderr, and the server goes on answering."""
+    server = metrics.serve(("127.0.0.1", 0), lambda: "x 1\n" * 200_000)  # bigger than buffers
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        for _ in range(3):
+            rude = socket.create_connection(("127.0.0.1", port))
+            rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            rude.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            rude.recv(1)  # the answer has begun
+            rude.close()  # RST: the rest of the answer has nowhere to go
+        assert _scrape(port).startswith("x 1\n")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert capsys.readouterr().err == ""
 
 
 def test_worker_serves_its_counters_and_handler_durations(home: Path, tmp_path: Path) -> None:
