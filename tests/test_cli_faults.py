@@ -60,6 +60,24 @@ def test_disk_full_is_exit_6_and_leaves_nothing_behind(tmp_path: Path) -> None:
     assert out[2] == "1"
 
 
+def test_a_textfile_on_a_full_disk_is_exit_6_and_keeps_the_old_one(tmp_path: Path) -> None:
+    result = in_namespace(
+        tmp_path,
+        "export EPHQ_HOME={home}\n"
+        "echo 1 | {ephq} enqueue s > /dev/null\n"
+        "echo old > {home}/../ephq.prom\n"
+        "dd if=/dev/zero of={home}/../fill bs=1k count=1024 2>/dev/null\n"
+        '{ephq} metrics --textfile {home}/../ephq.prom; echo "status=$?"\n'
+        "cat {home}/../ephq.prom\n"
+        "ls -a {home}/..\n",
+    )
+    out = result.stdout.splitlines()
+    assert out[:2] == ["status=6", "old"], result.stderr
+    assert result.stderr.startswith("ephq: cannot write --textfile ")
+    assert "the disk is full" in result.stderr and result.stderr.count("\n") == 1
+    assert sorted(out[2:]) == [".", "..", "ephq.prom", "fill", "home"]  # no temporary left
+
+
 def test_read_only_file_system_is_exit_5(tmp_path: Path) -> None:
     result = in_namespace(
         tmp_path,

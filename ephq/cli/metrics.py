@@ -10,6 +10,7 @@ import typer
 
 from .. import metrics
 from ..errors import BadInput
+from ..files.fsio import storage_error
 from ..queue import Queue
 from .params import AnyStream, settings
 
@@ -71,19 +72,24 @@ def write_atomically(path: Path, body: str) -> None:
     import tempfile
 
     directory = path.parent
+    doing = f"write --textfile {path}"
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     except FileNotFoundError:
         raise BadInput(f"--textfile {path}: no directory {directory}") from None
     except PermissionError:
         raise BadInput(f"--textfile {path}: cannot write in {directory}") from None
+    except OSError as exc:  # no inode left, say: one line, exit 6 or 7
+        raise storage_error(exc, doing) from None
     try:
         with os.fdopen(fd, "w") as f:
             f.write(body)
         os.chmod(tmp, 0o644)  # node_exporter usually runs as another user
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk: the old file stays as it was
+            raise storage_error(exc, doing) from None
         raise
 
 
