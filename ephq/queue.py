@@ -403,11 +403,15 @@ class Queue:
     def import_messages(self, stream: str, records: Iterable[Exported]) -> int:
         """Take exported messages into the stream, all or nothing, keeping their ids (so their
         order), attempts, due times and dead letters; a message in flight comes in ready.
-        BadInput for an id already in the stream. Returns how many."""
+        BadInput for an id already in the stream, or given twice. Returns how many."""
         check_stream_name(stream)
         given = list(records)
+        seen: set[str] = set()
         for record in given:
             _check_exported(record)
+            if record.id in seen:
+                raise BadInput(f"message {record.id} is given twice: each id is imported once")
+            seen.add(record.id)
         if not given:
             return 0
         with translated(f"import into stream {stream!r}"):

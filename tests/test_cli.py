@@ -353,6 +353,12 @@ BAD: list[tuple[list[str], str | None, str, int]] = [
     ),
     (
         ["import", "s"],
+        '{"id":"18aaaaaaaaaaaaaa00000001","state":"ready","attempts":0,"data":1}\n' * 2,
+        "ephq: stdin, line 2: message 18aaaaaaaaaaaaaa00000001 is already on line 1",
+        2,
+    ),
+    (
+        ["import", "s"],
         '{"id":"18aaaaaaaaaaaaaa00000000","state":"ready","attempts":0,"data":'
         + "[" * 5000
         + "]" * 5000

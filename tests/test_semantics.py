@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ephq import LeaseLost, NotFound, Queue
+from ephq import BadInput, LeaseLost, NotFound, Queue
 from tests.conftest import FakeClock, open_queue
 
 # Every test here runs on the file backend and on PostgreSQL (those that look at files say so).
@@ -492,5 +492,7 @@ def test_import_refuses_a_bad_record_and_keeps_nothing(q: Queue) -> None:
         q.import_messages("t", [good._replace(id=good.id[:-1] + "f"), bad])
     with pytest.raises(Exception, match="state must be one of"):
         q.import_messages("t", [good._replace(state="lost")])
+    with pytest.raises(BadInput, match=f"message {good.id} is given twice"):
+        q.import_messages("t", [good, good])
     with pytest.raises(NotFound):
         q.stats("t")

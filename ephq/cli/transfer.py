@@ -62,11 +62,18 @@ def import_command(
     how many. Exit status 2, with nothing imported, for a bad line or an id already there."""
     raw, source = read_input(file, None)
     records = []
+    line_of: dict[str, int] = {}
     for number, line in lines_of(raw, source):
         try:
-            records.append(_record(line))
+            record = _record(line)
         except BadInput as exc:
             raise BadInput(f"{source}, line {number}: {exc}") from None
+        first = line_of.setdefault(record.id, number)
+        if first != number:
+            raise BadInput(
+                f"{source}, line {number}: message {record.id} is already on line {first}"
+            )
+        records.append(record)
     print(settings(ctx).queue().import_messages(stream, records))
 
 
