@@ -281,6 +281,26 @@ def test_dead_letters_lease_ack_redrive_and_purge(q: Queue) -> None:
         q.redrive("s", [ids[2]])
 
 
+def test_redrive_and_purge_of_several_ids_are_all_or_nothing(q: Queue) -> None:
+    """An id that is not a dead letter refuses the whole command before anything moves; an id
+    given twice is one."""
+    q.configure("s", max_attempts=1)
+    ids = [q.enqueue("s", i) for i in range(2)]
+    for _ in ids:
+        m = q.dequeue("s")
+        assert m is not None and m.receipt
+        q.nack("s", m.receipt)
+    missing = "18aaaaaaaaaaaaaa00000000"
+    for act in (q.redrive, q.purge_dead_letters):
+        with pytest.raises(NotFound, match=missing):
+            act("s", [ids[0], missing])
+        assert [d.id for d in q.dead_letters("s")] == ids  # neither moved nor deleted
+    assert q.redrive("s", [ids[0], ids[0]]) == [ids[0]]
+    assert q.purge_dead_letters("s", [ids[1], ids[1]]) == [ids[1]]
+    assert q.stats("s").dlq == 0
+    assert [m.id for m in q.dequeue_many("s", 5)] == [ids[0]]
+
+
 def test_dead_letters_are_not_dead_lettered_again(q: Queue) -> None:
     q.configure("s", max_attempts=1)
     q.enqueue("s", 1)

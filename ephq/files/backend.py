@@ -275,8 +275,11 @@ class FileBackend:
             if owner.receives_dead_letters():  # else none of its messages died elsewhere
                 moved += owner.main.send_home(self._home_of, None, progress)
             return list(dict.fromkeys(moved))
+        ids = list(dict.fromkeys(ids))  # an id given twice is one redrive
         dead = [i for i in ids if owner.dead.find(i) is not None]
         others = [i for i in ids if i not in set(dead)]
+        if others:  # refused before anything moves: all or nothing, as on PostgreSQL
+            owner.main.check_send_home(others)
         moved = owner.dead.redrive_into(owner.main, dead, progress) if dead else []
         if others:
             moved += owner.main.send_home(self._home_of, others, progress)
@@ -292,7 +295,13 @@ class FileBackend:
     def purge_dead_letters(self, stream: str, ids: list[str] | None) -> list[str]:
         for message_id in ids or []:
             _require_id(message_id)
-        return self._stream(stream).dead.remove(ids)
+        dead = self._stream(stream).dead
+        if ids is not None:
+            ids = list(dict.fromkeys(ids))  # an id given twice is one purge
+            for message_id in ids:  # all there before any goes, as on PostgreSQL
+                if dead.find(message_id) is None:
+                    raise dead.not_found(message_id)
+        return dead.remove(ids)
 
     def export(self, stream: str) -> Iterator[Exported]:
         owner = self._existing(stream)

@@ -772,18 +772,31 @@ class Store:
         id that is not here; BadInput for one that did not come from another stream."""
 
         def home(path: str, message_id: str) -> Store | None:
-            record = self.load(path, message_id, taken=False)
-            origin = _died_in(None if record is None else record.meta.get("dead"))
-            if origin is not None and origin != self.stream:
-                return home_of(origin)
-            if ids is not None and record is not None:
-                raise BadInput(
-                    f"message {message_id} of stream {self.stream!r} is not a dead letter "
-                    "of another stream: nothing to redrive it to"
-                )
-            return None
+            origin = self._home_stream(path, message_id, named=ids is not None)
+            return None if origin is None else home_of(origin)
 
         return self._move_out(home, ids, progress)
+
+    def check_send_home(self, ids: list[str]) -> None:
+        """What send_home(ids) would refuse, refused before anything moves: NotFound for an id
+        that is not here, BadInput for one that did not come from another stream (so that a
+        redrive of several is all or nothing, as in PostgreSQL's transaction)."""
+        for path, message_id, _ in self.entries(ids, self.clock()):
+            self._home_stream(path, message_id, named=True)
+
+    def _home_stream(self, path: str, message_id: str, *, named: bool) -> str | None:
+        """The stream the message at path died in, if another; BadInput if it was named and did
+        not (None when it is gone meanwhile: there is nothing to move)."""
+        record = self.load(path, message_id, taken=False)
+        origin = _died_in(None if record is None else record.meta.get("dead"))
+        if origin is not None and origin != self.stream:
+            return origin
+        if named and record is not None:
+            raise BadInput(
+                f"message {message_id} of stream {self.stream!r} is not a dead letter "
+                "of another stream: nothing to redrive it to"
+            )
+        return None
 
     def _move_out(
         self,
