@@ -510,6 +510,25 @@ def test_output_to_a_pipe_whose_reader_left_is_fine(home: Path) -> None:
     assert json.loads(ok(home, "stats", "s", "--json"))["ready"] == 2
 
 
+def test_a_byte_order_mark_an_editor_put_first_is_ignored(home: Path, tmp_path: Path) -> None:
+    """A file saved with a UTF-8 BOM (as some Windows editors do) is read as the JSON after it,
+    for one message, for --lines and for import (RFC 8259 lets a parser ignore it)."""
+    bom = "\ufeff"
+    one = tmp_path / "one.json"
+    one.write_text(bom + '{"n": 1}', encoding="utf-8")
+    many = tmp_path / "many.jsonl"
+    many.write_text(bom + '{"n": 2}\n{"n": 3}\n', encoding="utf-8")
+    ok(home, "enqueue", "s", str(one))
+    ok(home, "enqueue", "s", "--lines", str(many))
+    exported = tmp_path / "backlog.jsonl"
+    exported.write_text(bom + ok(home, "export", "s"), encoding="utf-8")
+    assert ok(home, "import", "t", str(exported)).strip() == "3"
+    for stream in ("s", "t"):
+        got = [json.loads(line) for line in ok(home, "dequeue", stream, "-n", "5").splitlines()]
+        assert [m["data"] for m in got] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert ephq(home, "enqueue", "s", stdin=bom).returncode == 2  # a mark alone is no message
+
+
 def test_debug_shows_the_traceback(home: Path) -> None:
     quiet = ephq(home, "enqueue", "bad/name", stdin="1")
     assert "Traceback" not in quiet.stderr

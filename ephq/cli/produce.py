@@ -158,7 +158,16 @@ def read_input(file: str | None, limit: int | None) -> tuple[bytes, str]:
         raise BadInput(f"{file}: permission denied") from None
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _read(f: BinaryIO, limit: int | None) -> bytes:
+    """What f holds (at most limit bytes of it), without the UTF-8 byte order mark an editor
+    may have put first: JSON has none, and RFC 8259 lets a parser ignore it."""
+    raw = f.read(len(_BOM))
+    if raw != _BOM:
+        rest = f.read() if limit is None else f.read(max(limit - len(raw), 0))
+        return raw + rest
     return f.read() if limit is None else f.read(limit)
 
 
