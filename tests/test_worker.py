@@ -340,6 +340,25 @@ def test_python_worker_with_a_callable(store: str, home: Path) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_handler_that_calls_sys_exit_fails_its_message_and_no_more(home: Path) -> None:
+    """sys.exit() in a handler (a script's habit) is that message's failure, retried and then
+    dead-lettered like any other; it ended the handler's thread before, and the worker waited
+    for that thread for good."""
+    q = open_store(home)
+    q.configure("s", max_attempts=2)
+    q.enqueue_many("s", [1, 2, 3])
+
+    def handle(message: Message, cancelled: threading.Event) -> None:
+        if message.data == 2:
+            sys.exit(3)
+
+    summary = Worker(q, "s", handle, drain=True, retry_delay=0).run()
+    assert (summary.acked, summary.retried, summary.dead_lettered) == (2, 1, 1)
+    (dead,) = q.dead_letters("s")
+    assert (dead.data, dead.metadata["dead"]["error"]) == (2, "the handler raised SystemExit(3)")
+
+
+@pytest.mark.timeout(60)
 def test_an_on_outcome_that_raises_does_not_stop_the_worker(home: Path) -> None:
     """A callback's failure is said, and every message is still handled and settled (a handler
     thread that died of it left the next message waiting for good)."""

@@ -392,6 +392,10 @@ class Worker:
             self.handler(job.message, job.cancelled)
         except Exception as exc:
             return exc
+        except BaseException as exc:
+            # sys.exit() (or a stray KeyboardInterrupt) in a handler thread would end only that
+            # thread, and the next message would wait for it for good: a failure like any other.
+            return RuntimeError(f"the handler raised {exc!r}")
         self._recent.append(time.monotonic() - began)
         return None
 
