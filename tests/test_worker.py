@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ephq import Message, Queue
-from ephq.errors import BadInput
+from ephq.errors import BadInput, StoragePermissionDenied
 from ephq.worker import Cancelled, PermanentFailure, Worker
 from ephq.worker.command import CommandHandler
 from ephq.worker.guard import MARK
@@ -356,6 +356,27 @@ def test_a_handler_that_calls_sys_exit_fails_its_message_and_no_more(home: Path)
     assert (summary.acked, summary.retried, summary.dead_lettered) == (2, 1, 1)
     (dead,) = q.dead_letters("s")
     assert (dead.data, dead.metadata["dead"]["error"]) == (2, "the handler raised SystemExit(3)")
+
+
+@pytest.mark.timeout(60)
+def test_a_store_that_refuses_an_ack_stops_the_worker_with_its_error(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error settling a message that is not the store being away (here EACCES, which root
+    cannot meet for real) stops the worker and is raised from run(), instead of ending the
+    settling thread and leaving the next message waiting for good; the message keeps its
+    lease, to be delivered again."""
+    q = open_store(home)
+    q.enqueue_many("s", [1, 2, 3])
+
+    def refused(stream: str, receipt: str) -> None:
+        raise StoragePermissionDenied(f"cannot ack in stream {stream!r}: permission denied")
+
+    monkeypatch.setattr(q, "ack", refused)
+    with pytest.raises(StoragePermissionDenied, match="permission denied"):
+        Worker(q, "s", lambda m, c: None, drain=True).run()
+    stats = q.stats("s")
+    assert (stats.ready, stats.inflight) == (2, 1)
 
 
 @pytest.mark.timeout(60)

@@ -46,7 +46,7 @@ from queue import SimpleQueue
 from typing import TypeVar
 
 from ..backend import Holder
-from ..errors import LeaseLost, Unavailable
+from ..errors import EphqError, LeaseLost, Unavailable
 from ..message import Message
 from ..queue import Queue
 from .outcomes import Cancelled, HandlerBroken, PermanentFailure
@@ -161,6 +161,9 @@ class Worker:
         self._stop_now = False
         self._grace_ends = float("inf")  # when running handlers are cancelled, once stopping
         self.broken: str | None = None  # why the worker stopped: its handler cannot run
+        # What the store refused while settling a message (a read-only file system, denied
+        # permission): the worker stops, and run() raises it once every thread has ended.
+        self.failure: EphqError | None = None
         self._done = threading.Event()
         self._started = 0
         self._settled = 0
@@ -218,6 +221,8 @@ class Worker:
             settler.join()
             self._done.set()
             keeper.join()
+        if self.failure is not None:
+            raise self.failure
         return self.summary
 
     def _hand(self) -> None:
@@ -403,7 +408,15 @@ class Worker:
         self, job: _Job, start: float, handled: bool, failure: BaseException | None
     ) -> None:
         try:
-            outcome = self._settle(job, start, failure) if handled else self._give_back(job, start)
+            try:
+                outcome = (
+                    self._settle(job, start, failure) if handled else self._give_back(job, start)
+                )
+            except EphqError as exc:
+                # Not one this thread can end with: a handler thread that died would leave the
+                # next message waiting for good. The message keeps its lease until it runs out.
+                self._failed(exc)
+                return
             # Counted and told before its slot is free: whoever sees the next message leased
             # (the metrics, the log) has seen this one's outcome.
             with self._changed:  # settled on several threads at once
@@ -415,6 +428,13 @@ class Worker:
                 del self._jobs[job.message.id]
                 self._settled += 1
                 self._changed.notify_all()
+
+    def _failed(self, exc: EphqError) -> None:
+        """The store refused to settle a message: stop leasing; run() raises the first such."""
+        with self._changed:
+            if self.failure is None:
+                self.failure = exc
+        self.stop()
 
     def _tell(self, callback: Callable[[Outcome], None], outcome: Outcome) -> None:
         """Call on_outcome: what it raises is said (on_notice), never left to end the thread
