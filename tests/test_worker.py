@@ -380,6 +380,31 @@ def test_a_store_that_refuses_an_ack_stops_the_worker_with_its_error(
 
 
 @pytest.mark.timeout(60)
+def test_a_store_that_refuses_to_extend_a_lease_stops_the_worker(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread that extends running leases must not die of a refusal either (the leases
+    would then run out under their handlers, and the messages run twice): the worker stops
+    leasing, lets the handler finish and raises the error."""
+    q = open_store(home)
+    q.enqueue_many("s", [1, 2])
+
+    def refused(stream: str, receipt: str, visibility: float) -> None:
+        raise StoragePermissionDenied(f"cannot extend in stream {stream!r}: permission denied")
+
+    monkeypatch.setattr(q, "extend", refused)
+    ran: list[int] = []
+
+    def slow(message: Message, cancelled: threading.Event) -> None:
+        ran.append(message.data)
+        time.sleep(2)  # well past half its one-second lease, when it is extended
+
+    with pytest.raises(StoragePermissionDenied, match="cannot extend"):
+        Worker(q, "s", slow, drain=True, visibility=1).run()
+    assert ran == [1]  # stopped leasing: the second was never started
+
+
+@pytest.mark.timeout(60)
 def test_an_on_outcome_that_raises_does_not_stop_the_worker(home: Path) -> None:
     """A callback's failure is said, and every message is still handled and settled (a handler
     thread that died of it left the next message waiting for good)."""

@@ -161,9 +161,10 @@ class Worker:
         self._stop_now = False
         self._grace_ends = float("inf")  # when running handlers are cancelled, once stopping
         self.broken: str | None = None  # why the worker stopped: its handler cannot run
-        # What the store refused while settling a message (a read-only file system, denied
-        # permission): the worker stops, and run() raises it once every thread has ended.
-        self.failure: EphqError | None = None
+        # What the store refused while settling a message or extending a lease (a read-only
+        # file system, denied permission): the worker stops, and run() raises it once every
+        # thread has ended.
+        self.failure: Exception | None = None
         self._done = threading.Event()
         self._started = 0
         self._settled = 0
@@ -412,7 +413,7 @@ class Worker:
                 outcome = (
                     self._settle(job, start, failure) if handled else self._give_back(job, start)
                 )
-            except EphqError as exc:
+            except Exception as exc:
                 # Not one this thread can end with: a handler thread that died would leave the
                 # next message waiting for good. The message keeps its lease until it runs out.
                 self._failed(exc)
@@ -429,8 +430,9 @@ class Worker:
                 self._settled += 1
                 self._changed.notify_all()
 
-    def _failed(self, exc: EphqError) -> None:
-        """The store refused to settle a message: stop leasing; run() raises the first such."""
+    def _failed(self, exc: Exception) -> None:
+        """The store refused to settle a message or extend a lease: stop leasing; run() raises
+        the first such."""
         with self._changed:
             if self.failure is None:
                 self.failure = exc
@@ -573,10 +575,15 @@ class Worker:
                         job.lost = True  # settling it will say so
                     except Unavailable:
                         continue  # the next tick tries again; the lease has half left
+                    except EphqError as exc:  # refused, not away: this thread must go on
+                        self._failed(exc)  # extending, or the leases run out under handlers
                 held = {j.message.receipt or "": j.leased_at_ns for j in jobs}
                 if held.keys() != announced and holder is not None:
-                    holder.publish(held)
-                    announced = set(held)
+                    try:
+                        holder.publish(held)
+                        announced = set(held)
+                    except (EphqError, OSError):
+                        pass  # an announcement is a hint: the next tick says it again
                 self._done.wait(min(ANNOUNCE_EVERY_S, self.visibility / 20))
         finally:
             if holder is not None:
