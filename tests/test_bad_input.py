@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from ephq import BadInput, LeaseLost, NotFound, Queue
+from ephq.worker import Worker
 from tests.conftest import snapshot
 
 BAD_NAMES = ["", "-leading-dash", ".hidden", "a/b", "a b", "é", "x" * 129, "../up", None, 7]
@@ -93,7 +94,19 @@ BAD_CALLS: list[tuple[str, Callable[[Queue, str], object], str]] = [
     ("deep-json", lambda q, r: q.enqueue_json("s", "[" * 5000 + "]" * 5000), "deeper than 128"),
     ("deep-object", lambda q, r: q.enqueue("s", _nested(5000)), "deeper than 128"),
     ("deep-batch", lambda q, r: q.enqueue_many("s", [1, _nested(129)]), "deeper than 128"),
+    # A Worker that could never work is refused before it starts a thread (a concurrency of 0
+    # leased nothing and waited for good).
+    ("worker-0", lambda q, r: Worker(q, "s", _noop, concurrency=0), "concurrency must be"),
+    ("worker-vis", lambda q, r: Worker(q, "s", _noop, visibility=-1), "visibility must be"),
+    ("worker-grace", lambda q, r: Worker(q, "s", _noop, grace=math.nan), "grace must be"),
+    ("worker-max", lambda q, r: Worker(q, "s", _noop, max_messages=0), "max_messages must be"),
+    ("worker-call", lambda q, r: Worker(q, "s", 42), "handler must be callable"),  # type: ignore[arg-type]
+    ("worker-name", lambda q, r: Worker(q, "a/b", _noop), "invalid stream name"),
 ]
+
+
+def _noop(message: object, cancelled: object) -> None:
+    pass
 
 
 @pytest.mark.parametrize(("label", "call", "message"), BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
