@@ -86,10 +86,11 @@ def write_atomically(path: Path, body: str) -> None:
             f.write(body)
         os.chmod(tmp, 0o644)  # node_exporter usually runs as another user
         os.replace(tmp, path)
-    except BaseException as exc:
+    except OSError as exc:  # a full disk: the old file stays as it was
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # a full disk: the old file stays as it was
-            raise storage_error(exc, doing) from None
+        raise storage_error(exc, doing) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
