@@ -466,12 +466,14 @@ def test_dequeue_into_a_closed_pipe_gives_the_messages_back(store: str, home: Pa
     assert [(m["id"], m["attempts"]) for m in got] == [(mid, 1) for mid in sent]
 
 
-def _into(home: Path, stdout: int, *args: str, stdin: str | None = None) -> tuple[int, str]:
-    """Run ephq with its stdout on the given fd: exit status and stderr."""
+def _into(home: Path, stdout: int | None, *args: str, stdin: str | None = None) -> tuple[int, str]:
+    """Run ephq with its stdout on the given fd (None: closed before it starts, as `>&-`):
+    exit status and stderr."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("EPHQ_")}
     environ.update(store_environment(home))
+    closing = ["sh", "-c", 'exec "$@" >&-', "sh"] if stdout is None else []
     result = subprocess.run(
-        [EPHQ, *args],
+        [*closing, EPHQ, *args],
         input=stdin,
         stdout=stdout,
         stderr=subprocess.PIPE,
@@ -495,6 +497,21 @@ def test_output_to_a_full_disk_is_one_line_and_exit_7(home: Path) -> None:
         enqueued = _into(home, full.fileno(), "enqueue", "s", stdin="2")
     assert enqueued == (7, "ephq: enqueued 1 message, but " + line.removeprefix("ephq: "))
     assert json.loads(ok(home, "stats", "s", "--json"))["ready"] == 2
+
+
+def test_a_stdout_closed_from_the_start_is_one_line(home: Path) -> None:
+    """`ephq enqueue s >&-`: Python starts with no stdout at all; the command still says what
+    happened in one line (the message was stored; a dequeued one was given back)."""
+    line = "cannot write to stdout: it is closed"
+    enqueued = _into(home, None, "enqueue", "s", stdin="1")
+    assert enqueued == (7, f"ephq: enqueued 1 message, but {line}\n")
+    assert _into(home, None, "stats") == (7, f"ephq: {line}\n")
+    assert _into(home, None, "dequeue", "s") == (
+        1,
+        "ephq: cannot write to stdout (it is closed): 1 leased message given back, visible again\n",
+    )
+    (again,) = [json.loads(row) for row in ok(home, "dequeue", "s").splitlines()]
+    assert (again["data"], again["attempts"]) == (1, 1)
 
 
 def test_output_to_a_pipe_whose_reader_left_is_fine(home: Path) -> None:

@@ -15,6 +15,7 @@ from ..errors import BadInput, LeaseLost
 from ..message import Message
 from ..queue import Queue
 from . import render
+from .output import discard
 from .params import DeadLetters, Receipt, Stream, Visibility, seconds, settings
 
 Receipts = Annotated[
@@ -71,8 +72,9 @@ def _deliver(q: Queue, stream: str, got: list[Message]) -> bool:
     sys.stdout.flush()
     written = 0
     try:
+        fd = sys.stdout.fileno()
         while written < len(data):
-            written += os.write(sys.stdout.fileno(), data[written:])
+            written += os.write(fd, data[written:])
         return True
     except OSError as exc:
         whole = 0
@@ -90,7 +92,7 @@ def _deliver(q: Queue, stream: str, got: list[Message]) -> bool:
             file=sys.stderr,
         )
         if isinstance(exc, BrokenPipeError):  # nothing more reaches the reader
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            discard(sys.stdout)
         return whole > 0
 
 

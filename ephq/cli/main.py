@@ -13,7 +13,7 @@ import sys
 import typer
 
 from ..errors import EphqError
-from .output import GuardedStdout, OutputFailed, ReaderGone
+from .output import GuardedStdout, OutputFailed, ReaderGone, discard
 
 INTERRUPTED = 130
 
@@ -35,14 +35,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _usage_error(exc)
     except ReaderGone:  # `ephq peek s | head -1`: the reader left, which is fine
-        os.dup2(os.open(os.devnull, os.O_WRONLY), real_stdout.fileno())
+        discard(real_stdout)
         return 0
     except EphqError as exc:
         if _debugging(args):
             raise
         print(f"ephq: {exc}", file=sys.stderr)
         if isinstance(exc, OutputFailed):  # what is still buffered cannot go either
-            os.dup2(os.open(os.devnull, os.O_WRONLY), real_stdout.fileno())
+            discard(real_stdout)
         return exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
         return INTERRUPTED

@@ -3,6 +3,8 @@ traceback."""
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Any
 
 from ..errors import EphqError, StorageError
@@ -23,7 +25,9 @@ class GuardedStdout:
     line and its exit status, never a traceback, however the command writes (print, Rich)."""
 
     def __init__(self, real: Any) -> None:
-        self._real = real
+        # None: started with descriptor 1 closed (`ephq enqueue s >&-`), so Python has no
+        # stdout at all; writing to it fails like writing to any stdout that cannot be written.
+        self._real = _Closed() if real is None else real
 
     def write(self, text: str) -> int:
         try:
@@ -45,3 +49,33 @@ def _output_error(exc: OSError) -> EphqError:
     if isinstance(exc, BrokenPipeError):
         return ReaderGone("the reader of stdout has left")
     return OutputFailed(f"cannot write to stdout: {exc.strerror or exc}")
+
+
+class _Closed:
+    """What stands for a stdout that was closed before ephq started."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "it is closed")
+
+    def flush(self) -> None:
+        pass  # nothing was written, so nothing waits
+
+    def fileno(self) -> int:
+        raise OSError(errno.EBADF, "it is closed")
+
+    def isatty(self) -> bool:
+        return False
+
+
+def discard(stream: Any) -> None:
+    """Point stream's descriptor at /dev/null: what is still buffered for it goes nowhere, and
+    the interpreter's flush at exit cannot fail again."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # no descriptor (closed from the start): nothing to point anywhere
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
