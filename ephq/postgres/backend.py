@@ -1039,7 +1039,7 @@ class PostgresBackend:
                 (
                     stream,
                     [r.state == "dead" for r in records],
-                    ",".join([r.id for r in records]),
+                    ids,
                     [r.attempts for r in records],
                     [
                         r.visible_at_ns
