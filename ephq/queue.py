@@ -251,10 +251,7 @@ class Queue:
     ) -> list[Message]:
         """Lease up to max_messages, oldest first; waits (up to ``wait``) only while none is."""
         check_stream_name(stream)
-        if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
-            raise BadInput(
-                f"max_messages must be a whole number of at least 1, not {max_messages!r}"
-            )
+        check_count(max_messages, "max_messages")
         visibility_ns = (
             None if visibility is None else to_ns(visibility, "visibility", allow_zero=False)
         )
@@ -368,8 +365,7 @@ class Queue:
     def peek(self, stream: str, n: int = 10, *, dlq: bool = False) -> list[Message]:
         """The first n visible messages in order, without leasing them."""
         check_stream_name(stream)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise BadInput(f"n must be a whole number of at least 1, not {n!r}")
+        check_count(n, "n")
         with translated(f"peek at stream {stream!r}"):
             return self._backend.peek(stream, n, dlq)
 
@@ -469,14 +465,8 @@ class Queue:
         """
         check_stream_name(stream)
         changes: dict[str, Any] = {}
-        if max_attempts is not None and (
-            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
-        ):
-            raise BadInput(
-                f"max_attempts must be a whole number of at least 1, not {max_attempts!r}"
-            )
         if max_attempts is not None:
-            changes["max_attempts"] = max_attempts
+            changes["max_attempts"] = check_count(max_attempts, "max_attempts")
         if visibility is not None:
             visibility_ns = to_ns(visibility, "visibility", allow_zero=False)
             changes["visibility"] = visibility_ns / NS_PER_SECOND
@@ -525,8 +515,7 @@ class Queue:
         """The first n dead letters, oldest first, whatever their state (``Message.state``:
         ready; delayed, a dead-letter handler's retry; inflight, leased by one)."""
         check_stream_name(stream)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise BadInput(f"n must be a whole number of at least 1, not {n!r}")
+        check_count(n, "n")
         with translated(f"list the dead letters of stream {stream!r}"):
             return self._backend.dead_letters(stream, n)
 
@@ -599,6 +588,13 @@ def _checked_labels(keys: Iterable[str | None], count: int, what: str) -> list[s
         except UnicodeEncodeError:
             raise BadInput(f"{what} {key[:40]!r} is not valid Unicode text") from None
     return given
+
+
+def check_count(value: object, what: str) -> int:
+    """value itself if it is a whole number of at least 1 (not a bool); else BadInput."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadInput(f"{what} must be a whole number of at least 1, not {value!r}")
+    return value
 
 
 def _check_exported(record: Exported) -> None:

@@ -50,7 +50,7 @@ from ..durations import to_ns
 from ..errors import BadInput, EphqError, LeaseLost, Unavailable
 from ..ids import check_stream_name
 from ..message import Message
-from ..queue import Queue
+from ..queue import Queue, check_count
 from .outcomes import Cancelled, HandlerBroken, PermanentFailure
 from .rate import Rate, TokenBucket, parse_rate
 
@@ -134,16 +134,23 @@ class Worker:
         rate: Rate | str | None = None,
         lookahead_within: float = LOOKAHEAD_S,
     ) -> None:
-        _check_settings(stream, handler, concurrency, max_messages)
+        # A Worker that could never work is refused before it starts a thread (a concurrency
+        # of 0 would lease nothing and wait for good).
+        check_stream_name(stream)
+        if not callable(handler):
+            raise BadInput(f"handler must be callable (message, cancelled), not {handler!r}")
+        check_count(concurrency, "concurrency")
+        if max_messages is not None:
+            check_count(max_messages, "max_messages")
+        to_ns(visibility, "visibility", allow_zero=False)
         for what, seconds in (
-            ("visibility", visibility),
             ("retry_delay", retry_delay),
             ("max_retry_delay", max_retry_delay),
             ("grace", grace),
             ("lookahead_within", lookahead_within),
-            *((("drain_retries", drain_retries),) if drain_retries is not None else ()),
+            ("drain_retries", drain_retries or 0),
         ):
-            to_ns(seconds, what, allow_zero=what != "visibility")  # BadInput if it is not one
+            to_ns(seconds, what)
         self.queue = queue
         self.stream = stream
         self.handler = handler
@@ -614,18 +621,3 @@ class Worker:
 
 def _always() -> bool:
     return True
-
-
-def _check_settings(
-    stream: str, handler: object, concurrency: object, max_messages: object
-) -> None:
-    """BadInput, in one line, for a Worker that could never work (a concurrency of 0 would
-    lease nothing and wait for good), before it starts a thread."""
-    check_stream_name(stream)
-    if not callable(handler):
-        raise BadInput(f"handler must be callable (message, cancelled), not {handler!r}")
-    for what, value, least in (("concurrency", concurrency, 1), ("max_messages", max_messages, 1)):
-        if value is None and what == "max_messages":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise BadInput(f"{what} must be a whole number of at least {least}, not {value!r}")
