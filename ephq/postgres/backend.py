@@ -4,68 +4,32 @@ Time is the caller's clock (nanoseconds, as the file backend's), passed into eac
 hosts sharing a database must keep their clocks in step (NTP), as processes sharing a file
 store do. A lease is a row's state (token, visible_at), never an open transaction: nothing is
 held while a handler runs. Stream names and ids are always parameters, never SQL text.
+
+This module produces, leases and settles; what only reads is browse.py, dead letters dead.py,
+workers' rows holders.py, rows made messages rows.py, `check` check.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from typing import Any
 
 from ..backend import Holder, Progress, Waiter
-from ..errors import BadInput, LeaseLost, NotFound
-from ..ids import (
-    IdSource,
-    Receipt,
-    check_stream_name,
-    format_receipt,
-    id_time_ns,
-    is_id,
-    new_token,
-    parse_receipt,
-)
-from ..message import (
-    CheckProblem,
-    Exported,
-    Lease,
-    Message,
-    StreamConfig,
-    StreamStats,
-    live_metadata,
-    utc_from_ns,
-)
-from . import schema
+from ..errors import BadInput, LeaseLost
+from ..ids import IdSource, Receipt, new_token, parse_receipt
+from ..message import CheckProblem, Exported, Lease, Message, StreamConfig, StreamStats
+from . import browse
+from . import dead as dead_letters
+from .check import check
 from .connection import Connections
+from .holders import ORPHAN_LOOK_EVERY_NS, RELEASE_ORPHANS, DatabaseHolder
+from .rows import NS, delivery, iso_utc
 
-NS = 1_000_000_000
 MAX_ERROR_CHARS = 4096
 # This process ANALYZEs the table after adding this many rows, and ten times as many, ...
 ANALYZE_FIRST = 1000
 DEFAULTS = StreamConfig()
-
-# The columns a delivery is built from, in this order.
-_ROW = "m.id, m.attempts, m.visible_at, m.token, m.data, m.meta, m.grp"
-
-# Messages of a stream that ran out of attempts, dead-lettered: stats runs this first, as the
-# file backend's reaper does (the claim dead-letters what it picks).
-_BURY_SPENT = """
-UPDATE ephq.messages m SET dead = true, token = NULL, visible_at = %(now)s,
-    meta = m.meta || jsonb_build_object('dead', jsonb_build_object(
-        'stream', m.stream,
-        'error', CASE WHEN m.token IS NOT NULL THEN 'lease expired'
-                 ELSE 'delivered ' || m.attempts || ' times; max_attempts is ' || c.max_attempts
-                 END,
-        'attempts', m.attempts,
-        'died_at', %(died_at)s::text))
-FROM (SELECT COALESCE((SELECT max_attempts FROM ephq.streams WHERE name = %(stream)s), 5)
-      AS max_attempts) c
-WHERE m.stream = %(stream)s AND NOT m.dead AND m.visible_at <= %(now)s
-  AND m.attempts >= c.max_attempts
-"""
 
 _ENQUEUE_ONE = """
 WITH added AS (
@@ -139,34 +103,7 @@ _MATCH_M = (
 )
 
 
-# Leases that workers now gone had announced come back now, as if they had run out: the
-# holders' rows whose connections have ended are deleted, and the messages they held made
-# visible (a receipt is <deadline>.<id>.<attempts>.<token>, after 'dlq:' for a dead letter's).
-_RELEASE_ORPHANS = r"""
-WITH gone AS (
-    DELETE FROM ephq.holders h
-    WHERE h.stream = %(stream)s AND h.dead = %(dead)s
-      AND h.backend_pid NOT IN (SELECT pid FROM pg_stat_activity)
-    RETURNING h.leases
-),
-lease AS (
-    SELECT split_part(r.key, '.', 2) AS id, split_part(r.key, '.', 3)::integer AS attempts,
-           split_part(r.key, '.', 4) AS token
-    FROM gone, jsonb_each(gone.leases) AS r
-    -- Only what has a receipt's form: a damaged row must not make every dequeue fail.
-    WHERE r.key ~ '^(dlq:)?[0-9a-f]{16}\.[0-9a-f]{24}\.[0-9]{1,9}\.[0-9a-f]{8}$'
-)
-UPDATE ephq.messages m SET visible_at = %(now)s
-FROM lease
-WHERE m.stream = %(stream)s AND m.dead = %(dead)s AND m.id = lease.id
-  AND m.attempts = lease.attempts AND m.token = lease.token AND m.visible_at > %(now)s
-"""
-ORPHAN_LOOK_EVERY_NS = 1_000_000_000
 KEY_SWEEP_EVERY_NS = 60 * NS
-
-
-def iso_utc(ns: int) -> str:
-    return datetime.fromtimestamp(ns / NS, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class PostgresBackend:
@@ -362,7 +299,7 @@ class PostgresBackend:
             ).fetchall()
             buried = sum(row[0] for row in rows)
             leased = sorted(row[1:] for row in rows if row[1] is not None)
-            got += [self._delivery(stream, row, dead) for row in leased]
+            got += [delivery(stream, row, dead) for row in leased]
             if not buried:
                 break  # what was not leased is not there (or another consumer has it)
         return got
@@ -373,52 +310,8 @@ class PostgresBackend:
         self._orphans_next[(stream, dead)] = now + ORPHAN_LOOK_EVERY_NS
         self.db.run(
             f"release the leases of workers of stream {stream!r} that are gone",
-            _RELEASE_ORPHANS,
+            RELEASE_ORPHANS,
             {"stream": stream, "dead": dead, "now": now},
-        )
-
-    @staticmethod
-    def _delivery(stream: str, row: Any, dead: bool) -> Message:
-        """A message just leased, from its claim row, its fields given in order (this runs for
-        every message dequeued)."""
-        message_id, attempts, visible_at, token, data, meta, group = row
-        if meta is None:  # the claim's NULL for the usual empty metadata
-            meta = {}
-        elif not dead:
-            meta = live_metadata(meta, stream)
-        lease = f"{visible_at:016x}.{message_id}.{attempts}.{token}"
-        return Message(
-            message_id,
-            format_receipt(lease, dead),
-            stream,
-            json.loads(data),
-            data,
-            attempts,
-            utc_from_ns(id_time_ns(message_id)),
-            utc_from_ns(visible_at),
-            meta,
-            None,
-            group,
-        )
-
-    def _message(self, stream: str, row: Any, dead: bool, state: str | None = None) -> Message:
-        """A message looked at, not leased (peek, dead letters): no receipt; when it is due
-        only when it is not ready."""
-        message_id, attempts, visible_at, _token, data, meta, group = row
-        if not dead:
-            meta = live_metadata(meta, stream)
-        return Message(
-            id=message_id,
-            receipt=None,
-            stream=stream,
-            data=json.loads(data),
-            data_json=data,
-            attempts=attempts,
-            enqueued_at=utc_from_ns(id_time_ns(message_id)),
-            visible_until=None if state in (None, "ready") else utc_from_ns(visible_at),
-            metadata=meta,
-            state=state,
-            group=group,
         )
 
     def _settle(self, stream: str, receipt: str, sql: str, params: dict[str, Any]) -> Any:
@@ -594,57 +487,13 @@ class PostgresBackend:
     # -- look ------------------------------------------------------------------------------
 
     def peek(self, stream: str, count: int, dead: bool) -> list[Message]:
-        now = self.clock()
-        with self.db.cursor(f"peek at stream {stream!r}") as cur:
-            # What the next dequeue would lease: not what it would dead-letter instead.
-            cur.execute(
-                f"""SELECT {_ROW} FROM ephq.messages m
-                    WHERE stream = %(stream)s AND dead = %(dead)s AND visible_at <= %(now)s
-                      AND (%(dead)s OR attempts < COALESCE((SELECT max_attempts
-                           FROM ephq.streams WHERE name = %(stream)s), 5))
-                    ORDER BY id LIMIT %(count)s""",
-                {"stream": stream, "dead": dead, "now": now, "count": count},
-            )
-            rows = cur.fetchall()
-        return [self._message(stream, row, dead) for row in rows]
-
-    def _exists(self, cur: Any, stream: str) -> None:
-        cur.execute("SELECT 1 FROM ephq.streams WHERE name = %s", (stream,))
-        if cur.fetchone() is None:
-            cur.execute("SELECT name FROM ephq.streams ORDER BY name LIMIT 10")
-            known = ", ".join(r[0] for r in cur.fetchall()) or "none yet"
-            raise NotFound(f"no stream {stream!r} in {self.where} (streams: {known})")
+        return browse.peek(self.db, stream, count, dead, self.clock())
 
     def stats(self, stream: str) -> StreamStats:
-        now = self.clock()
-        with self.db.cursor(f"read the statistics of stream {stream!r}") as cur:
-            self._exists(cur, stream)
-            cur.execute(_BURY_SPENT, {"stream": stream, "now": now, "died_at": iso_utc(now)})
-            cur.execute(
-                """SELECT
-                    count(*) FILTER (WHERE NOT dead AND visible_at <= %(now)s),
-                    count(*) FILTER (WHERE NOT dead AND visible_at > %(now)s AND token IS NULL),
-                    count(*) FILTER (WHERE NOT dead AND visible_at > %(now)s
-                                     AND token IS NOT NULL),
-                    count(*) FILTER (WHERE dead),
-                    min(id) FILTER (WHERE NOT dead AND visible_at <= %(now)s)
-                FROM ephq.messages WHERE stream = %(stream)s""",
-                {"stream": stream, "now": now},
-            )
-            ready, delayed, inflight, dead, oldest = cur.fetchone() or (0, 0, 0, 0, None)
-            # A group's waiting messages count as ready.
-            cur.execute("SELECT count(*), min(id) FROM ephq.waiting WHERE stream = %s", (stream,))
-            waiting, first_waiting = cur.fetchone() or (0, None)
-            ready += waiting
-            if first_waiting is not None and (oldest is None or first_waiting < oldest):
-                oldest = first_waiting
-        age = None if oldest is None else max(0.0, (now - id_time_ns(oldest)) / NS)
-        return StreamStats(stream, ready, delayed, inflight, dead, age)
+        return browse.stats(self.db, stream, self.clock())
 
     def streams(self) -> list[str]:
-        with self.db.cursor("list streams") as cur:
-            cur.execute("SELECT name FROM ephq.streams ORDER BY name")
-            return [row[0] for row in cur.fetchall()]
+        return browse.streams(self.db)
 
     def purge(self, stream: str) -> int:
         with self.db.transaction(f"purge stream {stream!r}") as cur:
@@ -707,173 +556,19 @@ class PostgresBackend:
     # -- dead letters ----------------------------------------------------------------------
 
     def dead_letters(self, stream: str, count: int) -> list[Message]:
-        now = self.clock()
-        with self.db.cursor(f"list the dead letters of stream {stream!r}") as cur:
-            self._exists(cur, stream)
-            cur.execute(
-                f"""SELECT {_ROW} FROM ephq.messages m WHERE stream = %s AND dead
-                    ORDER BY id LIMIT %s""",
-                (stream, count),
-            )
-            rows = cur.fetchall()
-        return [self._dead_message(stream, row, now) for row in rows]
-
-    def _dead_message(self, stream: str, row: Any, now: int) -> Message:
-        visible_at, token = row[2], row[3]
-        state = "ready" if visible_at <= now else "delayed" if token is None else "inflight"
-        return self._message(stream, row, True, state=state)
+        return dead_letters.listing(self.db, stream, count, self.clock())
 
     def dead_letter(self, stream: str, message_id: str) -> Message:
-        _require_id(message_id)
-        with self.db.cursor(f"read a dead letter of stream {stream!r}") as cur:
-            cur.execute(
-                f"SELECT {_ROW} FROM ephq.messages m WHERE stream = %s AND dead AND id = %s",
-                (stream, message_id),
-            )
-            row = cur.fetchone()
-        if row is None:
-            raise NotFound(
-                f"no dead letter with id {message_id} in the dead letters of stream {stream!r}"
-            )
-        return self._dead_message(stream, row, self.clock())
-
-    def _dead_ids(self, cur: Any, stream: str, ids: list[str] | None) -> list[str]:
-        """The dead letters' ids (all, or these, each checked to be there), locked."""
-        if ids is None:
-            cur.execute(
-                "SELECT id FROM ephq.messages WHERE stream = %s AND dead ORDER BY id FOR UPDATE",
-                (stream,),
-            )
-            return [row[0] for row in cur.fetchall()]
-        for message_id in ids:
-            _require_id(message_id)
-        cur.execute(
-            "SELECT id FROM ephq.messages WHERE stream = %s AND dead AND id = ANY(%s) FOR UPDATE",
-            (stream, ids),
-        )
-        found = {row[0] for row in cur.fetchall()}
-        for message_id in ids:
-            if message_id not in found:
-                raise NotFound(
-                    f"no dead letter with id {message_id} in the dead letters of stream {stream!r}"
-                )
-        return list(dict.fromkeys(ids))
+        return dead_letters.get(self.db, stream, message_id, self.clock())
 
     def redrive(self, stream: str, ids: list[str] | None, progress: Progress = None) -> list[str]:
-        with self.db.transaction(f"redrive dead letters of stream {stream!r}") as cur:
-            others: list[str] | None = None
-            if ids is None:
-                chosen = self._dead_ids(cur, stream, None)
-            else:  # ids not among the stream's dead letters: its own messages
-                for message_id in ids:
-                    _require_id(message_id)
-                cur.execute(
-                    "SELECT id FROM ephq.messages WHERE stream = %s AND dead AND id = ANY(%s) "
-                    "FOR UPDATE",
-                    (stream, ids),
-                )
-                dead = {row[0] for row in cur.fetchall()}
-                chosen = [i for i in dict.fromkeys(ids) if i in dead]
-                others = [i for i in dict.fromkeys(ids) if i not in dead]
-            cur.execute(
-                """SELECT id, grp FROM ephq.messages
-                   WHERE stream = %s AND dead AND id = ANY(%s) AND grp IS NOT NULL
-                   ORDER BY id""",
-                (stream, chosen),
-            )
-            for message_id, group in cur.fetchall():  # back into their groups, in order
-                self._rejoin(cur, stream, message_id, group)
-            cur.execute(
-                # A dead letter that first died in another stream stays one (a message of a
-                # dead-letter stream): its metadata.dead is what it is about.
-                """UPDATE ephq.messages SET dead = false, attempts = 0, token = NULL,
-                       visible_at = %(now)s,
-                       meta = CASE WHEN COALESCE(meta->'dead'->>'stream', %(stream)s)
-                                        <> %(stream)s THEN meta
-                              ELSE meta - 'dead' END
-                   WHERE stream = %(stream)s AND dead AND id = ANY(%(ids)s)""",
-                {"now": self.clock(), "stream": stream, "ids": chosen},
-            )
-            if chosen:
-                cur.execute("SELECT ephq.ring(%s)", (stream,))
-            # A dead letter of this stream that first died in another one goes there too.
-            chosen = list(dict.fromkeys(chosen + self._send_home(cur, stream, others)))
+        moved = dead_letters.redrive(self.db, stream, ids, self.clock)
         if progress is not None:
-            progress(len(chosen))
-        return chosen
-
-    def _rejoin(self, cur: Any, stream: str, message_id: str, group: str) -> None:
-        """A grouped dead letter redriven: its group's head if it has none, else waiting."""
-        cur.execute(
-            "INSERT INTO ephq.groups (stream, grp, head) VALUES (%s, %s, %s) "
-            "ON CONFLICT DO NOTHING RETURNING 1",
-            (stream, group, message_id),
-        )
-        if cur.fetchone() is not None:
-            return  # the redrive's UPDATE, next, makes it its group's head
-        cur.execute(
-            """WITH gone AS (
-                   DELETE FROM ephq.messages
-                   WHERE stream = %(stream)s AND dead AND id = %(id)s RETURNING data, meta)
-               INSERT INTO ephq.waiting (stream, grp, id, attempts, visible_at, data, meta)
-               SELECT %(stream)s, %(group)s, %(id)s, 0, %(now)s, data, meta - 'dead'
-               FROM gone""",
-            {"stream": stream, "group": group, "id": message_id, "now": self.clock()},
-        )
-
-    def _send_home(self, cur: Any, stream: str, ids: list[str] | None) -> list[str]:
-        """In a dead-letter stream: its messages that died in another stream (all, or these
-        ids), back there with fresh attempts, in their places by id."""
-        if ids == []:
-            return []
-        cur.execute(
-            # All: only rows that died elsewhere are locked, never the stream's own messages,
-            # which consumers would skip meanwhile.
-            """SELECT id, meta->'dead'->>'stream' FROM ephq.messages
-                WHERE stream = %(stream)s AND NOT dead
-                  AND (CASE WHEN %(all)s THEN meta->'dead'->>'stream' <> %(stream)s
-                       ELSE id = ANY(%(ids)s) END)
-                ORDER BY id FOR UPDATE""",
-            {"stream": stream, "all": ids is None, "ids": ids or []},
-        )
-        origins = dict(cur.fetchall())
-        for message_id in ids or []:
-            if message_id not in origins:
-                raise NotFound(f"no message with id {message_id} in stream {stream!r}")
-        homes = {}
-        for message_id, origin in origins.items():
-            if origin is not None and origin != stream and _is_stream_name(origin):
-                homes[message_id] = origin
-            elif ids is not None:
-                raise BadInput(
-                    f"message {message_id} of stream {stream!r} is not a dead letter "
-                    "of another stream: nothing to redrive it to"
-                )
-        if not homes:
-            return []
-        cur.execute(
-            "INSERT INTO ephq.streams (name) SELECT DISTINCT unnest(%s::text[]) "
-            "ON CONFLICT DO NOTHING",
-            (list(set(homes.values())),),
-        )
-        cur.execute(
-            """UPDATE ephq.messages m SET stream = m.meta->'dead'->>'stream', attempts = 0,
-                   token = NULL, visible_at = %s, meta = m.meta - 'dead'
-               WHERE m.stream = %s AND NOT m.dead AND m.id = ANY(%s)""",
-            (self.clock(), stream, list(homes)),
-        )
-        for home in sorted(set(homes.values())):
-            cur.execute("SELECT ephq.ring(%s)", (home,))
-        return list(homes)
+            progress(len(moved))
+        return moved
 
     def purge_dead_letters(self, stream: str, ids: list[str] | None) -> list[str]:
-        with self.db.transaction(f"purge dead letters of stream {stream!r}") as cur:
-            chosen = self._dead_ids(cur, stream, ids)
-            cur.execute(
-                "DELETE FROM ephq.messages WHERE stream = %s AND dead AND id = ANY(%s)",
-                (stream, chosen),
-            )
-        return chosen
+        return dead_letters.purge(self.db, stream, ids)
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -883,110 +578,23 @@ class PostgresBackend:
         return Listener(self.db, stream)
 
     def seconds_until_due(self, stream: str, dead: bool) -> float:
-        now = self.clock()
-        with self.db.cursor(f"read stream {stream!r}") as cur:
-            cur.execute(
-                """SELECT min(visible_at) FROM ephq.messages
-                   WHERE stream = %s AND dead = %s AND visible_at > %s""",
-                (stream, dead, now),
-            )
-            row = cur.fetchone()
-        due = None if row is None else row[0]
-        return 1.0 if due is None else min(1.0, max(0.0, (due - now) / NS))
+        return browse.seconds_until_due(self.db, stream, dead, self.clock())
 
     def next_delayed_ns(self, stream: str, dead: bool) -> int | None:
-        with self.db.cursor(f"read stream {stream!r}") as cur:
-            cur.execute(
-                """SELECT min(visible_at) FROM ephq.messages
-                   WHERE stream = %s AND dead = %s AND visible_at > %s AND token IS NULL""",
-                (stream, dead, self.clock()),
-            )
-            row = cur.fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+        return browse.next_delayed_ns(self.db, stream, dead, self.clock())
 
     # -- leases and their holders ----------------------------------------------------------
 
     def leases(self, stream: str) -> list[Lease]:
-        now = self.clock()
-        with self.db.cursor(f"list the leases of stream {stream!r}") as cur:
-            self._exists(cur, stream)
-            cur.execute(
-                """SELECT h.host, h.pid, h.worker, h.started_at, h.leases FROM ephq.holders h
-                   WHERE h.stream = %s
-                     AND h.backend_pid IN (SELECT pid FROM pg_stat_activity)""",
-                (stream,),
-            )
-            held: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
-            for host, pid, worker, started_at, leases in cur.fetchall():
-                who = {"host": host, "pid": pid, "worker": worker, "started_at": started_at}
-                for receipt, when in leases.items():
-                    try:
-                        lease = parse_receipt(receipt).lease
-                    except BadInput:
-                        continue
-                    if isinstance(when, int):  # what a worker wrote: anything else says nothing
-                        held[(lease.id, lease.token or "")] = (who, when)
-            cur.execute(
-                """SELECT id, attempts, visible_at, token, dead FROM ephq.messages
-                   WHERE stream = %s AND token IS NOT NULL AND visible_at > %s
-                   ORDER BY visible_at, id""",
-                (stream, now),
-            )
-            rows = cur.fetchall()
-        found = []
-        for message_id, attempts, visible_at, token, dead in rows:
-            holder: dict[str, Any] | None = None
-            leased_at: int | None = None
-            if (message_id, token) in held:
-                holder, leased_at = held[(message_id, token)]
-            found.append(
-                Lease(
-                    message_id,
-                    stream,
-                    attempts,
-                    None if leased_at is None else utc_from_ns(leased_at),
-                    utc_from_ns(visible_at),
-                    holder,
-                    dead,
-                )
-            )
-        return found
+        return browse.leases(self.db, stream, self.clock())
+
+    def hold(self, stream: str, dead: bool, worker: str) -> Holder:
+        return DatabaseHolder(self.db, stream, dead, worker, self.clock())
 
     # -- moving a backlog ------------------------------------------------------------------
 
     def export(self, stream: str) -> Iterator[Exported]:
-        now = self.clock()
-        with self.db.cursor(f"export stream {stream!r}") as cur:
-            self._exists(cur, stream)
-        conn = self.db.get()
-        # A server-side cursor in one transaction: a consistent snapshot, read in slices.
-        with (
-            self.db.translated(f"export stream {stream!r}"),
-            conn.transaction(),
-            conn.cursor(name="ephq_export") as cur,
-        ):
-            cur.itersize = 1000
-            cur.execute(
-                """SELECT id, dead, attempts, visible_at, token, data, meta, grp
-                   FROM ephq.messages WHERE stream = %(stream)s
-                   UNION ALL
-                   SELECT id, false, attempts, visible_at, NULL, data, meta, grp
-                   FROM ephq.waiting WHERE stream = %(stream)s
-                   ORDER BY 2, 1""",
-                {"stream": stream},
-            )
-            for message_id, dead, attempts, visible_at, token, data, stored, group in cur:
-                if dead:
-                    state = "dead"
-                elif visible_at <= now:
-                    state = "ready"
-                else:
-                    state = "delayed" if token is None else "inflight"
-                meta = stored if dead else live_metadata(stored, stream)
-                if group is not None:
-                    meta = {**meta, "group": group}
-                due = visible_at if state == "delayed" else None
-                yield Exported(message_id, state, attempts, due, meta, data)
+        yield from browse.export(self.db, stream, self.clock())
 
     def import_messages(self, stream: str, records: list[Exported]) -> int:
         now = self.clock()
@@ -1055,99 +663,10 @@ class PostgresBackend:
         self._grew(len(records) + len(joining))
         return len(records) + len(joining)
 
-    def hold(self, stream: str, dead: bool, worker: str) -> Holder:
-        return DatabaseHolder(self.db, stream, dead, worker, self.clock())
-
     # -- upkeep ----------------------------------------------------------------------------
 
     def check(self, stream: str | None, repair: bool) -> list[CheckProblem]:
-        """The schema is there, at this ephq's version; stale holders are reported (and
-        removed on repair). Rows are the database's to keep consistent."""
-        problems: list[CheckProblem] = []
-        with self.db.cursor("check the database") as cur:
-            cur.execute("SELECT version FROM ephq.schema_version")
-            row = cur.fetchone()
-            if row is None or row[0] != schema.VERSION:
-                problems.append(
-                    CheckProblem(
-                        stream or "",
-                        "schema",
-                        self.where,
-                        f"schema version {row and row[0]}, expected {schema.VERSION}",
-                    )
-                )
-            cur.execute(
-                """SELECT id, stream FROM ephq.holders
-                   WHERE backend_pid NOT IN (SELECT pid FROM pg_stat_activity)
-                     AND (%(stream)s::text IS NULL OR stream = %(stream)s)""",
-                {"stream": stream},
-            )
-            stale = cur.fetchall()
-            if repair and stale:
-                cur.execute("DELETE FROM ephq.holders WHERE id = ANY(%s)", ([r[0] for r in stale],))
-            for holder_id, holder_stream in stale:
-                problems.append(
-                    CheckProblem(
-                        holder_stream,
-                        "stale-holder",
-                        f"ephq.holders id {holder_id}",
-                        "left by a worker that is gone",
-                        repaired=repair,
-                    )
-                )
-        return problems
+        return check(self.db, stream, repair)
 
     def close(self) -> None:
         self.db.close()
-
-
-class DatabaseHolder:
-    """A worker's row in ephq.holders, written on a connection of its own: the row is believed
-    while that connection's backend lives, so a killed worker's row says nothing."""
-
-    def __init__(self, db: Connections, stream: str, dead: bool, worker: str, now: int) -> None:
-        self._conn = db.connect()
-        self._db = db
-        with db.translated("register a worker"), self._conn.cursor() as cur:
-            # What workers that are gone left (their connections ended): their leases come
-            # back now, and their rows go, as the file backend's next worker does.
-            cur.execute(_RELEASE_ORPHANS, {"stream": stream, "dead": dead, "now": now})
-            cur.execute(
-                """INSERT INTO ephq.holders (stream, dead, backend_pid, host, pid, worker,
-                       started_at)
-                   VALUES (%s, %s, pg_backend_pid(), %s, %s, %s, %s) RETURNING id""",
-                (stream, dead, socket.gethostname(), os.getpid(), worker, time.time_ns()),
-            )
-            row = cur.fetchone()
-        self._id = None if row is None else row[0]
-
-    def publish(self, leases: dict[str, int]) -> None:
-        try:
-            with self._conn.cursor() as cur:
-                cur.execute(
-                    "UPDATE ephq.holders SET leases = %s WHERE id = %s",
-                    (json.dumps(leases), self._id),
-                )
-        except Exception:
-            pass
-
-    def close(self) -> None:
-        try:
-            with self._conn.cursor() as cur:
-                cur.execute("DELETE FROM ephq.holders WHERE id = %s", (self._id,))
-        except Exception:
-            pass
-        self._conn.close()
-
-
-def _is_stream_name(name: str) -> bool:
-    try:
-        check_stream_name(name)
-    except BadInput:
-        return False
-    return True
-
-
-def _require_id(message_id: str) -> None:
-    if not isinstance(message_id, str) or not is_id(message_id):
-        raise BadInput(f"{message_id!r} is not a message id (24 hex digits, as enqueue prints)")
