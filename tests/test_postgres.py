@@ -473,3 +473,68 @@ def test_a_store_made_by_the_first_schema_is_migrated_with_its_messages(
     with psycopg.connect(url) as conn:
         version = conn.execute("SELECT version FROM ephq.schema_version").fetchone()
     assert version == (schema.VERSION,)
+
+
+def test_rows_that_are_not_messages_are_set_aside_and_never_read_as_messages(
+    database_server: str,
+) -> None:
+    """Rows written into ephq's tables by hand (or by another tool) whose data is not JSON,
+    whose metadata is not an object or whose id is not an id: every command goes on with the
+    messages there are, a consumer that leases such a row sets it aside whole, `check` reports
+    what is left and `--repair` sets it aside. A group whose head was such a row goes on."""
+    url = fresh_database(database_server)
+    with Queue(url=url) as q:
+        good = q.enqueue("s", "good")
+    bad_data, bad_meta, bad_dead, bad_head, waiting = (
+        f"000000000000000{n}aaaaaaaa" for n in range(1, 6)
+    )
+    with psycopg.connect(url, autocommit=True) as conn:
+        add = "INSERT INTO ephq.messages (stream, dead, id, visible_at, data, meta) VALUES "
+        conn.execute(add + "('s', false, %s, 0, 'hello', '{}')", (bad_data,))
+        conn.execute(add + "('s', false, %s, 0, '3', '[1]')", (bad_meta,))
+        conn.execute(add + "('s', false, 'zz', 0, '4', '{}')")
+        conn.execute(add + "('s', true, %s, 0, '{oops', '{}')", (bad_dead,))
+        join = "SELECT ephq.join_group('s', 'g', %s, 0, 0, %s, '{}')"
+        conn.execute(join, (bad_head, "not json"))  # the group's head
+        conn.execute(join, (waiting, '"next"'))  # waiting behind it
+
+    def ids(out: str) -> list[str]:
+        return [json.loads(line)["id"] for line in out.splitlines()]
+
+    peek = _run(url, "peek", "s", "-n", "9")
+    assert (peek.returncode, ids(peek.stdout), peek.stderr) == (0, [good], "")
+    export = _run(url, "export", "s")
+    assert export.returncode == 0 and sorted(ids(export.stdout)) == sorted([good, waiting])
+    dead = _run(url, "dlq", "list", "s", "--json")
+    assert dead.returncode == 0 and dead.stdout.strip() in ("", "[]"), dead
+    show = _run(url, "dlq", "show", "s", bad_dead)
+    assert show.returncode == 4 and "check --repair" in show.stderr, show
+    assert show.stderr.count("\n") == 1, show.stderr
+    assert _run(url, "stats", "s").returncode == 0
+
+    def problems(*args: str) -> tuple[int, list[dict[str, Any]]]:
+        done = _run(url, "check", "--json", *args)
+        assert "Traceback" not in done.stderr, done
+        return done.returncode, [json.loads(line) for line in done.stdout.splitlines()]
+
+    status, found = problems()
+    assert status == 8
+    assert sorted(p["path"] for p in found if p["kind"] == "unreadable") == sorted(
+        [f"ephq.messages row {i!r}" for i in (bad_data, bad_meta, "zz", bad_head)]
+        + [f"ephq.messages row {bad_dead!r} (a dead letter)"]
+    ), found
+
+    leased = _run(url, "dequeue", "s", "-n", "9")
+    assert leased.returncode == 0 and leased.stderr == "", leased
+    assert ids(leased.stdout) == [good, waiting]  # the head set aside: its group went on
+    with psycopg.connect(url) as conn:
+        kept: dict[str, str] = dict(conn.execute("SELECT id, data FROM ephq.quarantine").fetchall())
+    assert kept == {bad_data: "hello", bad_meta: "3", "zz": "4", bad_head: "not json"}
+
+    status, repaired = problems("--repair")
+    assert status == 0 and [p["kind"] for p in repaired].count("unreadable") == 1, repaired
+    status, after = problems()
+    assert status == 0 and {p["kind"] for p in after} == {"quarantined"}, after
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM ephq.messages").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM ephq.quarantine").fetchone() == (5,)

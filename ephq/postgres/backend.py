@@ -6,7 +6,8 @@ store do. A lease is a row's state (token, visible_at), never an open transactio
 held while a handler runs. Stream names and ids are always parameters, never SQL text.
 
 This module produces, leases and settles; what only reads is browse.py, dead letters dead.py,
-workers' rows holders.py, rows made messages rows.py, `check` check.py.
+workers' rows holders.py, rows made messages rows.py (and those that are not set aside,
+quarantine.py), `check` check.py.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from ..backend import Holder, Progress, Waiter
 from ..errors import BadInput, LeaseLost
 from ..ids import IdSource, Receipt, new_token, parse_receipt
 from ..message import CheckProblem, Exported, Lease, Message, StreamConfig, StreamStats
-from . import browse
+from . import browse, quarantine
 from . import dead as dead_letters
 from .check import check
 from .connection import Connections
 from .holders import ORPHAN_LOOK_EVERY_NS, RELEASE_ORPHANS, DatabaseHolder
-from .rows import NS, delivery, iso_utc
+from .rows import NS, NotAMessage, delivery, iso_utc
 
 MAX_ERROR_CHARS = 4096
 # This process ANALYZEs the table after adding this many rows, and ten times as many, ...
@@ -299,8 +300,14 @@ class PostgresBackend:
             ).fetchall()
             buried = sum(row[0] for row in rows)
             leased = sorted(row[1:] for row in rows if row[1] is not None)
-            got += [delivery(stream, row, dead) for row in leased]
-            if not buried:
+            set_aside = 0
+            for row in leased:
+                try:
+                    got.append(delivery(stream, row, dead))
+                except NotAMessage as exc:  # someone else's row: out of every reader's way
+                    quarantine.set_aside_leased(self.db, stream, dead, row, str(exc), now)
+                    set_aside += 1
+            if not buried and not set_aside:
                 break  # what was not leased is not there (or another consumer has it)
         return got
 
@@ -666,7 +673,7 @@ class PostgresBackend:
     # -- upkeep ----------------------------------------------------------------------------
 
     def check(self, stream: str | None, repair: bool) -> list[CheckProblem]:
-        return check(self.db, stream, repair)
+        return check(self.db, stream, repair, self.clock)
 
     def close(self) -> None:
         self.db.close()

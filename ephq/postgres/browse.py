@@ -4,14 +4,14 @@ the file backend's reaper does.)"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import BadInput, NotFound
-from ..ids import id_time_ns, parse_receipt
+from ..ids import check_stream_name, id_time_ns, parse_receipt
 from ..message import Exported, Lease, Message, StreamStats, live_metadata, utc_from_ns
 from .connection import Connections
-from .rows import NS, ROW, iso_utc, looked_at
+from .rows import NS, ROW, NotAMessage, iso_utc, looked_at, vet
 
 # Messages of a stream that ran out of attempts, dead-lettered: stats runs this first, as the
 # file backend's reaper does (the claim dead-letters what it picks).
@@ -29,6 +29,9 @@ FROM (SELECT COALESCE((SELECT max_attempts FROM ephq.streams WHERE name = %(stre
 WHERE m.stream = %(stream)s AND NOT m.dead AND m.visible_at <= %(now)s
   AND m.attempts >= c.max_attempts
 """
+
+# What an id is (ids.py), for the oldest message's age: a row with another id is no message.
+_AN_ID = "^[0-9a-f]{24}$"
 
 
 def require_stream(cur: Any, stream: str, where: str) -> None:
@@ -52,7 +55,19 @@ def peek(db: Connections, stream: str, count: int, dead: bool, now: int) -> list
             {"stream": stream, "dead": dead, "now": now, "count": count},
         )
         rows = cur.fetchall()
-    return [looked_at(stream, row, dead) for row in rows]
+    return readable(rows, lambda row: looked_at(stream, row, dead))
+
+
+def readable(rows: list[Any], read: Callable[[Any], Message]) -> list[Message]:
+    """The rows that are messages, read; the others are left for the consumer that leases
+    them, or check, to set aside (as the file backend leaves a file it only looks at)."""
+    found = []
+    for row in rows:
+        try:
+            found.append(read(row))
+        except NotAMessage:
+            pass
+    return found
 
 
 def stats(db: Connections, stream: str, now: int) -> StreamStats:
@@ -66,13 +81,16 @@ def stats(db: Connections, stream: str, now: int) -> StreamStats:
                 count(*) FILTER (WHERE NOT dead AND visible_at > %(now)s
                                  AND token IS NOT NULL),
                 count(*) FILTER (WHERE dead),
-                min(id) FILTER (WHERE NOT dead AND visible_at <= %(now)s)
+                min(id) FILTER (WHERE NOT dead AND visible_at <= %(now)s AND id ~ %(an_id)s)
             FROM ephq.messages WHERE stream = %(stream)s""",
-            {"stream": stream, "now": now},
+            {"stream": stream, "now": now, "an_id": _AN_ID},
         )
         ready, delayed, inflight, dead, oldest = cur.fetchone() or (0, 0, 0, 0, None)
         # A group's waiting messages count as ready.
-        cur.execute("SELECT count(*), min(id) FROM ephq.waiting WHERE stream = %s", (stream,))
+        cur.execute(
+            "SELECT count(*), min(id) FILTER (WHERE id ~ %s) FROM ephq.waiting WHERE stream = %s",
+            (_AN_ID, stream),
+        )
         waiting, first_waiting = cur.fetchone() or (0, None)
         ready += waiting
         if first_waiting is not None and (oldest is None or first_waiting < oldest):
@@ -84,7 +102,17 @@ def stats(db: Connections, stream: str, now: int) -> StreamStats:
 def streams(db: Connections) -> list[str]:
     with db.cursor("list streams") as cur:
         cur.execute("SELECT name FROM ephq.streams ORDER BY name")
-        return [row[0] for row in cur.fetchall()]
+        return [row[0] for row in cur.fetchall() if _is_stream_name(row[0])]
+
+
+def _is_stream_name(name: str) -> bool:
+    """Whether a stream's row names one ephq could have made (a row written by hand may
+    not: it is not listed, as the file backend lists no directory that names no stream)."""
+    try:
+        check_stream_name(name)
+    except BadInput:
+        return False
+    return True
 
 
 def seconds_until_due(db: Connections, stream: str, dead: bool, now: int) -> float:
@@ -123,6 +151,8 @@ def leases(db: Connections, stream: str, now: int) -> list[Lease]:
         )
         held: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
         for host, pid, worker, started_at, announced in cur.fetchall():
+            if not isinstance(announced, dict):
+                continue  # not what a worker writes
             who = {"host": host, "pid": pid, "worker": worker, "started_at": started_at}
             for receipt, when in announced.items():
                 try:
@@ -180,6 +210,10 @@ def export(db: Connections, stream: str, now: int) -> Iterator[Exported]:
             {"stream": stream},
         )
         for message_id, dead, attempts, visible_at, token, data, stored, group in cur:
+            try:
+                vet(message_id, data, stored)
+            except NotAMessage:
+                continue  # left for the consumer that leases it, or check, to set aside
             if dead:
                 state = "dead"
             elif visible_at <= now:

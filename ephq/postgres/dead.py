@@ -9,9 +9,9 @@ from typing import Any
 from ..errors import BadInput, NotFound
 from ..ids import check_stream_name
 from ..message import Message
-from .browse import require_stream
+from .browse import readable, require_stream
 from .connection import Connections
-from .rows import ROW, dead_letter, require_id
+from .rows import ROW, NotAMessage, dead_letter, require_id
 
 
 def listing(db: Connections, stream: str, count: int, now: int) -> list[Message]:
@@ -23,7 +23,7 @@ def listing(db: Connections, stream: str, count: int, now: int) -> list[Message]
             (stream, count),
         )
         rows = cur.fetchall()
-    return [dead_letter(stream, row, now) for row in rows]
+    return readable(rows, lambda row: dead_letter(stream, row, now))
 
 
 def get(db: Connections, stream: str, message_id: str, now: int) -> Message:
@@ -36,7 +36,13 @@ def get(db: Connections, stream: str, message_id: str, now: int) -> Message:
         row = cur.fetchone()
     if row is None:
         raise _missing(stream, message_id)
-    return dead_letter(stream, row, now)
+    try:
+        return dead_letter(stream, row, now)
+    except NotAMessage as exc:
+        raise NotFound(
+            f"the dead letter {message_id} of stream {stream!r} is not a message ({exc}): "
+            "`ephq check --repair` sets it aside"
+        ) from None
 
 
 def redrive(

@@ -14,7 +14,8 @@ read from its columns, never stored as a word that could disagree with them:
 The claim is the function `ephq.claim`: `SELECT … ORDER BY id … FOR UPDATE SKIP LOCKED LIMIT n`
 collects the rows, one UPDATE leases them (another dead-letters those out of attempts); ack is
 a DELETE, so the hot table holds only what is queued. Other tables: `streams` (settings),
-`holders` (who holds leases), `dedup_keys`. Autovacuum is made eager for it, because
+`holders` (who holds leases), `dedup_keys`, `quarantine` (rows that are not messages, set
+aside). Autovacuum is made eager for it, because
 every lease updates a row (and leaves a dead tuple behind).
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-VERSION = 3
+VERSION = 4
 
 # Each entry brings the schema from the version before it to its index + 1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -362,6 +363,29 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 END IF;
             END
             $$""",
+    ),
+    # 4: where rows that are not messages are set aside. ephq writes only messages, but
+    # anyone with access to the database can write a row (an INSERT from a trigger, by hand,
+    # by another tool): one whose data is not JSON, whose id is not an id or whose metadata is
+    # not an object is moved here, whole, when a consumer leases it or `check --repair`
+    # finds it, as the file backend moves such a file to its quarantine/ directory. Nothing
+    # reads this table but `check`, which lists what it holds.
+    (
+        """CREATE TABLE ephq.quarantine (
+            n bigserial PRIMARY KEY,
+            from_table text NOT NULL,
+            stream text NOT NULL,
+            dead boolean NOT NULL,
+            id text NOT NULL,
+            attempts integer NOT NULL,
+            visible_at bigint NOT NULL,
+            token text,
+            data text NOT NULL,
+            meta jsonb NOT NULL,
+            grp text,
+            why text NOT NULL,
+            set_aside_at bigint NOT NULL
+        )""",
     ),
 )
 
