@@ -15,6 +15,7 @@ Semantics (the same for every backend):
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -318,22 +319,20 @@ class Queue:
         dead-lettered with ``reason`` if it was the last attempt."""
         check_stream_name(stream)
         delay_ns = to_ns(delay, "delay")
-        if reason is not None and not isinstance(reason, str):
-            raise BadInput(f"reason must be text, not {type(reason).__name__}")
+        kept = None if reason is None else _keepable(reason)
         try:
             with translated(f"nack in stream {stream!r}"):
-                self._backend.nack(stream, receipt, delay_ns, reason)
+                self._backend.nack(stream, receipt, delay_ns, kept)
         finally:
             self._settled(stream, [receipt])
 
     def reject(self, stream: str, receipt: str, reason: str) -> None:
         """The message can never succeed: dead-letter it now with ``reason`` as its error."""
         check_stream_name(stream)
-        if not isinstance(reason, str):
-            raise BadInput(f"reason must be text, not {type(reason).__name__}")
+        kept = _keepable(reason)
         try:
             with translated(f"reject in stream {stream!r}"):
-                self._backend.reject(stream, receipt, reason)
+                self._backend.reject(stream, receipt, kept)
         finally:
             self._settled(stream, [receipt])
 
@@ -588,6 +587,19 @@ def _checked_labels(keys: Iterable[str | None], count: int, what: str) -> list[s
         except UnicodeEncodeError:
             raise BadInput(f"{what} {key[:40]!r} is not valid Unicode text") from None
     return given
+
+
+def _keepable(reason: object) -> str:
+    """A failure's reason as every store keeps it: text, with what some cannot hold (NUL, which
+    PostgreSQL's text refuses; a lone surrogate, which is not UTF-8) as U+FFFD. A reason is
+    often a handler's stderr, which may hold anything; it must not be what stops a worker, nor
+    a dead letter that one backend keeps and the other cannot import."""
+    if not isinstance(reason, str):
+        raise BadInput(f"reason must be text, not {type(reason).__name__}")
+    return _UNKEEPABLE.sub("\ufffd", reason)
+
+
+_UNKEEPABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def check_count(value: object, what: str) -> int:

@@ -516,3 +516,18 @@ def test_import_refuses_a_bad_record_and_keeps_nothing(q: Queue) -> None:
         q.import_messages("t", [good, good])
     with pytest.raises(NotFound):
         q.stats("t")
+
+
+def test_a_reason_no_store_can_keep_is_kept_with_replacement_characters(q: Queue) -> None:
+    """A reason is often a handler's stderr: a NUL (which PostgreSQL's text refuses) or a lone
+    surrogate (not UTF-8) in it must neither fail the nack nor differ between backends."""
+    q.configure("s", max_attempts=1)
+    nacked, rejected = q.enqueue("s", 1), q.enqueue("s", 2)
+    m = q.dequeue("s")
+    assert m is not None and m.receipt and m.id == nacked
+    q.nack("s", m.receipt, reason="binary\x00stderr \udcff")
+    m = q.dequeue("s")
+    assert m is not None and m.receipt and m.id == rejected
+    q.reject("s", m.receipt, reason="\x00")
+    assert q.dead_letter("s", nacked).metadata["dead"]["error"] == "binary\ufffdstderr \ufffd"
+    assert q.dead_letter("s", rejected).metadata["dead"]["error"] == "\ufffd"
