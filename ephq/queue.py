@@ -402,8 +402,10 @@ class Queue:
         check_stream_name(stream)
         given = list(records)
         seen: set[str] = set()
-        for record in given:
+        for i, record in enumerate(given):
             _check_exported(record)
+            if record.metadata:
+                given[i] = record._replace(metadata=_keepable_json(record.metadata))
             if record.id in seen:
                 raise BadInput(f"message {record.id} is given twice: each id is imported once")
             seen.add(record.id)
@@ -600,6 +602,19 @@ def _keepable(reason: object) -> str:
 
 
 _UNKEEPABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _keepable_json(value: Any) -> Any:
+    """Metadata (ephq's own: why a message died, its group) with every text in it keepable
+    (as _keepable): an export of the file backend, which keeps anything, imports into
+    PostgreSQL, whose jsonb refuses both."""
+    if isinstance(value, str):
+        return _UNKEEPABLE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_keepable_json(k): _keepable_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_keepable_json(v) for v in value]
+    return value
 
 
 def check_count(value: object, what: str) -> int:

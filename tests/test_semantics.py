@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ephq import BadInput, LeaseLost, NotFound, Queue
+from ephq.message import Exported
 from tests.conftest import FakeClock, open_queue
 
 # Every test here runs on the file backend and on PostgreSQL (those that look at files say so).
@@ -531,3 +532,15 @@ def test_a_reason_no_store_can_keep_is_kept_with_replacement_characters(q: Queue
     q.reject("s", m.receipt, reason="\x00")
     assert q.dead_letter("s", nacked).metadata["dead"]["error"] == "binary\ufffdstderr \ufffd"
     assert q.dead_letter("s", rejected).metadata["dead"]["error"] == "\ufffd"
+
+
+def test_imported_metadata_no_store_can_keep_is_kept_with_replacement_characters(
+    q: Queue,
+) -> None:
+    """A dead letter the file backend kept before reasons were made keepable, exported: its
+    error imports on both backends alike (PostgreSQL's jsonb refuses NUL and lone surrogates)."""
+    meta = {"dead": {"error": "a\x00b", "stream": "t", "attempts": 1}, "x\udcff": ["\x00"]}
+    mid = "18ed008f7cb24bf736661aec"
+    assert q.import_messages("t", [Exported(mid, "dead", 1, None, meta, "1")]) == 1
+    kept = q.dead_letter("t", mid).metadata
+    assert kept["dead"]["error"] == "a\ufffdb" and kept["x\ufffd"] == ["\ufffd"]
