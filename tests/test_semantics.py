@@ -544,3 +544,20 @@ def test_imported_metadata_no_store_can_keep_is_kept_with_replacement_characters
     assert q.import_messages("t", [Exported(mid, "dead", 1, None, meta, "1")]) == 1
     kept = q.dead_letter("t", mid).metadata
     assert kept["dead"]["error"] == "a\ufffdb" and kept["x\ufffd"] == ["\ufffd"]
+
+
+@pytest.mark.parametrize("visibility", [None, 5])
+def test_a_limit_lowered_under_a_retried_message_dead_letters_it_at_the_next_claim(
+    q: Queue, visibility: int | None
+) -> None:
+    """The claim asks for max_attempts only for a message delivered before (the file backend
+    then reads the settings): with the stream's visibility and with one given."""
+    mid = q.enqueue("s", 1)
+    for _ in range(2):
+        m = q.dequeue("s", visibility=visibility)
+        assert m is not None and m.receipt
+        q.nack("s", m.receipt)
+    q.configure("s", max_attempts=2)
+    assert q.dequeue("s", visibility=visibility) is None
+    dead = q.dead_letter("s", mid).metadata["dead"]
+    assert (dead["attempts"], dead["error"]) == (2, "delivered 2 times; max_attempts is 2")

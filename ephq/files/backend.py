@@ -23,7 +23,7 @@ from . import browse
 from .fsio import is_real_dir, listdir
 from .holders import HolderFile, live_holders
 from .names import IdSource, Receipt, check_stream_name, is_id, parse_receipt
-from .store import Clock, Progress, Store
+from .store import Clock, MaxAttempts, Progress, Store
 from .stream import Stream
 
 NS = 1_000_000_000
@@ -121,11 +121,15 @@ class FileBackend:
         self, stream: str, count: int, visibility_ns: int | None, dead: bool
     ) -> list[Message]:
         owner = self._stream(stream)
-        config = owner.config()  # once: each look is a stat
-        if visibility_ns is None:
+        limit: MaxAttempts
+        if visibility_ns is not None:  # the settings are looked at only if they can matter
+            limit = _no_limit if dead else owner.config_max_attempts
+        else:
+            config = owner.config()  # once: each look is a stat
             visibility_ns = round(config.visibility * NS)
-        max_attempts = None if dead else config.max_attempts
-        return owner.store(dead).claim(count, visibility_ns, max_attempts)
+            attempts = None if dead else config.max_attempts
+            limit = lambda: attempts  # noqa: E731
+        return owner.store(dead).claim(count, visibility_ns, limit)
 
     def ack(self, stream: str, receipt: str) -> None:
         _, store, parsed = self._settle(stream, receipt)
@@ -382,6 +386,10 @@ class _Explained:
     ) -> None:
         if isinstance(exc, LeaseLost):
             self.backend._explain_lost(self.stream, self.parsed)
+
+
+def _no_limit() -> None:
+    return None
 
 
 def _require_id(message_id: str) -> None:

@@ -32,6 +32,11 @@ class ConfigFile:
         self._config = StreamConfig()
 
     def load(self) -> StreamConfig:
+        # Most streams are never configured, and every dequeue looks: asking whether the file
+        # is there costs a third of an lstat that fails (no exception raised and caught).
+        if self._seen is None and not os.access(self.path, os.F_OK, follow_symlinks=False):
+            self._config = StreamConfig()
+            return self._config
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:

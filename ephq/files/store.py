@@ -101,6 +101,8 @@ from .tree import BATCH_SPACING_NS, READY_CUTS, TIMED_CUTS, Tree
 
 Clock = Callable[[], int]
 Progress = Callable[[int], None] | None  # told how many more messages are done
+# The stream's max_attempts when asked (None: no limit, for dead letters).
+MaxAttempts = Callable[[], int | None]
 REAP_INTERVAL_NS = 1_000_000_000
 STATES = ("ready", "delayed", "inflight")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -367,9 +369,13 @@ class Store:
 
     # -- claim -----------------------------------------------------------------------------
 
-    def claim(self, count: int, visibility_ns: int, max_attempts: int | None) -> list[Message]:
+    def claim(self, count: int, visibility_ns: int, max_attempts: MaxAttempts) -> list[Message]:
+        """Lease up to count ready messages, oldest first. max_attempts is asked for the stream's
+        limit only when it can matter (a reap, a message delivered before): a settings file
+        looked at costs a stat, and a fresh message cannot have reached any limit (at least 1)."""
         now = self.clock()
-        self.maybe_reap(now, max_attempts)
+        if now >= self._next_reap_ns:
+            self.reap(now, max_attempts())
         got: list[Message] = []
         while len(got) < count:
             candidate = self._next_candidate(now)
@@ -420,10 +426,11 @@ class Store:
             self._head.clear()
 
     def _claim_one(
-        self, path: str, ready: ReadyName, now: int, visibility_ns: int, max_attempts: int | None
+        self, path: str, ready: ReadyName, now: int, visibility_ns: int, max_attempts: MaxAttempts
     ) -> Message | None:
-        if max_attempts is not None and ready.attempts >= max_attempts:
-            why = f"delivered {ready.attempts} times; max_attempts is {max_attempts}"
+        limit = max_attempts() if ready.attempts else None
+        if limit is not None and ready.attempts >= limit:
+            why = f"delivered {ready.attempts} times; max_attempts is {limit}"
             self._dead_letter_if_room(path, ready.id, ready.attempts, why)
             return None
         deadline = now + visibility_ns
