@@ -79,20 +79,24 @@ class IdSource:
 
 
 class Receipt(NamedTuple):
-    """A parsed receipt: which delivery of which message, and whether it is a dead letter's."""
+    """A parsed receipt: which delivery of which message, and whether it is a dead letter's;
+    name is the lease as the receipt spells it (what str(lease) would give, without its
+    cost)."""
 
     lease: TimedName
     dead: bool
+    name: str
 
 
 def parse_receipt(receipt: str) -> Receipt:
     if not isinstance(receipt, str):
         raise BadInput(f"a receipt is a string from dequeue, not {type(receipt).__name__}")
     dead = receipt.startswith(DLQ_RECEIPT_PREFIX)
-    lease = parse_timed(receipt[len(DLQ_RECEIPT_PREFIX) :] if dead else receipt)
+    name = receipt[len(DLQ_RECEIPT_PREFIX) :] if dead else receipt
+    lease = parse_timed(name)
     if lease is None or lease.token is None:
         raise BadInput(f"{receipt!r} is not an ephq receipt (it comes from dequeue, as 'receipt')")
-    return Receipt(lease, dead)
+    return Receipt(lease, dead, name)
 
 
 def format_receipt(lease_name: str, dead: bool) -> str:

@@ -134,7 +134,7 @@ class FileBackend:
     def ack(self, stream: str, receipt: str) -> None:
         _, store, parsed = self._settle(stream, receipt)
         with _Explained(self, stream, parsed):
-            store.ack(parsed.lease)
+            store.ack(parsed.lease, parsed.name)
 
     def ack_many(self, stream: str, receipts: list[str]) -> list[str]:
         for receipt in receipts:  # a malformed one: BadInput before anything is acked
@@ -174,7 +174,7 @@ class FileBackend:
 
         Only on the way to LeaseLost: one lstat per stream, where the lease is as given.
         """
-        name = str(parsed.lease)
+        name = parsed.name
         for other in self.streams():
             if other == stream:
                 continue

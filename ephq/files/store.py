@@ -483,17 +483,18 @@ class Store:
         group = meta.get("group")
         if group is not None:
             meta = {key: value for key, value in meta.items() if key != "group"}
-        return Message(
-            id=record.id,
-            receipt=receipt,
-            stream=self.stream,
-            data=record.data,
-            data_json=record.data_json,
-            attempts=attempts,
-            enqueued_at=utc_from_ns(id_time_ns(record.id)),
-            visible_until=None if visible_until is None else utc_from_ns(visible_until),
-            metadata=meta,
-            group=group if isinstance(group, str) else None,
+        return Message(  # by position: keywords cost every dequeue 0.8 µs more
+            record.id,
+            receipt,
+            self.stream,
+            record.data,
+            record.data_json,
+            attempts,
+            utc_from_ns(id_time_ns(record.id)),
+            None if visible_until is None else utc_from_ns(visible_until),
+            meta,
+            None,  # state: a delivery's is not told
+            group if isinstance(group, str) else None,
         )
 
     def live_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
@@ -501,9 +502,11 @@ class Store:
 
     # -- settle a delivery -----------------------------------------------------------------
 
-    def _delivery_paths(self, lease: TimedName) -> Iterator[str]:
-        """Where the delivery's file can be while the receipt is good, most likely first."""
-        receipt = str(lease)
+    def _delivery_paths(self, lease: TimedName, receipt: str | None = None) -> Iterator[str]:
+        """Where the delivery's file can be while the receipt is good, most likely first
+        (receipt: the lease's name, if the caller has it)."""
+        if receipt is None:
+            receipt = str(lease)
         moved = self._extended.get(receipt)
         if moved is not None:
             yield f"{self.inflight.leaf_dir(moved)}/{moved}"
@@ -524,11 +527,12 @@ class Store:
             "acked, nacked, dead-lettered, or expired and was delivered again"
         )
 
-    def ack(self, lease: TimedName) -> None:
+    def ack(self, lease: TimedName, name: str | None = None) -> None:
+        """End the delivery: the message is done. name: the lease's, if the caller has it."""
         if self.groups is not None and is_group_token(lease.token):
             self._ack_grouped(lease)
             return
-        for path in self._delivery_paths(lease):
+        for path in self._delivery_paths(lease, name):
             try:
                 self.pool.give(path)
             except FileNotFoundError:
