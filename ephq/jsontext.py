@@ -40,6 +40,11 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# json.loads(text, parse_constant=...) makes a decoder for every call: two thirds of what
+# checking a small message cost (3.6 against 1.3 µs). One decoder, made once, does the same.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def checked_json(text: str | bytes) -> str:
     """The JSON text itself, stripped of surrounding space, once it is known to parse."""
     if isinstance(text, bytes):
@@ -54,7 +59,9 @@ def checked_json(text: str | bytes) -> str:
         raise BadInput("message is empty: expected a JSON document")
     _check_nesting(text)  # first: a text too deep for the parser is refused by name
     try:
-        json.loads(text, parse_constant=_reject_constant)
+        if text.startswith("\ufeff"):  # what json.loads says of it, which decode() does not
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
         raise InvalidJSON(
