@@ -434,9 +434,12 @@ class Store:
             self._dead_letter_if_room(path, ready.id, ready.attempts, why)
             return None
         deadline = now + visibility_ns
-        lease = TimedName(deadline, ready.id, ready.attempts + 1, lease_token(False))
-        dest_dir = self.inflight.leaf_dir(f"{deadline:016x}")
-        name = str(lease)
+        attempts = ready.attempts + 1
+        # The lease's name, as str(TimedName(deadline, id, attempts, token)) spells it, built
+        # directly: every dequeue names one, and the tuple would only be formatted.
+        at = f"{deadline:016x}"
+        name = f"{at}.{ready.id}.{attempts}.{lease_token(False)}"
+        dest_dir = self.inflight.leaf_dir(at)
         if not self._lease_move(path, dest_dir, name):
             return None  # another consumer took it first
         leased = f"{dest_dir}/{name}"
@@ -447,15 +450,14 @@ class Store:
         if self.groups is not None and isinstance(record.meta.get("group"), str):
             # A group's head: its receipt must say so (ack releases the group). Nobody else
             # knows this lease yet, so one more rename is all it takes.
-            lease = lease._replace(token=lease_token(True))
+            name = str(TimedName(deadline, ready.id, attempts, lease_token(True)))
             try:
-                os.rename(leased, f"{dest_dir}/{lease}")
+                os.rename(leased, f"{dest_dir}/{name}")
             except FileNotFoundError:
                 return None
-            name = str(lease)
         self._note_due(deadline)
         receipt = format_receipt(name, self.is_dead_letter_queue)
-        return self.as_message(record, lease.attempts, receipt, deadline)
+        return self.as_message(record, attempts, receipt, deadline)
 
     def _lease_move(self, path: str, dest_dir: str, name: str) -> bool:
         try:
