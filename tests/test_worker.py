@@ -138,6 +138,38 @@ def test_handler_gets_data_on_stdin_and_facts_in_environment(
     assert env["EPHQ_RECEIPT"].count(".") == 3
 
 
+def test_a_handler_gets_the_workers_environment_as_it_is_when_the_handler_starts(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read at every start: a variable the worker's own code changes (a credential it
+    refreshes) reaches the next handler. The worker's own store, group and guard token are
+    never passed on: the handler gets the worker's store, and its message's group or none."""
+    q = Queue(home, keep_leases=False)
+    q.enqueue("s", 1)
+    q.enqueue("s", 2, group="g")
+    seen = tmp_path / "seen"
+    pattern = "^(CREDENTIAL|EPHQ_URL|EPHQ_HOME|EPHQ_GROUP)="
+    handler = CommandHandler(
+        f"env | grep -E '{pattern}' | sort >> {seen}; echo -- >> {seen}",
+        store={"EPHQ_HOME": str(home)},
+    )
+    monkeypatch.setenv("EPHQ_URL", "postgresql://elsewhere/db")
+    monkeypatch.setenv("EPHQ_GROUP", "the-workers-own")
+    try:
+        for credential in ("first", "refreshed"):
+            monkeypatch.setenv("CREDENTIAL", credential)
+            m = q.dequeue("s")
+            assert m is not None and m.receipt
+            handler(m, threading.Event())
+            q.ack("s", m.receipt)
+    finally:
+        handler.close()
+    assert seen.read_text().split("--\n")[:2] == [
+        f"CREDENTIAL=first\nEPHQ_HOME={home}\n",
+        f"CREDENTIAL=refreshed\nEPHQ_GROUP=g\nEPHQ_HOME={home}\n",
+    ]
+
+
 CLOSED_STDIO = """
 import os, sys, threading
 from ephq import Queue
