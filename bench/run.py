@@ -558,6 +558,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="just these systems")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args()
+    if not os.path.isdir(args.workdir):  # found before the first phase, not after two
+        parser.error(f"--workdir {args.workdir}: no such directory")
     start = time.perf_counter()
     # First, while the file system has freed few inodes (see the module's note on order).
     command_line = cli.table(cli.measure(10 if args.quick else 30))
