@@ -104,7 +104,8 @@ def format_receipt(lease_name: str, dead: bool) -> str:
     return DLQ_RECEIPT_PREFIX + lease_name if dead else lease_name
 
 
-_STREAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+STREAM_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # (also the database's, postgres/schema.py)
+_STREAM = re.compile(STREAM_NAME)
 
 
 def check_stream_name(stream: object) -> str:

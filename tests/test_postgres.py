@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ephq import Queue
+from ephq import Queue, StreamConfig
 from ephq.postgres import schema
 from tests.conftest import fresh_database
 from tests.pgserver import Server, binaries
@@ -538,3 +538,42 @@ def test_rows_that_are_not_messages_are_set_aside_and_never_read_as_messages(
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM ephq.messages").fetchone() == (2,)
         assert conn.execute("SELECT count(*) FROM ephq.quarantine").fetchone() == (5,)
+
+
+def test_settings_set_out_of_bounds_by_hand_are_refused_or_reported(
+    database_server: str,
+) -> None:
+    """A stream's row holding settings `ephq config` refuses: one written before schema 4
+    gives the defaults, is reported by check and reset by --repair; since schema 4 such an
+    UPDATE fails at once."""
+    url = fresh_database(database_server)
+    with psycopg.connect(url) as conn, conn.cursor() as cur:  # a store made by schema 3
+        cur.execute("CREATE SCHEMA ephq")
+        cur.execute(schema.CREATE_VERSION_TABLE)
+        for statements in schema.MIGRATIONS[:3]:
+            for statement in statements:
+                cur.execute(statement)
+        cur.execute("INSERT INTO ephq.schema_version (version) VALUES (3)")
+        cur.execute(
+            "INSERT INTO ephq.streams (name, max_attempts, max_size, dedup_window_ms,"
+            " dead_letter_stream) VALUES ('s', 2, -5, -1000, 'no such name!')"
+        )
+    with Queue(url=url) as q:
+        assert q.config("s") == StreamConfig()  # the defaults, not the row's
+        q.enqueue("s", "fits the default max_size")
+    found = _run(url, "check", "--json")
+    problems = [json.loads(line) for line in found.stdout.splitlines()]
+    assert found.returncode == 8 and [(p["kind"], p["stream"]) for p in problems] == [
+        ("bad-config", "s")
+    ], found
+    assert _run(url, "check", "--repair").returncode == 0
+    assert _run(url, "check").returncode == 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT max_attempts, max_size, dedup_window_ms, dead_letter_stream"
+            " FROM ephq.streams WHERE name = 's'"
+        ).fetchone()
+        assert row == (5, 1 << 20, 300_000, None)
+        for change in ("max_size = 10", "dedup_window_ms = 0", "dead_letter_stream = 'a b'"):
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute(f"UPDATE ephq.streams SET {change} WHERE name = 's'")

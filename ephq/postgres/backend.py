@@ -22,7 +22,7 @@ from ..ids import IdSource, Receipt, new_token, parse_receipt
 from ..message import CheckProblem, Exported, Lease, Message, StreamConfig, StreamStats
 from . import browse, quarantine
 from . import dead as dead_letters
-from .check import check
+from .check import check, settings_in_bounds
 from .connection import Connections
 from .holders import ORPHAN_LOOK_EVERY_NS, RELEASE_ORPHANS, DatabaseHolder
 from .rows import NS, NotAMessage, delivery, iso_utc
@@ -520,9 +520,12 @@ class PostgresBackend:
         row = cur.fetchone()
         if row is None:
             return DEFAULTS
-        return StreamConfig(
+        config = StreamConfig(
             int(row[0]), int(row[1]) / 1000, int(row[2]), int(row[3]) / 1000, row[4]
         )
+        # A row set out of bounds by hand before schema 4 forbade it: the defaults, as for a
+        # settings file that does not parse; check reports it.
+        return config if settings_in_bounds(config) else DEFAULTS
 
     def config(self, stream: str) -> StreamConfig:
         with self.db.cursor(f"read the settings of stream {stream!r}") as cur:

@@ -1,14 +1,19 @@
 """`check` on PostgreSQL: the schema is there at this ephq's version, every row of the messages'
-tables is a message (rows.py), and no worker that is gone left its row among the holders. The
-rest of a row's consistency is the database's to keep."""
+tables is a message (rows.py), every stream's settings are within the bounds `ephq config`
+keeps, and no worker that is gone left its row among the holders. The rest of a row's
+consistency is the database's to keep."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
-from ..message import CheckProblem
+from ..ids import STREAM_NAME
+from ..message import MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES, CheckProblem, StreamConfig
 from . import quarantine, schema
 from .connection import Connections
+
+_STREAM_NAME = re.compile(STREAM_NAME)
 
 
 def check(
@@ -22,6 +27,7 @@ def check(
             quarantine.set_aside(db, found, clock())
         problems.append(CheckProblem(found.stream, "unreadable", found.where, found.why, repair))
     problems += _stale_holders(db, stream, repair)
+    problems += _settings_out_of_bounds(db, stream, repair)
     for n, kept_stream, message_id, why in quarantine.kept(db, stream):
         problems.append(
             CheckProblem(
@@ -65,4 +71,50 @@ def _stale_holders(db: Connections, stream: str | None, repair: bool) -> list[Ch
             repaired=repair,
         )
         for holder_id, holder_stream in stale
+    ]
+
+
+def settings_in_bounds(config: StreamConfig) -> bool:
+    """Whether settings read from a stream's row are what `ephq config` takes (as the schema's
+    constraint says, for rows written since)."""
+    target = config.dead_letter_stream
+    return (
+        config.max_attempts >= 1
+        and config.visibility > 0
+        and MIN_MAX_MESSAGE_BYTES <= config.max_size <= MAX_MESSAGE_BYTES
+        and config.dedup_window > 0
+        and (target is None or _STREAM_NAME.fullmatch(target) is not None)
+    )
+
+
+def _settings_out_of_bounds(
+    db: Connections, stream: str | None, repair: bool
+) -> list[CheckProblem]:
+    """Streams whose rows hold settings out of bounds (written before the schema forbade it):
+    the defaults apply; --repair writes them."""
+    with db.cursor("check the streams' settings") as cur:
+        cur.execute(
+            f"""SELECT name FROM ephq.streams
+                WHERE NOT ({schema.SETTINGS_IN_BOUNDS})
+                  AND (%(stream)s::text IS NULL OR name = %(stream)s)
+                ORDER BY name""",
+            {"stream": stream},
+        )
+        names = [row[0] for row in cur.fetchall()]
+        if repair and names:
+            cur.execute(
+                """UPDATE ephq.streams SET max_attempts = DEFAULT, visibility_ms = DEFAULT,
+                       max_size = DEFAULT, dedup_window_ms = DEFAULT, dead_letter_stream = NULL
+                   WHERE name = ANY(%s)""",
+                (names,),
+            )
+    return [
+        CheckProblem(
+            name,
+            "bad-config",
+            f"ephq.streams row {name!r}",
+            "settings out of bounds; defaults apply",
+            repaired=repair,
+        )
+        for name in names
     ]

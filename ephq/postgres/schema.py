@@ -23,7 +23,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..ids import STREAM_NAME
+from ..message import MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES
+
 VERSION = 4
+
+# What a stream's settings must be: what `ephq config` takes.
+SETTINGS_IN_BOUNDS = (
+    f"max_size BETWEEN {MIN_MAX_MESSAGE_BYTES} AND {MAX_MESSAGE_BYTES} AND dedup_window_ms > 0"
+    f" AND (dead_letter_stream IS NULL OR dead_letter_stream ~ '^{STREAM_NAME}$')"
+)
 
 # Each entry brings the schema from the version before it to its index + 1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -386,6 +395,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             why text NOT NULL,
             set_aside_at bigint NOT NULL
         )""",
+        # The settings a stream's row may hold, as `ephq config` takes them: an UPDATE by hand
+        # out of bounds (a max_size no message fits, a window of no time, a dead-letter stream
+        # no command can name) fails at once. NOT VALID: a row that already is out of bounds
+        # keeps the migration from nothing; reading it gives the defaults, and check reports
+        # it (and --repair resets it).
+        f"""ALTER TABLE ephq.streams ADD CONSTRAINT settings_in_bounds CHECK ({SETTINGS_IN_BOUNDS})
+            NOT VALID""",
     ),
 )
 
