@@ -11,6 +11,7 @@ import pytest
 
 from ephq import BadInput, LeaseLost, NotFound, Queue
 from ephq.worker import Worker
+from ephq.worker.command import CommandHandler
 from tests.conftest import snapshot
 
 BAD_NAMES = ["", "-leading-dash", ".hidden", "a/b", "a b", "é", "x" * 129, "../up", None, 7]
@@ -102,6 +103,10 @@ BAD_CALLS: list[tuple[str, Callable[[Queue, str], object], str]] = [
     ("worker-max", lambda q, r: Worker(q, "s", _noop, max_messages=0), "max_messages must be"),
     ("worker-call", lambda q, r: Worker(q, "s", 42), "handler must be callable"),  # type: ignore[arg-type]
     ("worker-name", lambda q, r: Worker(q, "a/b", _noop), "invalid stream name"),
+    # A thread each: tens of thousands ended in an abort of the C library, not an error.
+    ("worker-many", lambda q, r: Worker(q, "s", _noop, concurrency=1001), "at most 1,000"),
+    # A handler stopped as soon as it starts, every message retried until dead.
+    ("timeout-0", lambda q, r: CommandHandler("true", store={}, timeout=0), "timeout must be"),
 ]
 
 

@@ -428,6 +428,20 @@ BAD: list[tuple[list[str], str | None, str, int]] = [
         "as in 250ms, 30s, 5m, 1h, 1d",
         2,
     ),
+    (
+        ["worker", "s", "--exec", "true", "--timeout", "0", "--drain"],
+        None,
+        "ephq worker: Invalid value for --timeout: a handler given no time is stopped at once "
+        "(see 'ephq worker --help')",
+        2,
+    ),
+    (
+        ["worker", "s", "--exec", "true", "--concurrency", "1001", "--drain"],
+        None,
+        "ephq worker: Invalid value for '--concurrency' / '-c': 1001 is not in the range "
+        "1<=x<=1000. (see 'ephq worker --help')",
+        2,
+    ),
 ]
 
 

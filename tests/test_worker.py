@@ -907,3 +907,29 @@ def test_a_guard_that_cannot_start_says_why_and_the_handler_still_runs(
     assert (tmp_path / "got").read_text() == '{"n":1}'
     (notice,) = notices
     assert "cannot start the handler guard" in notice and "no-python-here" in notice
+
+
+def test_a_worker_that_cannot_start_its_handler_threads_says_so_and_leases_nothing(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host out of threads (ulimit -u, which root is not held to: hence the refusal made
+    here, at the third handler thread) is one error naming the concurrency, not a traceback
+    from a thread's start; what started ends, and nothing was leased."""
+    q = Queue(home, keep_leases=False)
+    q.enqueue("s", 1)
+    real_start = threading.Thread.start
+    handlers: list[str] = []
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name.startswith("ephq-handler-"):
+            if len(handlers) == 2:
+                raise RuntimeError("can't start new thread")
+            handlers.append(thread.name)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    worker = Worker(q, "s", lambda m, c: None, concurrency=5, drain=True)
+    with pytest.raises(BadInput, match=r"cannot start 5 handler threads \(.* after 2\)"):
+        worker.run()
+    assert q.stats("s").ready == 1
+    assert not [t for t in threading.enumerate() if t.name.startswith("ephq-")]

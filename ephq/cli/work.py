@@ -6,6 +6,7 @@ import typer
 
 from .. import durations
 from ..ids import check_stream_name
+from ..worker.loop import MAX_CONCURRENCY
 from .params import DeadLetters, Stream, Visibility, seconds, settings
 
 
@@ -25,7 +26,14 @@ def worker(
     ],
     concurrency: Annotated[
         int,
-        typer.Option("--concurrency", "-c", min=1, metavar="N", help="Handlers running at once."),
+        typer.Option(
+            "--concurrency",
+            "-c",
+            min=1,
+            max=MAX_CONCURRENCY,
+            metavar="N",
+            help="Handlers running at once.",
+        ),
     ] = 1,
     rate: Annotated[
         str | None,
@@ -104,6 +112,11 @@ def worker(
             param_hint="--exec",
         )
     lease = seconds(visibility, "--visibility")
+    stop_after = seconds(timeout, "--timeout")
+    if stop_after == 0:  # every handler stopped as it starts, every message retried until dead
+        raise typer.BadParameter(
+            "a handler given no time is stopped at once", param_hint="--timeout"
+        )
     limit = None if rate is None else parse_rate(rate, "--rate")
     if wait_retries is not None and not drain:
         raise typer.BadParameter("--wait-retries goes with --drain", param_hint="--wait-retries")
@@ -116,7 +129,7 @@ def worker(
         q,
         stream,
         exec_,
-        timeout=seconds(timeout, "--timeout"),
+        timeout=stop_after,
         json_logs=json_logs,
         metrics_address=address,
         concurrency=concurrency,

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..durations import to_ns
 from ..errors import BadInput
 from ..message import Message
 from .guard import TOKEN_VARIABLE, HandlerGuard
@@ -147,6 +148,8 @@ class CommandHandler:
     ) -> None:
         if not command.strip():  # `sh -c ''` exits 0: every message acked, nothing run
             raise BadInput("the handler's command is empty: nothing would run, yet all acked")
+        if timeout is not None:  # of none: every handler stopped as it starts, and retried
+            to_ns(timeout, "timeout", allow_zero=False)
         self.command = command
         self.store = store  # EPHQ_HOME or EPHQ_URL: the store the handler's own ephq uses
         self.timeout = timeout

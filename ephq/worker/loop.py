@@ -57,6 +57,10 @@ from .rate import Rate, TokenBucket, parse_rate
 Handler = Callable[[Message, threading.Event], object]
 # The part of a lease that passes before the keeper extends it.
 EXTEND_AFTER = 0.5
+# Handlers at once, at most: each runs on a thread of its own (and a command in a process of
+# its own). Far more than a host runs usefully; tens of thousands exhaust the process's
+# threads and ended with an abort from the C library, not an error.
+MAX_CONCURRENCY = 1000
 # Retrying while the store is unavailable: the first pause, doubled up to the last.
 OUTAGE_FIRST_PAUSE_S = 0.25
 OUTAGE_MAX_PAUSE_S = 8.0
@@ -139,7 +143,8 @@ class Worker:
         check_stream_name(stream)
         if not callable(handler):
             raise BadInput(f"handler must be callable (message, cancelled), not {handler!r}")
-        check_count(concurrency, "concurrency")
+        if check_count(concurrency, "concurrency") > MAX_CONCURRENCY:
+            raise BadInput(f"concurrency must be at most {MAX_CONCURRENCY:,}, not {concurrency:,}")
         if max_messages is not None:
             check_count(max_messages, "max_messages")
         to_ns(visibility, "visibility", allow_zero=False)
@@ -223,12 +228,18 @@ class Worker:
         keeper.start()
         settler = threading.Thread(target=self._settler, name="ephq-settler", daemon=True)
         settler.start()
-        hands = [
-            threading.Thread(target=self._hand, name=f"ephq-handler-{i}", daemon=True)
-            for i in range(self.concurrency)
-        ]
-        for hand in hands:
-            hand.start()
+        hands: list[threading.Thread] = []
+        try:
+            for i in range(self.concurrency):
+                hand = threading.Thread(target=self._hand, name=f"ephq-handler-{i}", daemon=True)
+                hand.start()
+                hands.append(hand)
+        except RuntimeError as exc:  # the process may start no more threads (ulimit -u)
+            self.failure = BadInput(
+                f"cannot start {self.concurrency} handler threads ({exc} after {len(hands)}): "
+                "lower the concurrency"
+            )
+            self._stopping = True  # the loop below leases nothing; what started ends
         try:
             self._lease_loop()
         finally:
