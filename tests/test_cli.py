@@ -428,6 +428,27 @@ BAD: list[tuple[list[str], str | None, str, int]] = [
         "as in 250ms, 30s, 5m, 1h, 1d",
         2,
     ),
+    # Input without line ends is refused once a line passes what a message may be: it was
+    # read whole (/dev/zero took every gigabyte until the kernel killed ephq).
+    (
+        ["enqueue", "s", "--lines", "/dev/zero"],
+        None,
+        "ephq: /dev/zero, line 1: over 1,052,672 bytes, more than a message of stream 's' may hold",
+        2,
+    ),
+    (
+        ["import", "s", "/dev/zero"],
+        None,
+        "ephq: /dev/zero, line 1: over 68,157,440 bytes, more than an exported message",
+        2,
+    ),
+    (
+        ["enqueue", "s", "--lines"],
+        "1\n" * 1_000_001,
+        "ephq: stdin: over 1,000,000 lines or 1,073,741,824 bytes, the most one batch takes: "
+        "split it (split -l), each part all or nothing",
+        2,
+    ),
     (
         ["worker", "s", "--exec", "true", "--timeout", "0", "--drain"],
         None,
@@ -443,6 +464,15 @@ BAD: list[tuple[list[str], str | None, str, int]] = [
         2,
     ),
 ]
+
+
+def test_a_line_that_is_not_utf8_is_named_by_its_number(home: Path, tmp_path: Path) -> None:
+    batch = tmp_path / "batch.jsonl"
+    batch.write_bytes(b'1\n"\xff"\n3\n')
+    result = ephq(home, "enqueue", "s", "--lines", str(batch))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith(f"ephq: {batch}, line 2: not UTF-8 text: ")
+    assert result.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize(("args", "stdin", "line", "code"), BAD, ids=[" ".join(b[0]) for b in BAD])

@@ -2,8 +2,7 @@
 
 import json
 import sys
-from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import Annotated
 
 import typer
 
@@ -14,6 +13,10 @@ from ..jsontext import checked_json
 from . import render
 from .output import OutputFailed
 from .params import Delay, Stream, settings
+from .reading import read_input, read_lines
+
+# How far past the stream's max size a line of --lines is read: room for JSON whitespace.
+LINE_SLACK = 4096
 
 
 def enqueue(
@@ -101,9 +104,14 @@ def enqueue(
         except InvalidJSON as exc:
             raise _located(exc, source) from None
     else:
-        raw, source = read_input(file, None)
-        texts = json_lines(raw, source)
-        numbers = [number for number, _ in lines_of(raw, source)]
+        # A line is read up to a little past the stream's max size (JSON whitespace around a
+        # message is not part of it); the Queue measures each message exactly.
+        limit = q.config(stream).max_size
+        numbered, source = read_lines(
+            file, limit + LINE_SLACK, f"more than a message of stream {stream!r} may hold"
+        )
+        texts = json_lines(numbered, source)
+        numbers = [number for number, _ in numbered]
         keys = None
         if dedup_key_field is not None:
             keys = keys_of(texts, numbers, dedup_key_field, source, "a dedup key")
@@ -143,34 +151,6 @@ def keys_of(
     return keys
 
 
-def read_input(file: str | None, limit: int | None) -> tuple[bytes, str]:
-    """The bytes of file (or stdin), at most limit of them: enough to know it is too long."""
-    if file is None or file == "-":
-        return _read(sys.stdin.buffer, limit), "stdin"
-    try:
-        with Path(file).open("rb") as f:
-            return _read(f, limit), file
-    except FileNotFoundError:
-        raise BadInput(f"{file}: no such file") from None
-    except IsADirectoryError:
-        raise BadInput(f"{file}: is a directory, not a file of JSON") from None
-    except PermissionError:
-        raise BadInput(f"{file}: permission denied") from None
-
-
-_BOM = b"\xef\xbb\xbf"
-
-
-def _read(f: BinaryIO, limit: int | None) -> bytes:
-    """What f holds (at most limit bytes of it), without the UTF-8 byte order mark an editor
-    may have put first: JSON has none, and RFC 8259 lets a parser ignore it."""
-    raw = f.read(len(_BOM))
-    if raw != _BOM:
-        rest = f.read() if limit is None else f.read(max(limit - len(raw), 0))
-        return raw + rest
-    return f.read() if limit is None else f.read(limit)
-
-
 def _located(exc: InvalidJSON, source: str, line_offset: int | None = None) -> BadInput:
     if line_offset is not None:
         return BadInput(
@@ -183,10 +163,10 @@ def _located(exc: InvalidJSON, source: str, line_offset: int | None = None) -> B
     return BadInput(f"{source}: {exc}")
 
 
-def json_lines(raw: bytes, source: str) -> list[str]:
-    """The JSON values of a JSON Lines text, each exactly as written (lines_of)."""
+def json_lines(numbered: list[tuple[int, str]], source: str) -> list[str]:
+    """The JSON values of numbered lines (reading.read_lines), each exactly as written."""
     texts = []
-    for number, line in lines_of(raw, source):
+    for number, line in numbered:
         try:
             texts.append(checked_json(line))
         except InvalidJSON as exc:
@@ -196,21 +176,3 @@ def json_lines(raw: bytes, source: str) -> list[str]:
     if not texts:
         raise BadInput(f"{source}: no messages: every line is empty")
     return texts
-
-
-def lines_of(raw: bytes, source: str) -> list[tuple[int, str]]:
-    """The numbered lines of a JSON Lines text that hold something.
-
-    By the JSON Lines rules: UTF-8, lines end with '\\n' (a '\\r' before it is part of the line
-    ending), the last line may lack one. Only '\\n' ends a line: U+2028 and other characters
-    that Python's splitlines() would also split on can stand inside a JSON string. A line of
-    only JSON whitespace is skipped.
-    """
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError as exc:
-        raise BadInput(f"{source}: not UTF-8 text: {exc}") from None
-    numbered = (
-        (number, line.removesuffix("\r")) for number, line in enumerate(text.split("\n"), 1)
-    )
-    return [(number, line) for number, line in numbered if line.strip(" \t\r")]
