@@ -466,6 +466,34 @@ BAD: list[tuple[list[str], str | None, str, int]] = [
 ]
 
 
+def test_dequeue_piped_to_ack_settles_a_message_holding_a_line_separator(home: Path) -> None:
+    """U+2028 may stand inside a JSON string, and dequeue writes the data as enqueued: the
+    line ended there for ack, which refused the line (exit 2) and left the message leased."""
+    ok(home, "enqueue", "s", stdin='"a\u2028b"')
+    line = ok(home, "dequeue", "s")
+    assert "\u2028" in line
+    assert ephq(home, "ack", "s", "-", stdin=line).returncode == 0
+    assert json.loads(ok(home, "stats", "s", "--json"))["inflight"] == 0
+
+
+def test_settling_from_stdin_without_line_ends_fails_at_once(home: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("EPHQ_")}
+    with open("/dev/zero", "rb") as zeros:
+        done = subprocess.run(
+            [EPHQ, "ack", "s", "-"],
+            stdin=zeros,
+            capture_output=True,
+            text=True,
+            env=environ | store_environment(home),
+            timeout=60,
+            check=False,
+        )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "ephq: stdin, line 1: over 68,157,440 bytes, more than a line of dequeue's output\n"
+    )
+
+
 def test_a_line_that_is_not_utf8_is_named_by_its_number(home: Path, tmp_path: Path) -> None:
     batch = tmp_path / "batch.jsonl"
     batch.write_bytes(b'1\n"\xff"\n3\n')

@@ -17,6 +17,7 @@ from ..queue import Queue
 from . import render
 from .output import discard
 from .params import DeadLetters, Receipt, Stream, Visibility, seconds, settings
+from .reading import MESSAGE_LINE_LIMIT, read_lines
 
 Receipts = Annotated[
     list[str],
@@ -175,10 +176,10 @@ def _receipts(given: list[str]) -> list[str]:
     if given != ["-"]:
         raise BadInput("give receipts as arguments or '-' for stdin, not both")
     receipts = []
-    for number, line in enumerate(sys.stdin.read().splitlines(), 1):
+    # Receipts, or lines of dequeue's output (a message each): read as export's lines are.
+    lines, _ = read_lines(None, MESSAGE_LINE_LIMIT, "more than a line of dequeue's output")
+    for number, line in lines:
         receipt = line.strip()
-        if not receipt:
-            continue
         if receipt.startswith("{"):  # a line of dequeue's output: its receipt
             try:
                 found = json.loads(receipt).get("receipt")

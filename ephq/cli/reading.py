@@ -17,12 +17,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import BadInput
+from ..message import MAX_MESSAGE_BYTES
 
 # The most JSON Lines one `enqueue --lines` or `import` takes: a batch is written all or
 # nothing, and held whole meanwhile (several times its size once parsed, and a few hundred
 # bytes a line more: 1.2 GB of one-character lines took 19 GB before the kernel killed it).
 MAX_INPUT_BYTES = 1 << 30
 MAX_INPUT_LINES = 1_000_000
+
+# The longest line that holds one message and what is said about it (export's, dequeue's):
+# its data, at most MAX_MESSAGE_BYTES, and the rest (a dead letter's error is cut to 16 KiB).
+MESSAGE_LINE_LIMIT = MAX_MESSAGE_BYTES + (1 << 20)
 
 _BOM = b"\xef\xbb\xbf"
 

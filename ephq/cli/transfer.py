@@ -12,15 +12,12 @@ import typer
 from ..errors import BadInput
 from ..ids import id_time_ns
 from ..jsontext import MAX_NESTING
-from ..message import MAX_MESSAGE_BYTES, Exported
+from ..message import Exported
 from . import render
 from .params import Stream, settings
-from .reading import read_lines
+from .reading import MESSAGE_LINE_LIMIT, read_lines
 
 NS = 1_000_000_000
-# The longest line export writes: a message's data (at most MAX_MESSAGE_BYTES) and the rest
-# of its record (its metadata: a dead letter's error is cut to 16 KiB).
-EXPORTED_LINE_LIMIT = MAX_MESSAGE_BYTES + (1 << 20)
 
 
 def export(ctx: typer.Context, stream: Stream) -> None:
@@ -63,7 +60,7 @@ def import_command(
     """Load what `ephq export` wrote into STREAM, all or nothing, keeping ids (so order),
     attempts, due times and dead letters; a message that was in flight comes in ready. Prints
     how many. Exit status 2, with nothing imported, for a bad line or an id already there."""
-    numbered, source = read_lines(file, EXPORTED_LINE_LIMIT, "more than an exported message")
+    numbered, source = read_lines(file, MESSAGE_LINE_LIMIT, "more than an exported message")
     records = []
     line_of: dict[str, int] = {}
     for number, line in numbered:
