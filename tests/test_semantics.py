@@ -561,3 +561,14 @@ def test_a_limit_lowered_under_a_retried_message_dead_letters_it_at_the_next_cla
     assert q.dequeue("s", visibility=visibility) is None
     dead = q.dead_letter("s", mid).metadata["dead"]
     assert (dead["attempts"], dead["error"]) == (2, "delivered 2 times; max_attempts is 2")
+
+
+def test_purge_and_check_of_a_stream_that_is_not_there_are_not_found(q: Queue) -> None:
+    """`ephq purge emial-queue --yes` printed 0 and exit 0, and `ephq check emial-queue`
+    found nothing wrong: a typo passed for a stream emptied, or without fault."""
+    q.enqueue("email-queue", 1)
+    for call in (lambda: q.purge("emial-queue"), lambda: q.check("emial-queue")):
+        with pytest.raises(NotFound, match=r"no stream 'emial-queue'.*email-queue"):
+            call()
+    assert q.check("email-queue") == []
+    assert q.purge("email-queue") == 1

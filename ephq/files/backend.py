@@ -235,9 +235,9 @@ class FileBackend:
         return found
 
     def purge(self, stream: str) -> int:
-        owner = self._stream(stream)
+        owner = self._existing(stream)  # `purge emial-queue` must not say it emptied it
         if not owner.exists():
-            return 0
+            return 0  # a directory only: nothing was ever stored
         with owner.exclusive():
             return owner.main.purge()
 
@@ -355,6 +355,8 @@ class FileBackend:
         from .check import check_stream
 
         problems: list[CheckProblem] = []
+        if stream is not None and not os.path.lexists(self._stream(stream).path):
+            self._existing(stream)  # NotFound: a typo must not pass for a stream without fault
         names = [stream] if stream is not None else self.streams() + self._in_the_way()
         for name in names:
             owner = self._new_stream(name)  # not _stream(): check reports what that sets aside

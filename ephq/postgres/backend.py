@@ -504,6 +504,7 @@ class PostgresBackend:
 
     def purge(self, stream: str) -> int:
         with self.db.transaction(f"purge stream {stream!r}") as cur:
+            browse.require_stream(cur, stream, self.where)  # a typo must not say it emptied it
             # The groups first, so that deleting their heads promotes nothing.
             cur.execute("DELETE FROM ephq.waiting WHERE stream = %s", (stream,))
             waiting = int(cur.rowcount)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from ..ids import STREAM_NAME
 from ..message import MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES, CheckProblem, StreamConfig
 from . import quarantine, schema
+from .browse import require_stream
 from .connection import Connections
 
 _STREAM_NAME = re.compile(STREAM_NAME)
@@ -21,6 +22,9 @@ def check(
 ) -> list[CheckProblem]:
     """What is wrong (for one stream, or all). On repair, rows that are not messages are set
     aside and stale holders removed; what the quarantine holds is listed either way."""
+    if stream is not None:  # a typo must not pass for a stream without fault
+        with db.cursor(f"check stream {stream!r}") as cur:
+            require_stream(cur, stream, db.where)
     problems = _schema(db, stream)
     for found in list(quarantine.not_messages(db, stream)):  # read whole before any move
         if repair:
