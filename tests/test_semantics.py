@@ -564,10 +564,14 @@ def test_a_limit_lowered_under_a_retried_message_dead_letters_it_at_the_next_cla
 
 
 def test_purge_and_check_of_a_stream_that_is_not_there_are_not_found(q: Queue) -> None:
-    """`ephq purge emial-queue --yes` printed 0 and exit 0, and `ephq check emial-queue`
-    found nothing wrong: a typo passed for a stream emptied, or without fault."""
+    """`ephq purge emial-queue --yes` (and `dlq purge`) printed 0 and exit 0, and `ephq check
+    emial-queue` found nothing wrong: a typo passed for a stream emptied, or without fault."""
     q.enqueue("email-queue", 1)
-    for call in (lambda: q.purge("emial-queue"), lambda: q.check("emial-queue")):
+    for call in (
+        lambda: q.purge("emial-queue"),
+        lambda: q.check("emial-queue"),
+        lambda: q.purge_dead_letters("emial-queue"),
+    ):
         with pytest.raises(NotFound, match=r"no stream 'emial-queue'.*email-queue"):
             call()
     assert q.check("email-queue") == []

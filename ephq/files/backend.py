@@ -299,7 +299,7 @@ class FileBackend:
     def purge_dead_letters(self, stream: str, ids: list[str] | None) -> list[str]:
         for message_id in ids or []:
             _require_id(message_id)
-        dead = self._stream(stream).dead
+        dead = self._existing(stream).dead  # (a typo must not pass for dead letters gone)
         if ids is not None:
             ids = list(dict.fromkeys(ids))  # an id given twice is one purge
             for message_id in ids:  # all there before any goes, as on PostgreSQL

@@ -94,6 +94,7 @@ def redrive(
 def purge(db: Connections, stream: str, ids: list[str] | None) -> list[str]:
     """Delete the dead letters (all, or these ids, each of which must be one); their ids."""
     with db.transaction(f"purge dead letters of stream {stream!r}") as cur:
+        require_stream(cur, stream, db.where)  # (a typo must not pass for dead letters gone)
         chosen = _locked_ids(cur, stream, ids)
         cur.execute(
             "DELETE FROM ephq.messages WHERE stream = %s AND dead AND id = ANY(%s)",
