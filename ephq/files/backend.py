@@ -123,7 +123,7 @@ class FileBackend:
         owner = self._stream(stream)
         limit: MaxAttempts
         if visibility_ns is not None:  # the settings are looked at only if they can matter
-            limit = _no_limit if dead else owner.config_max_attempts
+            limit = functools.partial(owner.max_attempts, dead)
         else:
             config = owner.config()  # once: each look is a stat
             visibility_ns = round(config.visibility * NS)
@@ -388,10 +388,6 @@ class _Explained:
     ) -> None:
         if isinstance(exc, LeaseLost):
             self.backend._explain_lost(self.stream, self.parsed)
-
-
-def _no_limit() -> None:
-    return None
 
 
 def _require_id(message_id: str) -> None:

@@ -92,9 +92,6 @@ class Stream:
     def config(self) -> StreamConfig:
         return self.config_file.load()
 
-    def config_max_attempts(self) -> int:
-        return self.config_file.load().max_attempts
-
     def max_attempts(self, dead: bool) -> int | None:
         """Dead letters are never dead-lettered again, however often their consumers fail."""
         return None if dead else self.config().max_attempts
