@@ -1,4 +1,5 @@
-"""What `enqueue` and `import` read: one JSON document, or JSON Lines, from a file or stdin.
+"""What the CLI reads: one JSON document (`enqueue`), or JSON Lines (`enqueue --lines`,
+`import`, the receipts `ack -`, `nack -` and `release -` read), from a file or stdin.
 
 Never more than a bound at once. One document is read to one byte past the stream's max size.
 JSON Lines are read a line at a time, each to a bound: an input without line ends (/dev/zero,
@@ -45,7 +46,7 @@ def read_input(file: str | None, limit: int) -> tuple[bytes, str]:
 def read_lines(file: str | None, line_limit: int, what: str) -> tuple[list[tuple[int, str]], str]:
     """The numbered lines of JSON Lines in file (or stdin) that hold something, and what to
     call it in an error; BadInput for a line over line_limit bytes (what: what it holds, for
-    the error) or not UTF-8, or more than MAX_INPUT_BYTES in all.
+    the error) or not UTF-8, or more than MAX_INPUT_LINES lines or MAX_INPUT_BYTES in all.
 
     By the JSON Lines rules: UTF-8, lines end with '\\n' (a '\\r' before it is part of the line
     ending), the last line may lack one. Only '\\n' ends a line: U+2028 and other characters
