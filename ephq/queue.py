@@ -607,14 +607,27 @@ _UNKEEPABLE = re.compile("[\x00\ud800-\udfff]")
 def _keepable_json(value: Any) -> Any:
     """Metadata (ephq's own: why a message died, its group) with every text in it keepable
     (as _keepable): an export of the file backend, which keeps anything, imports into
-    PostgreSQL, whose jsonb refuses both."""
-    if isinstance(value, str):
-        return _UNKEEPABLE.sub("\ufffd", value)
-    if isinstance(value, dict):
-        return {_keepable_json(k): _keepable_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_keepable_json(v) for v in value]
-    return value
+    PostgreSQL, whose jsonb refuses both. A walk with a stack of its own, not recursion: the
+    metadata may nest as deep as the JSON parser allowed, deeper than Python's frames."""
+    found: list[Any] = [None]
+    todo: list[tuple[Any, Any, Any]] = [(value, found, 0)]  # (value, its new parent, its key)
+    while todo:
+        given, parent, key = todo.pop()
+        if isinstance(given, str):
+            parent[key] = _UNKEEPABLE.sub("\ufffd", given)
+        elif isinstance(given, dict):
+            mapping: dict[Any, Any] = {}
+            parent[key] = mapping
+            for name, item in given.items():
+                kept = _UNKEEPABLE.sub("\ufffd", name) if isinstance(name, str) else name
+                mapping[kept] = None  # here, so that the keys keep their order
+                todo.append((item, mapping, kept))
+        elif isinstance(given, list):
+            parent[key] = items = [None] * len(given)
+            todo.extend((item, items, index) for index, item in enumerate(given))
+        else:
+            parent[key] = given
+    return found[0]
 
 
 def check_count(value: object, what: str) -> int:

@@ -576,3 +576,15 @@ def test_purge_and_check_of_a_stream_that_is_not_there_are_not_found(q: Queue) -
             call()
     assert q.check("email-queue") == []
     assert q.purge("email-queue") == 1
+
+
+def test_imported_metadata_nested_as_deep_as_the_parser_allows_still_imports(q: Queue) -> None:
+    """Metadata is made keepable by a walk of its own, not recursion: 900 levels (what a
+    line of export may hold) were a RecursionError once that walk recursed."""
+    deep: object = []
+    for _ in range(899):
+        deep = [deep]
+    mid = "18ed008f7cb24bf736661aec"
+    assert q.import_messages("t", [Exported(mid, "ready", 0, None, {"x\x00": deep}, "1")]) == 1
+    (peeked,) = q.peek("t")
+    assert peeked.id == mid and list(peeked.metadata) == ["x\ufffd"]
