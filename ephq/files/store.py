@@ -97,7 +97,7 @@ from .record import (
     iso_utc,
 )
 from .recovery import Staged, clean_tmp, staged_name
-from .tree import BATCH_SPACING_NS, READY_CUTS, TIMED_CUTS, Tree
+from .tree import BATCH_SPACING_NS, READY_CUTS, READY_PRUNE_AFTER_NS, TIMED_CUTS, Tree
 
 Clock = Callable[[], int]
 Progress = Callable[[int], None] | None  # told how many more messages are done
@@ -137,7 +137,9 @@ class Store:
         self.groups: Groups | None = None  # a stream's own store has them (stream.py)
         self.holders_dir = holders_dir  # workers' announcements of their leases (holders.py)
         self.quarantine = quarantine
-        self.ready = Tree(os.path.join(path, "ready"), READY_CUTS, self._set_aside_dir)
+        self.ready = Tree(
+            os.path.join(path, "ready"), READY_CUTS, self._set_aside_dir, READY_PRUNE_AFTER_NS
+        )
         self.delayed = Tree(os.path.join(path, "delayed"), TIMED_CUTS, self._set_aside_dir)
         self.inflight = Tree(os.path.join(path, "inflight"), TIMED_CUTS, self._set_aside_dir)
         self.tmp = os.path.join(path, "tmp")

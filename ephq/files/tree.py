@@ -29,8 +29,15 @@ BATCH_SPACING_NS = (1 << 4 * (16 - READY_CUTS[-1])) // 1024
 TIMED_CUTS = (5, 8)
 _HEX = frozenset("0123456789abcdef")
 # An empty directory is pruned only this long after its slice ended, so a producer placing a
-# message stamped a moment ago rarely finds its directory removed under it (it retries if so).
+# message stamped a moment ago rarely finds its directory removed under it (it makes it again
+# and retries if so: place(), fsio.py).
 PRUNE_AFTER_NS = 1_000_000_000
+# The ready tree's, shorter: its leaves are 17 ms slices, and a consumer refilling its head
+# lists every leaf from the first (messages come back into old slices), so at a second each it
+# listed ~60 empty leaves of the last second before the one with messages: ~0.5 ms, once every
+# few messages of a consumer keeping up with its producers. 100 ms is still longer than what
+# stamping and placing a message takes, its flush included, but on a stalled disk.
+READY_PRUNE_AFTER_NS = 100_000_000
 # Leaves whose path a process has checked; forgotten wholesale past this many.
 _CHECKED_LEAVES = 256
 
@@ -50,9 +57,16 @@ class Leaf(NamedTuple):
 
 
 class Tree:
-    def __init__(self, root: str, cuts: tuple[int, ...], set_aside: SetAside) -> None:
+    def __init__(
+        self,
+        root: str,
+        cuts: tuple[int, ...],
+        set_aside: SetAside,
+        prune_after_ns: int = PRUNE_AFTER_NS,
+    ) -> None:
         self.root = root
         self.cuts = cuts
+        self.prune_after_ns = prune_after_ns
         self._set_aside = set_aside
         self._last = ("", root)  # the last key prefix asked for and its leaf: usually the next's
         self._checked: dict[str, str] = {}  # key prefix -> leaf path, checked by this process
@@ -109,12 +123,12 @@ class Tree:
             for leaf in self._walk(child_path, prefix + child, level + 1, now_ns):
                 found = True
                 yield leaf
-            if not found and _ended(Leaf(child_path, prefix + child), now_ns):
+            if not found and self._ended(Leaf(child_path, prefix + child), now_ns):
                 self._rmdir(child_path)
 
     def prune(self, leaf: Leaf, now_ns: int) -> None:
         """Remove an empty leaf whose slice ended a while ago, and then its emptied parents."""
-        if not _ended(leaf, now_ns):
+        if not self._ended(leaf, now_ns):
             return
         path = leaf.path
         while path != self.root and self._rmdir(path):
@@ -125,6 +139,10 @@ class Tree:
             for name in sorted(listdir(leaf.path)):
                 yield leaf, name
 
+    def _ended(self, leaf: Leaf, now_ns: int) -> bool:
+        """Whether the leaf's slice ended long enough ago to remove it once empty."""
+        return leaf.window()[1] + self.prune_after_ns <= now_ns
+
     @staticmethod
     def _rmdir(path: str) -> bool:
         try:
@@ -132,7 +150,3 @@ class Tree:
         except OSError:  # not empty (a writer got in first) or already gone
             return False
         return True
-
-
-def _ended(leaf: Leaf, now_ns: int) -> bool:
-    return leaf.window()[1] + PRUNE_AFTER_NS <= now_ns
