@@ -180,6 +180,8 @@ def _receipts(given: list[str]) -> list[str]:
     lines, _ = read_lines(None, MESSAGE_LINE_LIMIT, "more than a line of dequeue's output")
     for number, line in lines:
         receipt = line.strip()
+        if not receipt:  # (only other white space than JSON's)
+            continue
         if receipt.startswith("{"):  # a line of dequeue's output: its receipt
             try:
                 found = json.loads(receipt).get("receipt")
