@@ -577,3 +577,34 @@ def test_settings_set_out_of_bounds_by_hand_are_refused_or_reported(
         for change in ("max_size = 10", "dedup_window_ms = 0", "dead_letter_stream = 'a b'"):
             with pytest.raises(psycopg.errors.CheckViolation):
                 conn.execute(f"UPDATE ephq.streams SET {change} WHERE name = 's'")
+
+
+def test_a_stream_no_command_can_name_is_reported_and_its_rows_set_aside(
+    database_server: str,
+) -> None:
+    """Rows written by hand under a stream name ephq refuses: nothing could ever receive those
+    messages or use those settings. check says so; --repair sets the messages aside (the
+    quarantine keeps them) and deletes the stream's row."""
+    url = fresh_database(database_server)
+    with Queue(url=url) as q:
+        q.enqueue("s", 1)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO ephq.streams (name) VALUES ('no such name!')")
+        conn.execute(
+            "INSERT INTO ephq.messages (stream, dead, id, visible_at, data)"
+            " VALUES ('no such name!', false, '18ecdd0000000000aaaaaaaa', 0, '2')"
+        )
+    found = _run(url, "check", "--json")
+    kinds = sorted((p["kind"], p["path"]) for p in map(json.loads, found.stdout.splitlines()))
+    assert found.returncode == 8 and kinds == [
+        ("foreign", "ephq.streams row 'no such name!'"),
+        ("unreadable", "ephq.messages row '18ecdd0000000000aaaaaaaa'"),
+    ], found
+    assert _run(url, "check", "--repair").returncode == 0
+    after = _run(url, "check", "--json")
+    assert after.returncode == 0
+    assert [json.loads(line)["kind"] for line in after.stdout.splitlines()] == ["quarantined"]
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT name FROM ephq.streams").fetchall() == [("s",)]
+        kept = conn.execute("SELECT stream, data FROM ephq.quarantine").fetchall()
+        assert kept == [("no such name!", "2")]

@@ -32,6 +32,8 @@ def check(
         problems.append(CheckProblem(found.stream, "unreadable", found.where, found.why, repair))
     problems += _stale_holders(db, stream, repair)
     problems += _settings_out_of_bounds(db, stream, repair)
+    if stream is None:
+        problems += _streams_without_a_name(db, repair)
     for n, kept_stream, message_id, why in quarantine.kept(db, stream):
         problems.append(
             CheckProblem(
@@ -119,6 +121,22 @@ def _settings_out_of_bounds(
             f"ephq.streams row {name!r}",
             "settings out of bounds; defaults apply",
             repaired=repair,
+        )
+        for name in names
+    ]
+
+
+def _streams_without_a_name(db: Connections, repair: bool) -> list[CheckProblem]:
+    """Rows of ephq.streams (written by hand) whose name no command can give: nothing can use
+    them; --repair deletes them (their messages are set aside with the other rows)."""
+    with db.cursor("check the streams' names") as cur:
+        cur.execute("SELECT name FROM ephq.streams ORDER BY name")
+        names = [row[0] for row in cur.fetchall() if _STREAM_NAME.fullmatch(row[0]) is None]
+        if repair and names:
+            cur.execute("DELETE FROM ephq.streams WHERE name = ANY(%s)", (names,))
+    return [
+        CheckProblem(
+            name, "foreign", f"ephq.streams row {name!r}", "not a stream name", repaired=repair
         )
         for name in names
     ]
