@@ -8,7 +8,7 @@ receipt   <deadline>.<id>.<attempts>.<token>, with 'dlq:' before it for a dead l
 
 import os
 import re
-from typing import NamedTuple
+from typing import NamedTuple, TypeGuard
 
 from .errors import BadInput
 
@@ -108,9 +108,14 @@ STREAM_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # (also the database's, postg
 _STREAM = re.compile(STREAM_NAME)
 
 
+def is_stream_name(name: object) -> TypeGuard[str]:
+    """Whether name is one a stream may have (what check_stream_name lets through)."""
+    return isinstance(name, str) and _STREAM.fullmatch(name) is not None
+
+
 def check_stream_name(stream: object) -> str:
     """The name itself, or BadInput before anything touches the disk."""
-    if not isinstance(stream, str) or _STREAM.fullmatch(stream) is None:
+    if not is_stream_name(stream):
         raise BadInput(
             f"invalid stream name {stream!r}: use 1 to 128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

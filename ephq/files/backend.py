@@ -22,7 +22,7 @@ from ..message import (
 from . import browse
 from .fsio import is_real_dir, listdir
 from .holders import HolderFile, live_holders
-from .names import IdSource, Receipt, check_stream_name, is_id, parse_receipt
+from .names import IdSource, Receipt, is_id, is_stream_name, parse_receipt
 from .store import Clock, MaxAttempts, Progress, Store
 from .stream import Stream
 
@@ -227,9 +227,7 @@ class FileBackend:
         self._check_home()
         found = []
         for name in sorted(listdir(self.home)):
-            try:
-                check_stream_name(name)
-            except BadInput:
+            if not is_stream_name(name):
                 continue
             found.append((name, is_real_dir(os.path.join(self.home, name)) is True))
         return found

@@ -11,7 +11,6 @@ import math
 import os
 import stat
 
-from ..errors import BadInput
 from ..message import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MAX_MESSAGE_BYTES,
@@ -19,7 +18,7 @@ from ..message import (
     StreamConfig,
 )
 from .fsio import NotOurs, read_regular, replace_file
-from .names import check_stream_name, new_token
+from .names import is_stream_name, new_token
 
 CONFIG_FILE = "stream.json"
 MAX_CONFIG_BYTES = 65536
@@ -84,9 +83,6 @@ def parse(raw: bytes) -> StreamConfig:
     if not (dedup_window > 0 and math.isfinite(dedup_window)):
         raise ValueError("dedup_window must be positive")
     dead_letter_stream = doc.get("dead_letter_stream")
-    if dead_letter_stream is not None:
-        try:
-            check_stream_name(dead_letter_stream)
-        except BadInput:
-            raise ValueError("dead_letter_stream is not a stream's name") from None
+    if dead_letter_stream is not None and not is_stream_name(dead_letter_stream):
+        raise ValueError("dead_letter_stream is not a stream's name")
     return StreamConfig(max_attempts, visibility, max_size, dedup_window, dead_letter_stream)

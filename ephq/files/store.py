@@ -76,10 +76,10 @@ from .names import (
     IdSource,
     ReadyName,
     TimedName,
-    check_stream_name,
     format_receipt,
     id_time_ns,
     is_group_token,
+    is_stream_name,
     lease_token,
     new_token,
     parse_ready,
@@ -1106,12 +1106,7 @@ def _none() -> None:
 def _died_in(dead: object) -> str | None:
     """The stream a message's metadata.dead says it died in, if it names one."""
     stream = dead.get("stream") if isinstance(dead, dict) else None
-    if not isinstance(stream, str):
-        return None
-    try:
-        return check_stream_name(stream)
-    except BadInput:
-        return None
+    return stream if is_stream_name(stream) else None
 
 
 def _vetted(raw: bytes, st: os.stat_result, message_id: str) -> Record | NotOurs:

@@ -5,16 +5,13 @@ consistency is the database's to keep."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
-from ..ids import STREAM_NAME
+from ..ids import is_stream_name
 from ..message import MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES, CheckProblem, StreamConfig
 from . import quarantine, schema
 from .browse import require_stream
 from .connection import Connections
-
-_STREAM_NAME = re.compile(STREAM_NAME)
 
 
 def check(
@@ -89,7 +86,7 @@ def settings_in_bounds(config: StreamConfig) -> bool:
         and config.visibility > 0
         and MIN_MAX_MESSAGE_BYTES <= config.max_size <= MAX_MESSAGE_BYTES
         and config.dedup_window > 0
-        and (target is None or _STREAM_NAME.fullmatch(target) is not None)
+        and (target is None or is_stream_name(target))
     )
 
 
@@ -131,7 +128,7 @@ def _streams_without_a_name(db: Connections, repair: bool) -> list[CheckProblem]
     them; --repair deletes them (their messages are set aside with the other rows)."""
     with db.cursor("check the streams' names") as cur:
         cur.execute("SELECT name FROM ephq.streams ORDER BY name")
-        names = [row[0] for row in cur.fetchall() if _STREAM_NAME.fullmatch(row[0]) is None]
+        names = [row[0] for row in cur.fetchall() if not is_stream_name(row[0])]
         if repair and names:
             cur.execute("DELETE FROM ephq.streams WHERE name = ANY(%s)", (names,))
     return [

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import BadInput, NotFound
-from ..ids import check_stream_name
+from ..ids import is_stream_name
 from ..message import Message
 from .browse import readable, require_stream
 from .connection import Connections
@@ -169,7 +169,7 @@ def _send_home(cur: Any, stream: str, ids: list[str] | None, now: int) -> list[s
             raise NotFound(f"no message with id {message_id} in stream {stream!r}")
     homes = {}
     for message_id, origin in origins.items():
-        if origin is not None and origin != stream and _is_stream_name(origin):
+        if origin is not None and origin != stream and is_stream_name(origin):
             homes[message_id] = origin
         elif ids is not None:
             raise BadInput(
@@ -191,11 +191,3 @@ def _send_home(cur: Any, stream: str, ids: list[str] | None, now: int) -> list[s
     for home in sorted(set(homes.values())):
         cur.execute("SELECT ephq.ring(%s)", (home,))
     return list(homes)
-
-
-def _is_stream_name(name: str) -> bool:
-    try:
-        check_stream_name(name)
-    except BadInput:
-        return False
-    return True

@@ -3,15 +3,12 @@ ephq.quarantine, and found there by `check` (schema.py, version 4)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from ..ids import STREAM_NAME
+from ..ids import is_stream_name
 from .connection import Connections
 from .rows import NotAMessage, vet
-
-_STREAM_NAME = re.compile(STREAM_NAME)
 
 _COLUMNS = "stream, dead, id, attempts, visible_at, token, data, meta, grp"
 
@@ -106,7 +103,7 @@ def not_messages(db: Connections, stream: str | None) -> Iterator[Found]:
         for table, row_stream, dead, message_id, data, meta, group in cur:
             try:
                 vet(message_id, data, meta)
-                if stream is None and _STREAM_NAME.fullmatch(row_stream) is None:
+                if stream is None and not is_stream_name(row_stream):
                     # No command can name its stream: nobody would ever receive it.
                     raise NotAMessage(f"its stream {row_stream!r} is not a stream name")
             except NotAMessage as exc:
