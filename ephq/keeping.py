@@ -13,6 +13,7 @@ deadline), and forgets leases whose deadlines have passed.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,9 +37,11 @@ class LeaseKeeper:
         self.name = name
         self._open = opener
         # What dequeue, extend and ack saw, in order, for the thread: (what, stream, receipt,
-        # when leased or the new deadline). Appending is all they do (list.append is atomic),
-        # so they take no lock; the thread swaps the list for a fresh one and applies it.
-        self._events: list[tuple[int, str, str, int]] = []
+        # when leased or the new deadline). Appending is all they do and the thread takes from
+        # the other end (a deque's append and popleft are atomic), so neither takes a lock and
+        # nothing appended while the thread applies is lost (a list swapped for a fresh one
+        # loses what a caller appends to the old one after the swap).
+        self._events: collections.deque[tuple[int, str, str, int]] = collections.deque()
         # (stream, dead) -> receipt -> (leased at ns, deadline ns if extended; else None: the
         # deadline its receipt says)
         self._leases: dict[tuple[str, bool], dict[str, tuple[int, int | None]]] = {}
@@ -105,8 +108,9 @@ class LeaseKeeper:
 
     def _apply(self) -> None:
         """What happened since the last look, in the order it happened (call with the lock)."""
-        events, self._events = self._events, []
-        for what, stream, receipt, value in events:
+        events = self._events
+        for _ in range(len(events)):  # what is there now; later ones wait for the next round
+            what, stream, receipt, value = events.popleft()
             key = (stream, receipt.startswith(DLQ_RECEIPT_PREFIX))
             held = self._leases.get(key)
             if what == _TOOK:

@@ -824,3 +824,39 @@ def test_a_delayed_head_holds_its_group_and_keys_work_with_groups(
     assert q.enqueue("s", "keyed again", group="H", dedup_key="k") == once
     got = q.dequeue_many("s", 10)
     assert [(m.id, m.group) for m in got] == [(once, "H")]
+
+
+def test_a_lease_noted_while_the_keeper_applies_the_last_ones_is_announced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dequeue notes its lease by appending to the keeper's events, which the keeper's
+    thread applies a few times a second. An append that loaded the events before the thread
+    took them and landed after must still be applied: with the list swapped for a fresh one,
+    it went to the old list and the lease was never announced. The interleaving is played
+    here in one thread (the keeper's own thread is not started)."""
+    from ephq.keeping import _TOOK, LeaseKeeper
+    from ephq.message import Message
+
+    announced: list[set[str]] = []
+
+    class Announcements:  # a holder that remembers what it was told
+        def publish(self, leases: dict[str, int]) -> None:
+            announced.append(set(leases))
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(LeaseKeeper, "_start", lambda keeper: None)
+    keeper = LeaseKeeper(lambda stream, dead, name: Announcements(), "test")
+    far = time.time_ns() + 3_600_000_000_000
+
+    def leased(n: int) -> Message:
+        receipt = f"{far:016x}.{n:024x}.1.0000000{n}"
+        return Message(f"{n:024x}", receipt, "s", 1, "1", 1, None, None)  # type: ignore[arg-type]
+
+    keeper.took("s", [leased(1)])
+    pending = keeper._events  # what the second dequeue loaded, before the thread's round
+    keeper._publish()
+    pending.append((_TOOK, "s", leased(2).receipt or "", time.time_ns()))  # ...its append
+    keeper._publish()
+    assert announced[-1] == {leased(1).receipt, leased(2).receipt}
