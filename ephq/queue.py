@@ -598,10 +598,14 @@ def _keepable(reason: object) -> str:
     a dead letter that one backend keeps and the other cannot import."""
     if not isinstance(reason, str):
         raise BadInput(f"reason must be text, not {type(reason).__name__}")
-    return _UNKEEPABLE.sub("\ufffd", reason)
+    return _kept_text(reason)
 
 
 _UNKEEPABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _kept_text(text: str) -> str:
+    return _UNKEEPABLE.sub("\ufffd", text)
 
 
 def _keepable_json(value: Any) -> Any:
@@ -614,12 +618,12 @@ def _keepable_json(value: Any) -> Any:
     while todo:
         given, parent, key = todo.pop()
         if isinstance(given, str):
-            parent[key] = _UNKEEPABLE.sub("\ufffd", given)
+            parent[key] = _kept_text(given)
         elif isinstance(given, dict):
             mapping: dict[Any, Any] = {}
             parent[key] = mapping
             for name, item in given.items():
-                kept = _UNKEEPABLE.sub("\ufffd", name) if isinstance(name, str) else name
+                kept = _kept_text(name) if isinstance(name, str) else name
                 mapping[kept] = None  # here, so that the keys keep their order
                 todo.append((item, mapping, kept))
         elif isinstance(given, list):
