@@ -77,6 +77,34 @@ def test_check_repairs_misplaced_unreadable_and_duplicate(q: Queue, home: Path) 
     assert (s.ready, s.inflight, s.dlq) == (1, 1, 0)
 
 
+def test_check_holds_each_name_of_a_leaf_to_its_state(q: Queue, home: Path) -> None:
+    """A leaf's names are matched all at once (vouch.py): a name holding a line end, a lease's
+    name in delayed/ and a delayed message's in inflight/ are each still found foreign, though
+    each holds the record its name's id names."""
+    q.enqueue("s", 0)
+    (ready,) = ready_files(home)
+    record = ready.read_bytes()
+    message_id = ready.name.split(".")[0]
+    other = "18aaaaaaaaaaaaaaaaaaaaaa"
+    planted = [ready.parent / f"{ready.name}\n{other}.0"]
+    for state, name in (
+        ("delayed", f"ffffffffffffffff.{message_id}.1.abcdef01"),
+        ("inflight", f"ffffffffffffffff.{message_id}.1"),
+    ):
+        leaf = home / "s" / state / "fffff" / "fff"
+        leaf.mkdir(parents=True)
+        planted.append(leaf / name)
+    for path in planted:
+        path.write_bytes(record)
+    assert sorted((p.kind, p.path) for p in q.check()) == sorted(
+        ("foreign", str(p)) for p in planted
+    )
+    q.check(repair=True)
+    assert [p.kind for p in q.check()] == ["quarantined"] * 3
+    m = q.dequeue("s")
+    assert m is not None and m.id == message_id and q.dequeue("s") is None
+
+
 def test_stale_tmp_files_are_removed_and_never_delivered(
     q: Queue, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -263,6 +263,9 @@ CASES: dict[str, Plant] = {
     "ready: message nested past the parser's depth": lambda s: _too_deep(s.leaf() / s.sibling()),
     "ready: message-named FIFO": lambda s: _fifo(s.leaf() / s.sibling()),
     "ready: message-named directory": lambda s: _dir(s.leaf() / s.sibling()),
+    "ready: a message's name and a line end and another": lambda s: _file(
+        s.leaf() / f"{s.sibling()}\n{s.sibling()[:-1]}1", _valid(s.sibling())
+    ),
     "ready: link to a message outside": lambda s: _link(
         s.leaf() / s.sibling(), s.victim(_valid(s.sibling()))
     ),
@@ -276,6 +279,9 @@ CASES: dict[str, Plant] = {
     "ready: top level replaced by a link": lambda s: _replace_by_link(s, s.leaf().parent.parent),
     # delayed/ and inflight/
     "delayed: stray file": lambda s: _file(s.leaf("delayed") / "notes.txt", b"hello"),
+    "delayed: a lease's name": lambda s: _file(
+        s.leaf("delayed") / s.sibling("delayed"), _valid(s.sibling("delayed"))
+    ),
     "delayed: link to a file outside": lambda s: _link(
         s.leaf("delayed") / "0000000000000001.18aaaaaaaaaaaaaa00000000.0", s.victim()
     ),

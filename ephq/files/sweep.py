@@ -34,7 +34,15 @@ Parse = Callable[[str], object]
 def _parser(tree: str) -> Parse:
     if tree.endswith("groups"):
         return parse_waiting
-    return parse_ready if tree.endswith("ready") else parse_timed
+    if tree.endswith("ready"):
+        return parse_ready
+    leases = tree.endswith("inflight")  # a lease's name holds its token, a delayed one's none
+
+    def parse(name: str) -> object:
+        timed = parse_timed(name)
+        return timed if timed is not None and (timed.token is not None) == leases else None
+
+    return parse
 
 
 def _ours(tree: str, name: str, parse: Parse) -> bool:
