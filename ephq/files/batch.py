@@ -135,9 +135,9 @@ def stage_exported(store: Store, batch: str, record: Exported, now: int) -> None
 
 
 def _write(store: Store, path: str, content: bytes) -> None:
-    fd = store.pool.open_new(path)
+    fd, recycled = store.pool.open_new(path)
     try:
-        write_all(fd, content)
+        write_all(fd, content, recycled=recycled)
     finally:
         os.close(fd)
 

@@ -247,12 +247,15 @@ def ensure_dir(path: str, *, durable: bool) -> None:
     raise StorageError(f"cannot create {path}: its parent directory keeps disappearing")
 
 
-def write_all(fd: int, data: bytes) -> None:
-    """Write all of data from the file's start and cut off whatever a recycled file held after."""
+def write_all(fd: int, data: bytes, *, recycled: bool = False) -> None:
+    """Write all of data from the file's start; for a recycled file (pool.py), cut off whatever
+    it held after. (A new file holds nothing to cut: the ftruncate would be a syscall for
+    nothing on every enqueue.)"""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-    os.ftruncate(fd, len(data))
+    if recycled:
+        os.ftruncate(fd, len(data))
 
 
 def replace_file(tmp: str, path: str, data: bytes, *, durable: bool) -> None:
@@ -277,14 +280,16 @@ def replace_file(tmp: str, path: str, data: bytes, *, durable: bool) -> None:
         fsync_dir(os.path.dirname(path))
 
 
-def fill_locked(fd: int, path: str, data: bytes, *, durable: bool) -> None:
-    """Lock a new file we just opened, write data into it and, when durable, flush it.
+def fill_locked(fd: int, path: str, data: bytes, *, durable: bool, recycled: bool) -> None:
+    """Lock a file we just opened (a recycled one comes locked from the pool), write data into
+    it and, when durable, flush it.
 
     On failure the file is removed and closed, and the error raised.
     """
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        write_all(fd, data)
+        if not recycled:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        write_all(fd, data, recycled=recycled)
         if durable:
             os.fsync(fd)
     except BaseException:

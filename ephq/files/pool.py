@@ -192,8 +192,9 @@ class FilePool:
         except IndexError:
             return None
 
-    def open_new(self, path: str) -> int:
-        """A writable file at path (which must not exist yet): recycled if the pool has one.
+    def open_new(self, path: str) -> tuple[int, bool]:
+        """A writable file at path (which must not exist yet), and whether it was recycled
+        from the pool.
 
         A recycled file is returned locked (see the module's note on privacy) and may hold
         zeros: the writer overwrites from the start and truncates to what it wrote.
@@ -211,8 +212,8 @@ class FilePool:
                 continue  # another producer took it first
             fd = self._claimed(path)
             if fd is not None:
-                return fd
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+                return fd, True
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE), False
 
     def _claimed(self, path: str) -> int | None:
         """The locked fd of a file just taken from the pool, or None if it must not be used."""

@@ -322,11 +322,11 @@ class Store:
         else:
             tmp = os.path.join(self.tmp, f"{name}.{new_token()}.w")
         try:
-            fd = self.pool.open_new(tmp)
+            fd, recycled = self.pool.open_new(tmp)
         except FileNotFoundError:
             self.create()
-            fd = self.pool.open_new(tmp)
-        fill_locked(fd, tmp, content, durable=self.durable)
+            fd, recycled = self.pool.open_new(tmp)
+        fill_locked(fd, tmp, content, durable=self.durable, recycled=recycled)
         try:
             place(tmp, dest_dir, name, durable_dirs=self.durable, flush=False)
         except BaseException:
@@ -755,8 +755,8 @@ class Store:
         # recovery, or the dead letter, never both (which a redrive in between would turn into
         # a second delivery of a message already acked).
         fresh = f"{dying}.{new_token()}.w"
-        wfd = self.pool.open_new(fresh)
-        fill_locked(wfd, fresh, content, durable=self.durable)
+        wfd, recycled = self.pool.open_new(fresh)
+        fill_locked(wfd, fresh, content, durable=self.durable, recycled=recycled)
         try:
             os.rename(fresh, dying)
             target.file_in(dying, message_id, attempts_there, due_ns)
