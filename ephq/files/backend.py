@@ -23,6 +23,7 @@ from . import browse
 from .fsio import is_real_dir, listdir
 from .holders import HolderFile, live_holders
 from .names import IdSource, Receipt, is_id, is_stream_name, parse_receipt
+from .redrive import check_send_home, redrive_into, send_home
 from .store import Clock, MaxAttempts, Progress, Store
 from .stream import Stream
 
@@ -273,18 +274,18 @@ class FileBackend:
         owner = self._stream(stream)
         if ids is None:
             # A dead letter of this stream that first died in another one goes there too.
-            moved = owner.dead.redrive_into(owner.main, None, progress)
+            moved = redrive_into(owner.dead, owner.main, None, progress)
             if owner.receives_dead_letters():  # else none of its messages died elsewhere
-                moved += owner.main.send_home(self._home_of, None, progress)
+                moved += send_home(owner.main, self._home_of, None, progress)
             return list(dict.fromkeys(moved))
         ids = list(dict.fromkeys(ids))  # an id given twice is one redrive
         dead = [i for i in ids if owner.dead.find(i) is not None]
         others = [i for i in ids if i not in set(dead)]
         if others:  # refused before anything moves: all or nothing, as on PostgreSQL
-            owner.main.check_send_home(others)
-        moved = owner.dead.redrive_into(owner.main, dead, progress) if dead else []
+            check_send_home(owner.main, others)
+        moved = redrive_into(owner.dead, owner.main, dead, progress) if dead else []
         if others:
-            moved += owner.main.send_home(self._home_of, others, progress)
+            moved += send_home(owner.main, self._home_of, others, progress)
         return moved
 
     def _home_of(self, stream: str) -> Store:

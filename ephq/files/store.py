@@ -36,8 +36,8 @@ another message; the reader finds the other message's id in it and drops that st
 (tests/test_crash_states.py explores every such state).
 
 Kept apart: how a batch is committed and placed (batch.py: enqueue_many, import, a redrive into
-a group) and what reads a store without taking anything (browse.py: list, get, peek, stats,
-leases, export).
+a group), what reads a store without taking anything (browse.py: list, get, peek, stats,
+leases, export), and moving messages out to another store with fresh attempts (redrive.py).
 """
 
 from __future__ import annotations
@@ -79,7 +79,6 @@ from .names import (
     format_receipt,
     id_time_ns,
     is_group_token,
-    is_stream_name,
     lease_token,
     new_token,
     parse_ready,
@@ -257,7 +256,7 @@ class Store:
                 batch.stage_exported(self, into, record, now)
 
         batch.commit(self, records[0].id, stage)
-        self._forget_head()
+        self.forget_head()
         self.ring()
         return len(records)
 
@@ -295,7 +294,7 @@ class Store:
             self._note_due(due_ns)
         else:
             self.ring()
-            self._forget_head()  # it may come before what this process has cached
+            self.forget_head()  # it may come before what this process has cached
         return True
 
     def _write_in(self, content: bytes, dest_dir: str, name: str) -> None:
@@ -365,7 +364,7 @@ class Store:
         if due is not None:
             self._note_due(due)
         else:
-            self._forget_head()  # it may come before what this process has cached
+            self.forget_head()  # it may come before what this process has cached
             self.ring()
         return True
 
@@ -423,7 +422,7 @@ class Store:
             self.ready.prune(leaf, now)
         return False
 
-    def _forget_head(self) -> None:
+    def forget_head(self) -> None:
         with self._lock:
             self._head.clear()
 
@@ -621,7 +620,7 @@ class Store:
             if place(path, dest, name, durable_dirs=self.durable, flush=False):
                 self._arrived(now, delay_ns)
                 if delay_ns <= 0:
-                    self._forget_head()
+                    self.forget_head()
                 break
         else:
             raise self._lost(lease)
@@ -773,117 +772,6 @@ class Store:
             return NotOurs("not a message file", shared=st.st_nlink > 1)
         return _vetted(os.pread(fd, st.st_size, 0), st, message_id)
 
-    def redrive_into(
-        self, target: Store, ids: list[str] | None, progress: Progress = None
-    ) -> list[str]:
-        """Move dead letters (all, or those with the given ids) back into target's ready/."""
-        return self._move_out(lambda path, message_id: target, ids, progress)
-
-    def send_home(
-        self, home_of: Callable[[str], Store], ids: list[str] | None, progress: Progress = None
-    ) -> list[str]:
-        """In a dead-letter stream: move messages that died in another stream (all, or these
-        ids) back to it, each to its place in FIFO order with fresh attempts. NotFound for an
-        id that is not here; BadInput for one that did not come from another stream."""
-
-        def home(path: str, message_id: str) -> Store | None:
-            origin = self._home_stream(path, message_id, named=ids is not None)
-            return None if origin is None else home_of(origin)
-
-        return self._move_out(home, ids, progress)
-
-    def check_send_home(self, ids: list[str]) -> None:
-        """What send_home(ids) would refuse, refused before anything moves: NotFound for an id
-        that is not here, BadInput for one that did not come from another stream (so that a
-        redrive of several is all or nothing, as in PostgreSQL's transaction)."""
-        for path, message_id, _ in self.entries(ids, self.clock()):
-            self._home_stream(path, message_id, named=True)
-
-    def _home_stream(self, path: str, message_id: str, *, named: bool) -> str | None:
-        """The stream the message at path died in, if another; BadInput if it was named and did
-        not (None when it is gone meanwhile: there is nothing to move)."""
-        record = self.load(path, message_id, taken=False)
-        origin = _died_in(None if record is None else record.meta.get("dead"))
-        if origin is not None and origin != self.stream:
-            return origin
-        if named and record is not None:
-            raise BadInput(
-                f"message {message_id} of stream {self.stream!r} is not a dead letter "
-                "of another stream: nothing to redrive it to"
-            )
-        return None
-
-    def _move_out(
-        self,
-        target_of: Callable[[str, str], Store | None],
-        ids: list[str] | None,
-        progress: Progress,
-    ) -> list[str]:
-        """Move messages (all, or these ids; one held by a consumer is taken from it) into
-        the ready/ of the store target_of(path, id) names (None: it stays), with fresh attempts
-        and their ids, so in their places in FIFO order."""
-        moved: list[str] = []
-        emptied: set[str] = set()
-        woken: dict[str, Store] = {}
-        for path, message_id, _ in self.entries(ids, self.clock()):
-            target = target_of(path, message_id)
-            group = None if target is None else self._group_in(path, message_id, target)
-            if group is not None and target is not None:
-                if target.rejoin(path, message_id, group):
-                    moved.append(message_id)
-                    emptied.add(os.path.dirname(path))
-                    if progress is not None:
-                        progress(1)
-                continue
-            if target is not None and place(
-                path,
-                target.ready.leaf_dir(message_id),
-                str(ReadyName(message_id, 0)),
-                durable_dirs=target.durable,
-                flush=target.durable,
-            ):
-                moved.append(message_id)
-                emptied.add(os.path.dirname(path))
-                woken[target.path] = target
-                if progress is not None:
-                    progress(1)
-        self._flush_dirs(emptied)  # or a power loss could leave a moved message here too
-        for target in woken.values():
-            target.ring()
-            target._forget_head()  # they may come before what this process has cached
-        return moved
-
-    def _group_in(self, path: str, message_id: str, target: Store) -> str | None:
-        """The group a message moving to target joins there, if it has one."""
-        if target.groups is None:
-            return None
-        record = self.load(path, message_id, taken=False)
-        group = None if record is None else record.meta.get("group")
-        return group if isinstance(group, str) else None
-
-    def rejoin(self, path: str, message_id: str, group: str) -> bool:
-        """Take a message file (a redriven dead letter) into its group, with fresh attempts:
-        moved into a commit directory of this store's (a promise recovery keeps), then
-        installed as a batch is. False if the file was gone.
-
-        The directory is committed (locked, empty) before the file moves in: a batch
-        directory is scrap to recovery, and the file must never be in one.
-        """
-        staging, lock = batch.new_dir(self, message_id)
-        try:
-            committed = batch.committed_name(staging)
-            os.rename(staging, committed)
-            name = batch.joining_name(group, message_id, 0, 0)
-            try:
-                os.rename(path, f"{committed}/{name}")
-            except FileNotFoundError:
-                os.rmdir(committed)
-                return False
-            batch.install(self, committed)
-            return True
-        finally:
-            os.close(lock)
-
     def remove(self, ids: list[str] | None) -> list[str]:
         removed: list[str] = []
         emptied: set[str] = set()
@@ -894,10 +782,10 @@ class Store:
                 continue
             removed.append(message_id)
             emptied.add(os.path.dirname(path))
-        self._flush_dirs(emptied)  # or a power loss could bring them back
+        self.flush_dirs(emptied)  # or a power loss could bring them back
         return removed
 
-    def _flush_dirs(self, dirs: set[str]) -> None:
+    def flush_dirs(self, dirs: set[str]) -> None:
         if not self.durable:
             return
         for path in dirs:
@@ -984,7 +872,7 @@ class Store:
         finally:
             self._reaping.release()
         if returned:
-            self._forget_head()
+            self.forget_head()
             self.ring()
 
     def _release_orphans(self, now: int, max_attempts: int | None) -> bool:
@@ -1071,7 +959,7 @@ class Store:
             except FileNotFoundError:
                 continue
             aside.append(out)
-        self._forget_head()
+        self.forget_head()
         for tree in (self.ready, self.delayed, self.inflight):
             try:
                 ensure_dir(tree.root, durable=False)  # flushed with the purge, just below
@@ -1101,12 +989,6 @@ class Store:
 
 def _none() -> None:
     return None
-
-
-def _died_in(dead: object) -> str | None:
-    """The stream a message's metadata.dead says it died in, if it names one."""
-    stream = dead.get("stream") if isinstance(dead, dict) else None
-    return stream if is_stream_name(stream) else None
 
 
 def _vetted(raw: bytes, st: os.stat_result, message_id: str) -> Record | NotOurs:
