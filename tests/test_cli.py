@@ -695,6 +695,28 @@ def test_a_home_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
     assert home.read_text() == "notes"
 
 
+def test_a_home_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    """Not "no streams" from stats and a stream's settings blamed by enqueue."""
+    above = tmp_path / "not-a-dir"
+    above.write_text("notes")
+    home = above / "queues" / "ephq"
+    for args, stdin in ((["stats"], None), (["enqueue", "s"], "1"), (["dequeue", "s"], None)):
+        got = ephq(home, *args, stdin=stdin)
+        assert (got.returncode, got.stdout) == (7, "")
+        assert got.stderr == (
+            f"ephq: the ephq home {home} (from --home or EPHQ_HOME) cannot be made: "
+            f"{above} is not a directory\n"
+        )
+    assert above.read_text() == "notes"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no procfs")
+def test_a_home_where_no_directory_can_be_made_says_so() -> None:
+    got = ephq(Path("/proc/self"), "enqueue", "s", stdin="1")
+    assert (got.returncode, got.stdout) == (7, "")
+    assert got.stderr == "ephq: cannot create /proc/self/s: /proc/self takes no new directories\n"
+
+
 @pytest.mark.both_backends
 def test_a_receipt_of_another_stream_is_named_as_such(store: str, home: Path) -> None:
     ok(home, "enqueue", "orders", stdin="1")

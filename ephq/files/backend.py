@@ -213,15 +213,26 @@ class FileBackend:
         return [name for name, is_dir in self._stream_names() if not is_dir]
 
     def _check_home(self) -> None:
-        """StorageError if the home is there but is not a directory (a link to one is fine)."""
+        """StorageError if the home is there but is not a directory (a link to one is fine),
+        or is not there and cannot be made: what is nearest it on its path is not a directory
+        (without this, `stats` listed no streams there and `enqueue` blamed a stream)."""
         try:
-            if os.path.isdir(self.home) or not os.path.lexists(self.home):
+            if os.path.isdir(self.home):
                 return
+            if os.path.lexists(self.home):
+                raise StorageError(
+                    f"the ephq home {self.home} (from --home or EPHQ_HOME) is not a directory"
+                )
+            above = os.path.dirname(os.path.abspath(self.home))
+            while not os.path.lexists(above):
+                above = os.path.dirname(above)
+            if not os.path.isdir(above):
+                raise StorageError(
+                    f"the ephq home {self.home} (from --home or EPHQ_HOME) cannot be made: "
+                    f"{above} is not a directory"
+                )
         except OSError:
             return  # unreadable, say: the operation itself reports it
-        raise StorageError(
-            f"the ephq home {self.home} (from --home or EPHQ_HOME) is not a directory"
-        )
 
     def _stream_names(self) -> list[tuple[str, bool]]:
         """Every entry of the home named as a stream, and whether it is a real directory."""

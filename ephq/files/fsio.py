@@ -244,6 +244,9 @@ def ensure_dir(path: str, *, durable: bool) -> None:
             except FileNotFoundError:
                 continue  # pruned with its new child already: make both again
         return
+    parent = os.path.dirname(path)
+    if os.path.isdir(parent):  # procfs, say: mkdir's ENOENT for a parent that is there
+        raise StorageError(f"cannot create {path}: {parent} takes no new directories")
     raise StorageError(f"cannot create {path}: its parent directory keeps disappearing")
 
 
