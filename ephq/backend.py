@@ -17,9 +17,12 @@ Progress = Callable[[int], None] | None
 
 
 class Waiter(Protocol):
+    """Wakes a consumer waiting for messages: clear() before it looks, wait() after, done()
+    when it stops waiting (the backend may keep the waiter for another wait)."""
+
     def clear(self) -> None: ...
     def wait(self, timeout_s: float) -> None: ...
-    def close(self) -> None: ...
+    def done(self) -> None: ...
 
 
 class Holder(Protocol):

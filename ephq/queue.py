@@ -269,14 +269,18 @@ class Queue:
             return got
         end = time.monotonic() + wait_s
         bell = self._backend.waiter(stream, dlq)
-        while True:
-            bell.clear()  # before looking, so a ring after the look is not lost
-            got = self._lease_now(stream, count, visibility_ns, dlq)
-            remaining = end - time.monotonic()
-            if got or remaining <= 0:
-                return got
-            # Wake for the bell, or when a lease or delay may run out, whichever is first.
-            bell.wait(min(remaining, max(0.001, self._backend.seconds_until_due(stream, dlq))))
+        try:
+            while True:
+                bell.clear()  # before looking, so a ring after the look is not lost
+                got = self._lease_now(stream, count, visibility_ns, dlq)
+                remaining = end - time.monotonic()
+                if got or remaining <= 0:
+                    return got
+                # Wake for the bell, or when a lease or delay may run out, whichever is first.
+                due = self._backend.seconds_until_due(stream, dlq)
+                bell.wait(min(remaining, max(0.001, due)))
+        finally:
+            bell.done()
 
     def _lease_now(
         self, stream: str, count: int, visibility_ns: int | None, dlq: bool

@@ -4,6 +4,7 @@ server, and a missing driver."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -121,6 +123,33 @@ def test_a_stream_rings_only_its_own_consumers(database_server: str) -> None:
         assert set(heard()) == {"orders", "orders-dead"}  # g's next message is out; the dead one
         q.enqueue("other", 2)
         assert heard() == []
+
+
+def test_waits_share_a_listening_connection_and_close_it(database_server: str) -> None:
+    """A waiting dequeue listens on a connection of its own; the next wait takes the same one
+    (each used to make one, and leave it to the garbage collector), and close() closes it."""
+    url = fresh_database(database_server)
+    q = Queue(url=url, keep_leases=False)
+    mine = f"ephq % {os.getpid()}"
+
+    def connections() -> int:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s", (mine,)
+            ).fetchone()
+        return int(row[0]) if row else -1
+
+    q.enqueue("w", 1)
+    assert len(q.dequeue_many("w", 5, wait=0.05)) == 1  # there at once: no wait, no listener
+    assert connections() == 1
+    for _ in range(4):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            assert q.dequeue_many("w", 5, wait=0.05) == []
+            gc.collect()
+        assert connections() == 2
+    q.close()
+    _until(lambda: connections() == 0, "the connections to close")
 
 
 def test_workers_on_several_hosts_lose_nothing_when_one_is_killed(

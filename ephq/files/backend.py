@@ -6,7 +6,7 @@ import functools
 import os
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backend import Holder, Waiter
 from ..errors import BadInput, LeaseLost, NotFound, StorageError
@@ -27,6 +27,9 @@ from .redrive import check_send_home, redrive_into, send_home
 from .store import Clock, MaxAttempts, Progress, Store
 from .stream import Stream
 
+if TYPE_CHECKING:
+    from .doorbell import Doorbell
+
 NS = 1_000_000_000
 
 
@@ -37,7 +40,7 @@ class FileBackend:
         self.clock = clock
         self._ids = IdSource()
         self._streams: dict[str, Stream] = {}
-        self._bells: dict[tuple[str, bool], Waiter] = {}
+        self._bells: dict[tuple[str, bool], Doorbell] = {}
         self._lock = threading.Lock()
 
     def _stream(self, name: str) -> Stream:
@@ -340,7 +343,7 @@ class FileBackend:
             if not store.exists():
                 # Waiting must not create a stream (a typo would stay in stats for good): a
                 # bell that is not there yet is polled, and the next wait watches the real one.
-                return Doorbell(store.bell)
+                return Doorbell(store.bell, kept=False)
             bell = self._bells.setdefault(key, Doorbell(store.bell))
         return bell
 

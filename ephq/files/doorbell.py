@@ -34,8 +34,10 @@ def _inotify() -> ctypes.CDLL | None:
 
 
 class Doorbell:
-    def __init__(self, bell_path: str) -> None:
+    def __init__(self, bell_path: str, *, kept: bool = True) -> None:
+        """kept: the backend keeps it for every wait on the stream (done() leaves it open)."""
         self.path = bell_path
+        self.kept = kept
         self._fd = -1
         libc = _inotify()
         if libc is None:
@@ -67,6 +69,10 @@ class Doorbell:
             select.select([], [], [], min(timeout_s, _FALLBACK_POLL_S))
             return
         select.select([self._fd], [], [], timeout_s)
+
+    def done(self) -> None:
+        if not self.kept:
+            self.close()
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backend import Holder, Progress, Waiter
 from ..errors import BadInput, LeaseLost
@@ -26,6 +26,9 @@ from .check import check, settings_in_bounds
 from .connection import Connections
 from .holders import ORPHAN_LOOK_EVERY_NS, RELEASE_ORPHANS, DatabaseHolder
 from .rows import NS, NotAMessage, delivery, iso_utc
+
+if TYPE_CHECKING:
+    from .waiting import Listeners
 
 MAX_ERROR_CHARS = 4096
 # This process ANALYZEs the table after adding this many rows, and ten times as many, ...
@@ -113,6 +116,7 @@ class PostgresBackend:
         self.clock = clock
         self.db = Connections(url)
         self.where = self.db.where
+        self._listeners: Listeners | None = None  # made by the first wait
         self._ids = IdSource()
         self._known_streams: set[str] = set()
         self._added = 0
@@ -584,9 +588,11 @@ class PostgresBackend:
     # -- waiting ---------------------------------------------------------------------------
 
     def waiter(self, stream: str, dead: bool) -> Waiter:
-        from .waiting import Listener
+        if self._listeners is None:
+            from .waiting import Listeners  # psycopg.sql: only a waiting consumer needs it
 
-        return Listener(self.db, stream)
+            self._listeners = Listeners(self.db)
+        return self._listeners.take(stream)
 
     def seconds_until_due(self, stream: str, dead: bool) -> float:
         return browse.seconds_until_due(self.db, stream, dead, self.clock())
@@ -680,4 +686,6 @@ class PostgresBackend:
         return check(self.db, stream, repair, self.clock)
 
     def close(self) -> None:
+        if self._listeners is not None:
+            self._listeners.close()
         self.db.close()

@@ -7,10 +7,15 @@ looks and waits after, and the LISTEN is in place before the first look: a notif
 the look and the wait is queued, not lost. A notification is only a hint; the Queue's wait also
 wakes for the next due message and at least once a second (seconds_until_due), which is the
 fallback when notifications are lost with a dropped connection.
+
+A listener outlives the wait it was made for (Listeners): a LISTEN connection made for every
+wait started a server process for each long-poll, a worker's every half second, and left the
+connection to the garbage collector (a ResourceWarning each).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -20,10 +25,39 @@ from ..errors import EphqError
 from .connection import Connections
 
 
+class Listeners:
+    """The backend's listeners between waits: one is taken for each wait and given back after
+    it, so there are never more than waits at once, and each is used by one thread at a time."""
+
+    def __init__(self, db: Connections) -> None:
+        self._db = db
+        self._idle: dict[str, list[Listener]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, stream: str) -> Listener:
+        with self._lock:
+            idle = self._idle.get(stream)
+            if idle:
+                return idle.pop()
+        return Listener(self._db, stream, self)
+
+    def give_back(self, listener: Listener) -> None:
+        with self._lock:
+            self._idle.setdefault(listener.stream, []).append(listener)
+
+    def close(self) -> None:
+        with self._lock:
+            idle = [listener for kept in self._idle.values() for listener in kept]
+            self._idle.clear()
+        for listener in idle:
+            listener.close()
+
+
 class Listener:
-    def __init__(self, db: Connections, stream: str) -> None:
+    def __init__(self, db: Connections, stream: str, kept_by: Listeners | None = None) -> None:
         self.stream = stream
         self._db = db
+        self._kept_by = kept_by
         self._conn: Any = None
         self._heard = False
         self._listen()
@@ -65,6 +99,11 @@ class Listener:
             if left <= 0:
                 return
             self._drain(left)
+
+    def done(self) -> None:
+        """The wait is over: kept for the next one."""
+        if self._kept_by is not None:
+            self._kept_by.give_back(self)
 
     def close(self) -> None:
         if self._conn is not None:
