@@ -621,7 +621,8 @@ def test_keyed_producers_killed_at_random_lose_nothing_and_agree_on_ids(
             # its next enqueue that the scheduler picks.
             lines = [proc.stdout.readline() for _ in range(rng.randrange(1, 12))]
             proc.send_signal(signal.SIGKILL)
-            out, _ = proc.communicate(timeout=30)
+            out = proc.stdout.read()  # through readline's buffer (see _run_then_kill)
+            proc.wait(timeout=30)
             kills += 1
             lines += out.splitlines(keepends=True)
             returned += [pair for line in lines if (pair := _printed(line)) is not None]

@@ -152,7 +152,11 @@ def _run_then_kill(args: list[str], after_lines: int, jitter: float) -> list[str
     lines = [proc.stdout.readline().strip() for _ in range(after_lines)]
     time.sleep(jitter)
     proc.send_signal(signal.SIGKILL)
-    rest, _ = proc.communicate(timeout=30)
+    # Read through the same buffered file: readline may have read ahead, and communicate()
+    # with a timeout reads the descriptor itself, which lost those lines (ids enqueued and
+    # printed, counted as never promised).
+    rest = proc.stdout.read()
+    proc.wait(timeout=30)
     return lines + [line for line in rest.splitlines() if line.strip()]
 
 
