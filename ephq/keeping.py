@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from . import forking
 from .backend import Holder
 from .errors import EphqError
 from .ids import DLQ_RECEIPT_PREFIX
@@ -51,6 +52,18 @@ class LeaseKeeper:
         self._wake = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
+        forking.reset_in_children(self)
+
+    def after_fork(self) -> None:
+        """A forked child keeps its own leases, from none, on a thread of its own (the parent's
+        did not come along); the parent's announcements stay the parent's (forking.py)."""
+        self._events = collections.deque()
+        self._leases = {}
+        self._holders = {}  # each lets go of its own (holders.py)
+        self._changed = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
 
     def took(self, stream: str, got: Sequence[Message]) -> None:
         """Leases just taken (this is on every dequeue: it only notes them)."""

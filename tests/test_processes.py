@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from ephq import LeaseLost, Queue
-from tests.conftest import open_store
+from tests.conftest import open_queue, open_store
 
 PRODUCERS = 4
 CONSUMERS = 4
@@ -245,6 +246,66 @@ def test_sigkilled_consumer_leases_come_back_after_their_deadline(
     assert sorted(m.id for m in back) == held
     assert all(m.attempts == 2 for m in back)
     assert q.check() == []
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.both_backends
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork(2)")
+def test_a_queue_forked_into_children_serves_them_all(store: str, tmp_path: Path) -> None:
+    """A Queue made before a fork (gunicorn --preload, a multiprocessing pool) serves the
+    parent and its children at once (forking.py): each message once, a lease keeper of its own
+    in each child, and the parent's connections, bells and announcements still its own."""
+    q = open_queue(store, tmp_path / "home")  # keeping leases: a keeper thread runs
+    q.enqueue_many("f", list(range(400)))
+    q.enqueue("g", "warm")
+    warm = q.dequeue("g")
+    assert warm is not None and warm.receipt
+    q.ack("g", warm.receipt)
+    assert q.dequeue("g", wait=0.05) is None  # a bell (a LISTEN connection) for stream g
+    first = q.dequeue("f")
+    assert first is not None and first.receipt and first.data == 0
+    q.ack("f", first.receipt)
+
+    def drain() -> list[int]:
+        seen = []
+        while batch := q.dequeue_many("f", 5):
+            for m in batch:
+                q.ack("f", m.receipt or "")
+                seen.append(m.data)
+        return seen
+
+    reports, writes = os.pipe()
+    children = []
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe
+            status = 1
+            try:
+                os.close(reports)
+                seen = drain()
+                keeper = [t.name for t in threading.enumerate()].count("ephq-lease-keeper")
+                assert q.dequeue("g", wait=0.05) is None  # a bell of its own
+                report = {"seen": seen, "keepers": keeper}
+                os.write(writes, (json.dumps(report) + "\n").encode())
+                q.close()
+                status = 0
+            finally:
+                os._exit(status)
+        children.append(pid)
+    os.close(writes)
+    seen = drain()
+    statuses = [os.waitpid(pid, 0)[1] for pid in children]
+    with os.fdopen(reports) as pipe:
+        told = [json.loads(line) for line in pipe]
+    assert statuses == [0, 0, 0]
+    assert [r["keepers"] for r in told] == [1, 1, 1]
+    assert sorted(seen + [n for r in told for n in r["seen"]]) == list(range(1, 400))
+    q.enqueue("g", "after")  # the parent's own connection and bell, as before the fork
+    after = q.dequeue("g", wait=1)
+    assert after is not None and after.data == "after" and after.receipt
+    q.ack("g", after.receipt)
+    assert (q.stats("f").inflight, q.stats("g").inflight) == (0, 0)
+    q.close()
 
 
 CHURN_SCRIPT = """

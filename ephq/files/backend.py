@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from .. import forking
 from ..backend import Holder, Waiter
 from ..errors import BadInput, LeaseLost, NotFound, StorageError
 from ..message import (
@@ -42,6 +43,19 @@ class FileBackend:
         self._streams: dict[str, Stream] = {}
         self._bells: dict[tuple[str, bool], Doorbell] = {}
         self._lock = threading.Lock()
+        forking.reset_in_children(self)
+
+    def after_fork(self) -> None:
+        """A forked child watches bells with inotify descriptors of its own (closing its copy
+        of the parent's takes nothing from the parent), and takes no lock a thread of the
+        parent's held (forking.py)."""
+        for bell in self._bells.values():
+            bell.close()
+        self._bells = {}
+        self._lock = threading.Lock()
+        for stream in self._streams.values():
+            stream.main.after_fork()
+            stream.dead.after_fork()
 
     def _stream(self, name: str) -> Stream:
         """The stream, its layout checked the first time this process uses it (stream.py)."""

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from .. import forking
 from ..errors import BadInput
 from .fsio import NotOurs, ensure_dir, listdir, read_regular, try_lock, unlink_quietly
 from .names import TimedName, new_token, parse_receipt
@@ -56,6 +57,15 @@ class HolderFile:
             "dlq": dead,
         }
         self.publish({})
+        forking.reset_in_children(self)
+
+    def after_fork(self) -> None:
+        """The file announces the parent, locked while a process has it open: a forked child
+        lets go of its copy of the descriptor (the lock stays the parent's, and ends with it)
+        and neither writes nor removes the file (forking.py)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def publish(self, leases: dict[str, int]) -> None:
         """Say which leases this process holds now: receipt -> when it was leased (ns)."""

@@ -154,6 +154,13 @@ class Store:
         self.pool = FilePool(os.path.join(path, "pool"), self.set_aside)
         self.census = Census(path)
 
+    def after_fork(self) -> None:
+        """In a forked child (FileBackend.after_fork): no lock a thread of the parent's held,
+        and no cached head a thread of the parent's was taking names from."""
+        self._lock = threading.Lock()
+        self._reaping = threading.Lock()
+        self._head = []
+
     @property
     def is_dead_letter_queue(self) -> bool:
         return self.graveyard is None

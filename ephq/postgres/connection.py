@@ -18,6 +18,7 @@ import psycopg
 import psycopg.types.json
 from psycopg import errors as pg_errors
 
+from .. import forking
 from ..errors import (
     BadInput,
     DiskFull,
@@ -56,6 +57,14 @@ class Connections:
         self._all: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
         self._schema_ready = False
+        forking.reset_in_children(self)
+
+    def after_fork(self) -> None:
+        """A forked child makes connections of its own (forking.py)."""
+        forking.inherited(self._all)
+        self._all = []
+        self._local = threading.local()
+        self._lock = threading.Lock()
 
     def connect(self, *, autocommit: bool = True) -> psycopg.Connection[Any]:
         """A new connection of this process's own (listeners and holders keep theirs)."""

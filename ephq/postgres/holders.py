@@ -7,7 +7,11 @@ import json
 import os
 import socket
 import time
+from typing import Any
 
+import psycopg
+
+from .. import forking
 from .connection import Connections
 
 # Leases that workers now gone had announced come back now, as if they had run out: the
@@ -41,9 +45,10 @@ class DatabaseHolder:
     while that connection's backend lives, so a killed worker's row says nothing."""
 
     def __init__(self, db: Connections, stream: str, dead: bool, worker: str, now: int) -> None:
-        self._conn = db.connect()
+        conn = db.connect()
+        self._conn: psycopg.Connection[Any] | None = conn
         self._db = db
-        with db.translated("register a worker"), self._conn.cursor() as cur:
+        with db.translated("register a worker"), conn.cursor() as cur:
             # What workers that are gone left (their connections ended): their leases come
             # back now, and their rows go, as the file backend's next worker does.
             cur.execute(RELEASE_ORPHANS, {"stream": stream, "dead": dead, "now": now})
@@ -55,8 +60,17 @@ class DatabaseHolder:
             )
             row = cur.fetchone()
         self._id = None if row is None else row[0]
+        forking.reset_in_children(self)
+
+    def after_fork(self) -> None:
+        """The row is the parent's, believed while the parent's connection lives: a forked
+        child neither writes it nor deletes it (forking.py)."""
+        forking.inherited(self._conn)
+        self._conn = None
 
     def publish(self, leases: dict[str, int]) -> None:
+        if self._conn is None:
+            return
         try:
             with self._conn.cursor() as cur:
                 cur.execute(
@@ -67,9 +81,12 @@ class DatabaseHolder:
             pass
 
     def close(self) -> None:
+        if self._conn is None:
+            return
         try:
             with self._conn.cursor() as cur:
                 cur.execute("DELETE FROM ephq.holders WHERE id = %s", (self._id,))
         except Exception:
             pass
         self._conn.close()
+        self._conn = None

@@ -21,6 +21,7 @@ from typing import Any
 
 from psycopg import sql
 
+from .. import forking
 from ..errors import EphqError
 from .connection import Connections
 
@@ -32,6 +33,13 @@ class Listeners:
     def __init__(self, db: Connections) -> None:
         self._db = db
         self._idle: dict[str, list[Listener]] = {}
+        self._lock = threading.Lock()
+        forking.reset_in_children(self)
+
+    def after_fork(self) -> None:
+        """A forked child listens on connections of its own (forking.py)."""
+        forking.inherited(self._idle)
+        self._idle = {}
         self._lock = threading.Lock()
 
     def take(self, stream: str) -> Listener:
