@@ -270,6 +270,36 @@ def test_second_sigint_stops_at_once(home: Path, tmp_path: Path) -> None:
     assert q.stats("s").ready == 1
 
 
+@pytest.mark.timeout(90)
+def test_a_worker_started_ignoring_sigint_keeps_ignoring_it(home: Path, tmp_path: Path) -> None:
+    """Started in the background of a script (no job control: SIGINT ignored), a worker must
+    not be stopped by the Ctrl-C meant for the script; SIGTERM stops it as ever."""
+    log = tmp_path / "handled"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPHQ_")}
+    env.update(store_environment(home))
+    worker = subprocess.Popen(
+        [
+            "/bin/sh",
+            "-c",
+            f'trap "" INT; exec {EPHQ} worker s --exec "cat >> {log}; echo >> {log}"',
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    q = open_store(home)
+    q.enqueue("s", "one")
+    wait_for(lambda: log.exists() and "one" in log.read_text())
+    worker.send_signal(signal.SIGINT)
+    worker.send_signal(signal.SIGINT)  # a second one would stop it at once (exit 130)
+    q.enqueue("s", "two")
+    wait_for(lambda: "two" in log.read_text())
+    worker.send_signal(signal.SIGTERM)
+    code, err = finish(worker)
+    assert code == 0, err
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.both_backends
 def test_sigkilled_worker_message_comes_back_after_its_lease(

@@ -8,6 +8,9 @@ fd (signal.set_wakeup_fd): a thread of our own reads it there and does the work.
 - First SIGTERM or SIGINT: stop leasing; running handlers get `--grace` to finish, then are
   cancelled and their messages released (the worker loop does this).
 - Second SIGINT: cancel at once; the worker exits with INTERRUPTED.
+- A SIGINT that the worker was started ignoring stays ignored: a worker put in the background
+  by a script (`ephq worker ... &`, no job control) is not stopped by the Ctrl-C meant for the
+  script, as no other program would be (and as Python itself leaves it).
 - If the worker has not ended OVERDUE_S after that (grace included), whatever it is doing, the
   watcher kills the handlers' process groups and ends the process with INTERRUPTED: the leases
   it held expire, and their messages are delivered again.
@@ -46,7 +49,10 @@ class StopWatch:
         self._on_overdue = on_overdue
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
-        self._handlers = {s: signal.signal(s, _heard) for s in (signal.SIGTERM, signal.SIGINT)}
+        heeded = [signal.SIGTERM]
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            heeded.append(signal.SIGINT)
+        self._handlers = {s: signal.signal(s, _heard) for s in heeded}
         self._thread = threading.Thread(target=self._watch, name="ephq-stop-watch", daemon=True)
         self._thread.start()
 
