@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections import defaultdict
@@ -148,6 +149,15 @@ def test_waits_share_a_listening_connection_and_close_it(database_server: str) -
             assert q.dequeue_many("w", 5, wait=0.05) == []
             gc.collect()
         assert connections() == 2
+    # Between waits it listens to nothing: a session that listens and is not read would, once
+    # its socket is full, hold up the server's notification queue and so every NOTIFY.
+    (kept,) = q._backend._listeners._idle["w"]  # type: ignore[attr-defined]
+    assert kept._conn.execute("SELECT pg_listening_channels()").fetchall() == []
+    later = threading.Timer(0.2, q.enqueue, ("w", 2))  # what comes during the next wait
+    later.start()
+    got = q.dequeue_many("w", 5, wait=30)
+    later.join()
+    assert [m.data for m in got] == [2]
     q.close()
     _until(lambda: connections() == 0, "the connections to close")
 

@@ -28,7 +28,8 @@ from .connection import Connections
 
 class Listeners:
     """The backend's listeners between waits: one is taken for each wait and given back after
-    it, so there are never more than waits at once, and each is used by one thread at a time."""
+    it, so there are never more than waits at once, and each is used by one thread at a time.
+    A kept listener listens only during a wait (Listener.done)."""
 
     def __init__(self, db: Connections) -> None:
         self._db = db
@@ -45,9 +46,11 @@ class Listeners:
     def take(self, stream: str) -> Listener:
         with self._lock:
             idle = self._idle.get(stream)
-            if idle:
-                return idle.pop()
-        return Listener(self._db, stream, self)
+            kept = idle.pop() if idle else None
+        if kept is None:
+            return Listener(self._db, stream, self)
+        kept.listen()
+        return kept
 
     def give_back(self, listener: Listener) -> None:
         with self._lock:
@@ -62,20 +65,25 @@ class Listeners:
 
 
 class Listener:
-    def __init__(self, db: Connections, stream: str, kept_by: Listeners | None = None) -> None:
+    def __init__(self, db: Connections, stream: str, kept_by: Listeners) -> None:
         self.stream = stream
         self._db = db
         self._kept_by = kept_by
         self._conn: Any = None
+        self._statement: sql.Composable | None = None  # LISTEN on the stream's channel
         self._heard = False
-        self._listen()
+        self.listen()
 
-    def _listen(self) -> None:
+    def listen(self) -> None:
+        """LISTEN on the stream's channel, on the connection kept or a new one."""
         try:
-            self._conn = self._db.connect()
+            if self._conn is None:
+                self._conn = self._db.connect()
             with self._db.translated(f"wait for stream {self.stream!r}"):
-                row = self._conn.execute("SELECT ephq.channel(%s)", (self.stream,)).fetchone()
-                self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(row[0])))
+                if self._statement is None:
+                    row = self._conn.execute("SELECT ephq.channel(%s)", (self.stream,)).fetchone()
+                    self._statement = sql.SQL("LISTEN {}").format(sql.Identifier(row[0]))
+                self._conn.execute(self._statement)
         except EphqError:
             self.close()  # the server is away: wait() sleeps, and the caller's look fails
 
@@ -85,7 +93,7 @@ class Listener:
 
     def _drain(self, timeout_s: float) -> None:
         if self._conn is None:
-            self._listen()
+            self.listen()
             if self._conn is None:
                 time.sleep(timeout_s)
                 return
@@ -109,9 +117,16 @@ class Listener:
             self._drain(left)
 
     def done(self) -> None:
-        """The wait is over: kept for the next one."""
-        if self._kept_by is not None:
-            self._kept_by.give_back(self)
+        """The wait is over: kept for the next one, listening to nothing meanwhile. A connection
+        that listens and is not read blocks, once its socket is full, the server process
+        sending to it, and with it the server's notification queue: every NOTIFY of the
+        database fails once that is full (a process that waited once and then only enqueues)."""
+        if self._conn is not None:
+            try:
+                self._conn.execute("UNLISTEN *")
+            except Exception:
+                self.close()
+        self._kept_by.give_back(self)
 
     def close(self) -> None:
         if self._conn is not None:
