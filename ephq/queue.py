@@ -83,6 +83,9 @@ class Queue:
     ) -> None:
         self.home: str | None = None
         self.url: str | None = None
+        # How to make this Queue again in another process (__reduce__); None when it was
+        # given a backend or a clock of the caller's, which cannot go there.
+        self._remade: dict[str, Any] | None = None
         if backend is None:
             if url is None and home is None:
                 url = os.environ.get("EPHQ_URL") or None
@@ -97,6 +100,9 @@ class Queue:
                 self.home = path
         self._backend = backend
         self._clock = clock or time.time_ns
+        if self._remade is None and clock is None and (self.home or self.url):
+            where = {"url": self.url} if self.url is not None else {"home": self.home}
+            self._remade = where | {"fsync": fsync, "keep_leases": keep_leases}
         self.lease_keeper = (
             LeaseKeeper(backend.hold, os.path.basename(sys.argv[0]) or "python")
             if keep_leases
@@ -561,6 +567,17 @@ class Queue:
             self.lease_keeper.close()
         self._backend.close()
 
+    def __reduce__(self) -> tuple[Callable[..., Queue], tuple[dict[str, Any]]]:
+        """A Queue sent to another process (multiprocessing's 'spawn' and 'forkserver', a
+        pickle) is made there anew on the same store, with the same options: its connections,
+        threads and leases are that process's own."""
+        if self._remade is None:
+            raise TypeError(
+                "a Queue made with a backend or a clock of its own cannot be sent to another "
+                "process: make one there"
+            )
+        return _remade, (self._remade,)
+
     def __enter__(self) -> Queue:
         return self
 
@@ -667,6 +684,11 @@ def _check_exported(record: Exported) -> None:
     checked_json(record.data_json)
     if len(record.data_json.encode()) > MAX_MESSAGE_BYTES:
         raise BadInput(f"message {record.id} is over {MAX_MESSAGE_BYTES:,} bytes")
+
+
+def _remade(options: dict[str, Any]) -> Queue:
+    """A Queue sent by pickle (Queue.__reduce__)."""
+    return Queue(**options)
 
 
 def _database(url: str, clock: Callable[[], int]) -> Backend:

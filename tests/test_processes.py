@@ -6,6 +6,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -305,6 +306,40 @@ def test_a_queue_forked_into_children_serves_them_all(store: str, tmp_path: Path
     assert after is not None and after.data == "after" and after.receipt
     q.ack("g", after.receipt)
     assert (q.stats("f").inflight, q.stats("g").inflight) == (0, 0)
+    q.close()
+
+
+def _drain_and_report(q: Queue, out: Any) -> None:
+    """In a spawned process: take what there is of stream p, and send back what it was."""
+    seen = []
+    while batch := q.dequeue_many("p", 5):
+        for m in batch:
+            q.ack("p", m.receipt or "")
+            seen.append(m.data)
+    out.send(seen)
+    q.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.both_backends
+def test_a_queue_sent_to_spawned_processes_is_made_anew_there(store: str, tmp_path: Path) -> None:
+    """multiprocessing's 'spawn' (and 'forkserver') send their arguments by pickle: a Queue
+    arrives as a new Queue on the same store, with the same options."""
+    q = open_queue(store, tmp_path / "home", fsync=False)
+    q.enqueue_many("p", list(range(200)))
+    spawn = multiprocessing.get_context("spawn")
+    pipes = [spawn.Pipe(duplex=False) for _ in range(2)]
+    workers = [spawn.Process(target=_drain_and_report, args=(q, w)) for _, w in pipes]
+    for worker in workers:
+        worker.start()
+    got = [n for r, _ in pipes for n in r.recv()]
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert sorted(got) == list(range(200))
+    assert q.stats("p").inflight == 0
+    with pytest.raises(TypeError, match="cannot be sent to another process"):
+        pickle.dumps(open_queue(store, tmp_path / "home", clock=lambda: 0))
     q.close()
 
 
