@@ -567,8 +567,16 @@ def test_output_to_a_full_disk_is_one_line_and_exit_7(home: Path) -> None:
         for args in (["peek", "s"], ["stats"], ["stats", "s", "--json"], ["export", "s"]):
             assert _into(home, full.fileno(), *args) == (7, line), args
         enqueued = _into(home, full.fileno(), "enqueue", "s", stdin="2")
+        # Not 1, which says the queue was empty: the messages are given back, the disk named.
+        dequeued = _into(home, full.fileno(), "dequeue", "s", "--max", "2")
     assert enqueued == (7, "ephq: enqueued 1 message, but " + line.removeprefix("ephq: "))
-    assert json.loads(ok(home, "stats", "s", "--json"))["ready"] == 2
+    assert dequeued == (
+        7,
+        "ephq: cannot write to stdout (No space left on device): 2 leased messages given back, "
+        "visible again\n",
+    )
+    got = [json.loads(row) for row in ok(home, "dequeue", "s", "--max", "5").splitlines()]
+    assert [(m["data"], m["attempts"]) for m in got] == [(1, 1), (2, 1)]
 
 
 def test_a_stdout_closed_from_the_start_is_one_line(home: Path) -> None:
@@ -579,7 +587,7 @@ def test_a_stdout_closed_from_the_start_is_one_line(home: Path) -> None:
     assert enqueued == (7, f"ephq: enqueued 1 message, but {line}\n")
     assert _into(home, None, "stats") == (7, f"ephq: {line}\n")
     assert _into(home, None, "dequeue", "s") == (
-        1,
+        7,
         "ephq: cannot write to stdout (it is closed): 1 leased message given back, visible again\n",
     )
     (again,) = [json.loads(row) for row in ok(home, "dequeue", "s").splitlines()]

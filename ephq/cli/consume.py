@@ -15,7 +15,7 @@ from ..errors import BadInput, LeaseLost
 from ..message import Message
 from ..queue import Queue
 from . import render
-from .output import discard
+from .output import OutputFailed, discard
 from .params import DeadLetters, Receipt, Stream, Visibility, seconds, settings
 from .reading import MESSAGE_LINE_LIMIT, read_lines
 
@@ -46,7 +46,9 @@ def dequeue(
 
     Each has id, receipt, stream, attempts, enqueued_at, visible_until and data (the message
     as it was enqueued). Exit status 1, with nothing printed, if there was nothing to lease;
-    also when stdout was closed (a broken pipe): what could not be written is given back.
+    also when the reader of a pipe on stdout has left before a line was written whole. What
+    could not be written is given back; a stdout that cannot be written otherwise (closed, a
+    full disk) is exit status 7.
     """
     q = settings(ctx).queue()
     got = q.dequeue_many(
@@ -87,13 +89,17 @@ def _deliver(q: Queue, stream: str, got: list[Message]) -> bool:
             with contextlib.suppress(LeaseLost):
                 q.release(stream, m.receipt or "")
         back = len(got) - whole
-        print(
-            f"ephq: cannot write to stdout ({exc.strerror or exc}): {back} leased "
-            f"message{'s' if back != 1 else ''} given back, visible again",
-            file=sys.stderr,
+        what = (
+            f"cannot write to stdout ({exc.strerror or exc}): {back} leased "
+            f"message{'s' if back != 1 else ''} given back, visible again"
         )
-        if isinstance(exc, BrokenPipeError):  # nothing more reaches the reader
-            discard(sys.stdout)
+        if not isinstance(exc, BrokenPipeError):
+            # Not a reader that left (a pipeline's race, exit 1: nothing delivered) but a
+            # stdout that cannot be written: exit 7, as for every command, and never 0 or 1,
+            # which a script would take for done or for an empty queue.
+            raise OutputFailed(what) from None
+        print(f"ephq: {what}", file=sys.stderr)
+        discard(sys.stdout)  # nothing more reaches the reader
         return whole > 0
 
 
