@@ -126,29 +126,49 @@ def test_a_stream_rings_only_its_own_consumers(database_server: str) -> None:
         assert heard() == []
 
 
+def _connections_of_this_process(url: str) -> int:
+    """How many connections ephq has open to the server from this process."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
+            (f"ephq % {os.getpid()}",),
+        ).fetchone()
+    return int(row[0]) if row else -1
+
+
+def test_a_threads_connection_goes_when_the_thread_has_ended(database_server: str) -> None:
+    """A connection per thread, and a thread per task (a web server's, a pool's that renews
+    its threads): the connections of threads that have ended are closed, not kept until the
+    server refuses every client."""
+    url = fresh_database(database_server)
+    q = Queue(url=url, keep_leases=False)
+
+    for n in range(40):
+        task = threading.Thread(target=q.enqueue, args=("t", n))
+        task.start()
+        task.join()
+    assert q.stats("t").ready == 40  # this thread's connection, and the last task's yet
+    _until(
+        lambda: _connections_of_this_process(url) <= 2, "the ended threads' connections to close"
+    )
+    q.close()
+
+
 def test_waits_share_a_listening_connection_and_close_it(database_server: str) -> None:
     """A waiting dequeue listens on a connection of its own; the next wait takes the same one
     (each used to make one, and leave it to the garbage collector), and close() closes it."""
     url = fresh_database(database_server)
     q = Queue(url=url, keep_leases=False)
-    mine = f"ephq % {os.getpid()}"
-
-    def connections() -> int:
-        with psycopg.connect(url, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s", (mine,)
-            ).fetchone()
-        return int(row[0]) if row else -1
 
     q.enqueue("w", 1)
     assert len(q.dequeue_many("w", 5, wait=0.05)) == 1  # there at once: no wait, no listener
-    assert connections() == 1
+    assert _connections_of_this_process(url) == 1
     for _ in range(4):
         with warnings.catch_warnings():
             warnings.simplefilter("error", ResourceWarning)
             assert q.dequeue_many("w", 5, wait=0.05) == []
             gc.collect()
-        assert connections() == 2
+        assert _connections_of_this_process(url) == 2
     # Between waits it listens to nothing: a session that listens and is not read would, once
     # its socket is full, hold up the server's notification queue and so every NOTIFY.
     (kept,) = q._backend._listeners._idle["w"]  # type: ignore[attr-defined]
@@ -159,7 +179,7 @@ def test_waits_share_a_listening_connection_and_close_it(database_server: str) -
     later.join()
     assert [m.data for m in got] == [2]
     q.close()
-    _until(lambda: connections() == 0, "the connections to close")
+    _until(lambda: _connections_of_this_process(url) == 0, "the connections to close")
 
 
 def test_workers_on_several_hosts_lose_nothing_when_one_is_killed(

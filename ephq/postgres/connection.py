@@ -47,14 +47,14 @@ def redacted(url: str) -> str:
 
 
 class Connections:
-    """A connection per thread (handlers run on several), made on first use, schema ensured
-    once per process."""
+    """A connection per thread (handlers run on several), made on first use, closed once its
+    thread has ended; schema ensured once per process."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.where = redacted(url)
         self._local = threading.local()
-        self._all: list[psycopg.Connection[Any]] = []
+        self._all: list[tuple[threading.Thread, psycopg.Connection[Any]]] = []
         self._lock = threading.Lock()
         self._schema_ready = False
         forking.reset_in_children(self)
@@ -129,9 +129,22 @@ class Connections:
         if conn is None or conn.closed or conn.broken:
             conn = self.connect()
             self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
+            self._keep(conn)
         return conn
+
+    def _keep(self, conn: psycopg.Connection[Any]) -> None:
+        """Note this thread's new connection, and close those of threads that have ended: a
+        program that starts a thread per task held a server connection open for every thread
+        it ever ran, until the server's max_connections refused every client of the database."""
+        with self._lock:
+            ended = [c for t, c in self._all if not t.is_alive() or c.closed]
+            self._all = [(t, c) for t, c in self._all if t.is_alive() and not c.closed]
+            self._all.append((threading.current_thread(), conn))
+        for old in ended:
+            try:
+                old.close()
+            except Exception:  # closing is all that is left to do with it
+                pass
 
     def run(self, doing: str, sql: str, params: Any = None) -> psycopg.Cursor[Any]:
         """Execute one statement (its own transaction) on this thread's connection; the
@@ -181,7 +194,7 @@ class Connections:
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
+            for _, conn in self._all:
                 conn.close()
             self._all.clear()
         self._local = threading.local()
