@@ -154,6 +154,27 @@ def test_a_threads_connection_goes_when_the_thread_has_ended(database_server: st
     q.close()
 
 
+def test_leases_of_many_streams_are_announced_on_one_connection(database_server: str) -> None:
+    """A Queue keeping leases announces them per stream, each row believed while the
+    connection that wrote it lives: one connection for all (it was one per stream, and a
+    process consuming many streams used up the server's connections)."""
+    url = fresh_database(database_server)
+    q = Queue(url=url)  # keeping leases
+    for n in range(20):
+        q.enqueue(f"s{n}", n)
+        assert q.dequeue(f"s{n}") is not None
+
+    def announced(stream: str) -> bool:
+        return [lease.holder and lease.holder["pid"] for lease in q.leases(stream)] == [os.getpid()]
+
+    _until(lambda: announced("s0") and announced("s19"), "the leases to be announced")
+    assert _connections_of_this_process(url) == 2  # the statements', and the announcements'
+    q.close()
+    _until(lambda: _connections_of_this_process(url) == 0, "the connections to close")
+    with Queue(url=url) as fresh:
+        assert fresh.leases("s0")[0].holder is None  # its row went with the Queue
+
+
 def test_waits_share_a_listening_connection_and_close_it(database_server: str) -> None:
     """A waiting dequeue listens on a connection of its own; the next wait takes the same one
     (each used to make one, and leave it to the garbage collector), and close() closes it."""

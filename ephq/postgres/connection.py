@@ -55,14 +55,16 @@ class Connections:
         self.where = redacted(url)
         self._local = threading.local()
         self._all: list[tuple[threading.Thread, psycopg.Connection[Any]]] = []
+        self._holding: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
         self._schema_ready = False
         forking.reset_in_children(self)
 
     def after_fork(self) -> None:
         """A forked child makes connections of its own (forking.py)."""
-        forking.inherited(self._all)
+        forking.inherited((self._all, self._holding))
         self._all = []
+        self._holding = None
         self._local = threading.local()
         self._lock = threading.Lock()
 
@@ -132,6 +134,18 @@ class Connections:
             self._keep(conn)
         return conn
 
+    def holding(self) -> psycopg.Connection[Any]:
+        """The connection that this process's rows in ephq.holders are believed by (holders.py),
+        one for all of them: a connection each held one per stream leased from, and a process
+        consuming many streams used up the server's connections. A new one if it broke."""
+        with self._lock:
+            conn = self._holding
+        if conn is None or conn.closed or conn.broken:
+            conn = self.connect()
+            with self._lock:
+                self._holding = conn
+        return conn
+
     def _keep(self, conn: psycopg.Connection[Any]) -> None:
         """Note this thread's new connection, and close those of threads that have ended: a
         program that starts a thread per task held a server connection open for every thread
@@ -197,6 +211,9 @@ class Connections:
             for _, conn in self._all:
                 conn.close()
             self._all.clear()
+            if self._holding is not None:
+                self._holding.close()
+                self._holding = None
         self._local = threading.local()
 
 

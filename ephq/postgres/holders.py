@@ -41,11 +41,12 @@ ORPHAN_LOOK_EVERY_NS = 1_000_000_000
 
 
 class DatabaseHolder:
-    """A worker's row in ephq.holders, written on a connection of its own: the row is believed
-    while that connection's backend lives, so a killed worker's row says nothing."""
+    """A worker's row in ephq.holders, written on the process's holding connection
+    (Connections.holding): the row is believed while that connection's backend lives, so a
+    killed worker's row says nothing."""
 
     def __init__(self, db: Connections, stream: str, dead: bool, worker: str, now: int) -> None:
-        conn = db.connect()
+        conn = db.holding()
         self._conn: psycopg.Connection[Any] | None = conn
         self._db = db
         with db.translated("register a worker"), conn.cursor() as cur:
@@ -65,7 +66,6 @@ class DatabaseHolder:
     def after_fork(self) -> None:
         """The row is the parent's, believed while the parent's connection lives: a forked
         child neither writes it nor deletes it (forking.py)."""
-        forking.inherited(self._conn)
         self._conn = None
 
     def publish(self, leases: dict[str, int]) -> None:
@@ -88,5 +88,4 @@ class DatabaseHolder:
                 cur.execute("DELETE FROM ephq.holders WHERE id = %s", (self._id,))
         except Exception:
             pass
-        self._conn.close()
-        self._conn = None
+        self._conn = None  # the holding connection is the process's (Connections.close)
