@@ -18,6 +18,7 @@ from .errors import (
     NotFound,
     StorageError,
     StoragePermissionDenied,
+    Unavailable,
 )
 from .message import CheckProblem, Lease, Message, StreamConfig, StreamStats
 from .queue import Queue
@@ -37,5 +38,6 @@ __all__ = [
     "StoragePermissionDenied",
     "StreamConfig",
     "StreamStats",
+    "Unavailable",
 ]
 __version__ = "0.1.0"

@@ -111,3 +111,19 @@ def test_pip_install_puts_the_man_pages_where_man_finds_them(tmp_path: Path) -> 
         )
         assert found.returncode == 0, found.stderr
         assert found.stdout.strip() == f"{prefix}/share/man/man1/{page}.1"
+
+
+def test_every_error_the_readme_names_is_importable_from_ephq() -> None:
+    """The README's hierarchy of errors is what a program catches: each is in ephq itself."""
+    import re
+
+    import ephq
+    from ephq import errors
+
+    readme = (ROOT / "README.md").read_text()
+    hierarchy = readme[readme.index("Errors form one hierarchy") :].split("\n\n", 1)[0]
+    named = set(re.findall(r"`([A-Z][A-Za-z]+)`", hierarchy)) - {"None", "True", "False"}
+    defined = {name for name, value in vars(errors).items() if isinstance(value, type)}
+    assert named and named <= defined, named - defined
+    assert named <= set(ephq.__all__), named - set(ephq.__all__)
+    assert all(getattr(ephq, name) is getattr(errors, name) for name in named)
