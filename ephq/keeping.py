@@ -25,6 +25,10 @@ from .ids import DLQ_RECEIPT_PREFIX
 from .message import Message
 
 PUBLISH_EVERY_S = 0.1
+# Every holder is written at least this often, changed or not: a holder whose announcement was
+# lost (PostgreSQL's row, with the connection it was believed by, at a restart) writes it anew
+# well inside the grace other consumers give it (postgres/holders.py, RESTART_GRACE_S).
+REPUBLISH_EVERY_S = 2.0
 
 # Opens the holder of (stream, dead) for this process, under a name `ephq leases` shows.
 Opener = Callable[[str, bool, str], Holder]
@@ -52,6 +56,7 @@ class LeaseKeeper:
         self._wake = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._republish_at = 0.0  # time.monotonic()
         forking.reset_in_children(self)
 
     def after_fork(self) -> None:
@@ -64,6 +69,7 @@ class LeaseKeeper:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread = None
+        self._republish_at = 0.0
 
     def took(self, stream: str, got: Sequence[Message]) -> None:
         """Leases just taken (this is on every dequeue: it only notes them)."""
@@ -144,6 +150,9 @@ class LeaseKeeper:
             if self._closed:
                 return
             self._apply()
+            if time.monotonic() >= self._republish_at:
+                self._republish_at = time.monotonic() + REPUBLISH_EVERY_S
+                self._changed.update(self._holders)
             for key, held in self._leases.items():
                 gone = [
                     r

@@ -4,6 +4,7 @@ server, and a missing driver."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import json
@@ -23,8 +24,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ephq import Queue, StreamConfig
-from ephq.postgres import schema
+from ephq import Queue, StreamConfig, Unavailable
+from ephq.postgres import holders, schema
 from tests.conftest import fresh_database
 from tests.pgserver import Server, binaries
 from tests.test_cli import EPHQ
@@ -311,6 +312,45 @@ def test_a_worker_rides_out_dropped_connections_and_a_restart(
     assert "retrying until the store answers" in err and "the store answers again" in err
     notices = [line for line in err.splitlines() if line.startswith("ephq worker: cannot")]
     assert 1 <= len(notices) <= 10, err  # a line per outage, not per retry
+
+
+def test_a_live_processs_leases_stay_its_own_across_a_restart(own_server: Server) -> None:
+    """A restart ends every connection, the ones a live process's leases are believed by too;
+    its keeper writes them again on a new one within the grace (holders.RESTART_GRACE_S), so
+    another consumer does not get a message the process is still working on (it did at once)."""
+    url = own_server.url
+    holder = Queue(url=url)  # keeping leases
+    holder.enqueue_many("r", ["held", "free"])
+    held = holder.dequeue("r", visibility=600)
+    assert held is not None and held.data == "held" and held.receipt
+
+    def announced() -> bool:
+        try:
+            leases = holder.leases("r")
+        except Unavailable:  # the first call after the restart finds its connection gone
+            return False
+        mine = [lease.holder for lease in leases if lease.id == held.id]
+        return len(mine) == 1 and mine[0] is not None and mine[0]["pid"] == os.getpid()
+
+    _until(announced, "the lease to be announced")
+    own_server.restart()
+    other = Queue(url=url, keep_leases=False)
+    got = []
+    end = time.monotonic() + holders.RESTART_GRACE_S + 5
+    while time.monotonic() < end:
+        with contextlib.suppress(Unavailable):
+            got += [m.data for m in other.dequeue_many("r", 5, visibility=600)]
+        time.sleep(0.2)
+    assert got == ["free"]
+    _until(announced, "the lease to be announced again")
+    for _ in range(2):  # the first call after the restart finds its connection gone
+        with contextlib.suppress(Unavailable):
+            holder.ack("r", held.receipt)
+            break
+    else:
+        raise AssertionError("the holder's ack failed twice")
+    holder.close()
+    other.close()
 
 
 def test_an_unreachable_server_fails_at_once_with_its_own_exit_code(tmp_path: Path) -> None:

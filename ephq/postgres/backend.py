@@ -24,7 +24,7 @@ from . import browse, quarantine
 from . import dead as dead_letters
 from .check import check, settings_in_bounds
 from .connection import Connections
-from .holders import ORPHAN_LOOK_EVERY_NS, RELEASE_ORPHANS, DatabaseHolder
+from .holders import ORPHAN_LOOK_EVERY_NS, RELEASE_ORPHANS, DatabaseHolder, orphans_of
 from .rows import NS, NotAMessage, delivery, iso_utc
 
 if TYPE_CHECKING:
@@ -322,7 +322,7 @@ class PostgresBackend:
         self.db.run(
             f"release the leases of workers of stream {stream!r} that are gone",
             RELEASE_ORPHANS,
-            {"stream": stream, "dead": dead, "now": now},
+            orphans_of(stream, dead, now),
         )
 
     def _settle(self, stream: str, receipt: str, sql: str, params: dict[str, Any]) -> Any:

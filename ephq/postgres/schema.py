@@ -26,7 +26,7 @@ from typing import Any
 from ..ids import STREAM_NAME
 from ..message import MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES
 
-VERSION = 4
+VERSION = 5
 
 # What a stream's settings must be: what `ephq config` takes.
 SETTINGS_IN_BOUNDS = (
@@ -403,6 +403,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         f"""ALTER TABLE ephq.streams ADD CONSTRAINT settings_in_bounds CHECK ({SETTINGS_IN_BOUNDS})
             NOT VALID""",
     ),
+    # 5: when a holder's row was written, by the server's clock. A restart ends every
+    # connection, live workers' too: a row written before the server started is given a grace
+    # to be written again by its live keeper on a new connection before its leases are given
+    # away (postgres/holders.py); one written since, whose connection is gone, is a dead
+    # worker's at once, as before.
+    ("ALTER TABLE ephq.holders ADD COLUMN written_at timestamptz NOT NULL DEFAULT now()",),
 )
 
 CREATE_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS ephq.schema_version (
