@@ -32,7 +32,7 @@ def json_of(data: Any) -> str:
         raise BadInput(f"message data is not JSON-serialisable: {exc}") from None
     except RecursionError:
         raise _too_deep() from None
-    _check_nesting(text)
+    check_nesting(text)
     return text
 
 
@@ -57,7 +57,7 @@ def checked_json(text: str | bytes) -> str:
     text = text.strip(" \t\n\r")  # JSON's whitespace, no other: "\u00a01" is not JSON
     if not text:
         raise BadInput("message is empty: expected a JSON document")
-    _check_nesting(text)  # first: a text too deep for the parser is refused by name
+    check_nesting(text)  # first: a text too deep for the parser is refused by name
     try:
         if text.startswith("\ufeff"):  # what json.loads says of it, which decode() does not
             raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
@@ -72,16 +72,18 @@ def checked_json(text: str | bytes) -> str:
     return text
 
 
-def _check_nesting(text: str) -> None:
+def check_nesting(text: str, around: int = 0) -> None:
+    """BadInput if a message's data in text nests deeper than MAX_NESTING levels; around:
+    the levels of what holds the data in text (an export's line: 1)."""
     # Counting brackets is quick and rules out all but a text with many of them. Only such a
     # text is measured, in C: its strings dropped, its brackets alone made steps of 2 (opening)
     # and 0 (closing), whose running sum less their number is the depth at each bracket. (A
     # walk of its tokens in Python cost four times json.loads on a 1 MB array of objects.)
-    if text.count("[") + text.count("{") <= MAX_NESTING:
+    if text.count("[") + text.count("{") <= MAX_NESTING + around:
         return
     steps = _STRING.sub("", text).encode().translate(_STEPS, _NOT_BRACKETS)
     depths = map(operator.sub, itertools.accumulate(steps), itertools.count(1))
-    if max(depths, default=0) > MAX_NESTING:
+    if max(depths, default=0) > MAX_NESTING + around:
         raise _too_deep()
 
 

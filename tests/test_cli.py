@@ -363,7 +363,7 @@ BAD: list[tuple[list[str], str | None, str, int]] = [
         + "[" * 5000
         + "]" * 5000
         + "}",
-        "ephq: stdin, line 1: nested deeper than a message may be (128 levels)",
+        "ephq: stdin, line 1: message data nests deeper than 128 levels of arrays and objects",
         2,
     ),
     (["enqueue", "s", "/no/such/file"], None, "ephq: /no/such/file: no such file", 2),

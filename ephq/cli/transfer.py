@@ -11,7 +11,7 @@ import typer
 
 from ..errors import BadInput
 from ..ids import id_time_ns
-from ..jsontext import MAX_NESTING
+from ..jsontext import MAX_NESTING, check_nesting
 from ..message import Exported
 from . import render
 from .params import Stream, settings
@@ -78,12 +78,15 @@ def import_command(
 
 
 def _record(line: str) -> Exported:
+    # Measured before it is parsed: how deep a parser recurses before it gives up is the
+    # Python version's (3.13's parses what 3.11's cannot), the limit is ephq's.
+    check_nesting(line, around=1)
     try:
         doc = json.loads(line)
     except ValueError as exc:
         raise BadInput(f"invalid JSON: {exc}") from None
-    except RecursionError:
-        raise BadInput(f"nested deeper than a message may be ({MAX_NESTING} levels)") from None
+    except RecursionError:  # past the limit already refused: a stack nearly used up
+        raise BadInput(f"nested too deeply to read (at most {MAX_NESTING} levels)") from None
     if not isinstance(doc, dict) or "data" not in doc:
         raise BadInput("not a line of ephq export: an object with id, state and data")
     for field, kind in (("id", str), ("state", str), ("attempts", int)):
