@@ -65,7 +65,8 @@ BAD_CALLS: list[tuple[str, Callable[[Queue, str], object], str]] = [
     ("neg-delay", lambda q, r: q.enqueue("s", 1, delay=-1), "delay must be"),
     ("inf-delay", lambda q, r: q.enqueue("s", 1, delay=math.inf), "delay must be"),
     ("str-delay", lambda q, r: q.enqueue("s", 1, delay="5m"), "delay must be seconds"),  # type: ignore[arg-type]
-    ("bad-json", lambda q, r: q.enqueue_json("s", '{"a": 1,}'), "invalid JSON at line 1, column 9"),
+    # (The column is the parser's: 3.13's names the comma, 9 in 3.11 the brace after it.)
+    ("bad-json", lambda q, r: q.enqueue_json("s", '{"a": 1,}'), "invalid JSON at line 1, column "),
     ("json-nan", lambda q, r: q.enqueue_json("s", "[NaN]"), "NaN is not valid JSON"),
     ("empty-json", lambda q, r: q.enqueue_json("s", "  \n"), "message is empty"),
     ("batch-bad", lambda q, r: q.enqueue_many("s", [1, {2}]), "not JSON-serialisable"),
