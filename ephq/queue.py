@@ -83,9 +83,7 @@ class Queue:
     ) -> None:
         self.home: str | None = None
         self.url: str | None = None
-        # How to make this Queue again in another process (__reduce__); None when it was
-        # given a backend or a clock of the caller's, which cannot go there.
-        self._remade: dict[str, Any] | None = None
+        self._fsync = fsync  # (for __reduce__)
         if backend is None:
             if url is None and home is None:
                 url = os.environ.get("EPHQ_URL") or None
@@ -100,9 +98,6 @@ class Queue:
                 self.home = path
         self._backend = backend
         self._clock = clock or time.time_ns
-        if self._remade is None and clock is None and (self.home or self.url):
-            where = {"url": self.url} if self.url is not None else {"home": self.home}
-            self._remade = where | {"fsync": fsync, "keep_leases": keep_leases}
         self.lease_keeper = (
             LeaseKeeper(backend.hold, os.path.basename(sys.argv[0]) or "python")
             if keep_leases
@@ -571,12 +566,14 @@ class Queue:
         """A Queue sent to another process (multiprocessing's 'spawn' and 'forkserver', a
         pickle) is made there anew on the same store, with the same options: its connections,
         threads and leases are that process's own."""
-        if self._remade is None:
+        if (self.home is None and self.url is None) or self._clock is not time.time_ns:
             raise TypeError(
                 "a Queue made with a backend or a clock of its own cannot be sent to another "
                 "process: make one there"
             )
-        return _remade, (self._remade,)
+        where = {"url": self.url} if self.url is not None else {"home": self.home}
+        options = {"fsync": self._fsync, "keep_leases": self.lease_keeper is not None}
+        return _remade, (where | options,)
 
     def __enter__(self) -> Queue:
         return self
