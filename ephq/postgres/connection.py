@@ -138,12 +138,13 @@ class Connections:
         """The connection that this process's rows in ephq.holders are believed by (holders.py),
         one for all of them: a connection each held one per stream leased from, and a process
         consuming many streams used up the server's connections. A new one if it broke."""
-        with self._lock:
-            conn = self._holding
-        if conn is None or conn.closed or conn.broken:
-            conn = self.connect()
-            with self._lock:
-                self._holding = conn
+        with self._lock:  # two threads asking at once must not both make one (one would leak)
+            old = self._holding
+            if old is not None and not (old.closed or old.broken):
+                return old
+            conn = self._holding = self.connect()
+        if old is not None:
+            old.close()  # broken: closing it frees what the driver still holds
         return conn
 
     def _keep(self, conn: psycopg.Connection[Any]) -> None:
