@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ephq import Queue, StreamConfig, Unavailable
+from ephq import Queue, StreamConfig, Unavailable, keeping
 from ephq.postgres import holders, schema
 from tests.conftest import fresh_database
 from tests.pgserver import Server, binaries
@@ -174,6 +174,26 @@ def test_leases_of_many_streams_are_announced_on_one_connection(database_server:
     _until(lambda: _connections_of_this_process(url) == 0, "the connections to close")
     with Queue(url=url) as fresh:
         assert fresh.leases("s0")[0].holder is None  # its row went with the Queue
+
+
+def test_a_holder_written_anew_takes_no_other_holders_row(database_server: str) -> None:
+    """A keeper whose row's connection ended writes its row anew and deletes the old one: only
+    if the old one is still its own. With the schema made anew (ids from 1 again), another
+    process's row had that id, and its leases went unsaid for good (a worker test failed so)."""
+    url = fresh_database(database_server)
+    first = Queue(url=url)  # keeping leases; its row is the table's first
+    first.enqueue("a", 1)
+    assert first.dequeue("a") is not None
+    _until(lambda: first.leases("a")[0].holder is not None, "the first lease announced")
+    fresh_database(url)  # its connections ended, the table made anew below
+    second = Queue(url=url)
+    second.enqueue("b", 2)
+    assert second.dequeue("b") is not None
+    _until(lambda: second.leases("b")[0].holder is not None, "the second lease announced")
+    time.sleep(2 * keeping.REPUBLISH_EVERY_S + 1)  # the first writes its row anew meanwhile
+    assert second.leases("b")[0].holder is not None
+    first.close()
+    second.close()
 
 
 def test_waits_share_a_listening_connection_and_close_it(database_server: str) -> None:

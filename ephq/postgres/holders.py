@@ -54,9 +54,14 @@ def orphans_of(stream: str, dead: bool, now: int) -> dict[str, object]:
     return {"stream": stream, "dead": dead, "now": now, "grace": RESTART_GRACE_S}
 
 
-# A holder's row, written (again, in place of the row old, if any) on this connection.
+# A holder's row, written (again, in place of its row old, if any) on this connection. The old
+# row is deleted only if it is still this holder's: an id is another row's once the table was
+# made anew (a schema dropped, a database restored), and that holder's leases would go unsaid.
 _REGISTER = """
-WITH old AS (DELETE FROM ephq.holders WHERE id = %(old)s)
+WITH old AS (
+    DELETE FROM ephq.holders
+    WHERE id = %(old)s AND host = %(host)s AND pid = %(pid)s AND started_at = %(started_at)s
+)
 INSERT INTO ephq.holders (stream, dead, backend_pid, host, pid, worker, started_at, leases)
 VALUES (%(stream)s, %(dead)s, pg_backend_pid(), %(host)s, %(pid)s, %(worker)s, %(started_at)s,
         %(leases)s)
@@ -107,9 +112,14 @@ class DatabaseHolder:
             if not (self._conn.closed or self._conn.broken):
                 with self._conn.cursor() as cur:
                     cur.execute(
-                        "UPDATE ephq.holders SET leases = %s WHERE id = %s", (text, self._id)
+                        "UPDATE ephq.holders SET leases = %s"
+                        " WHERE id = %s AND backend_pid = pg_backend_pid()",
+                        (text, self._id),
                     )
-                return
+                    if cur.rowcount == 1:
+                        return
+                # Gone (a check or a consumer took it for a dead worker's, the table was made
+                # anew): written anew below, or its leases would never be said again.
         except Exception:
             pass  # write the row anew, below
         try:
@@ -127,7 +137,10 @@ class DatabaseHolder:
             return
         try:
             with self._conn.cursor() as cur:
-                cur.execute("DELETE FROM ephq.holders WHERE id = %s", (self._id,))
+                cur.execute(
+                    "DELETE FROM ephq.holders WHERE id = %s AND backend_pid = pg_backend_pid()",
+                    (self._id,),
+                )
         except Exception:
             pass
         self._conn = None  # the holding connection is the process's (Connections.close)
