@@ -14,7 +14,14 @@ before (taken as fully synced) and after every call can say what a crash at that
   names a file when the file is fsynced sticks with it. POSIX promises less (not that entry),
   but ext4, XFS and btrfs keep it: a journal commits the create or rename with the inode, and
   ext4 without a journal writes a new entry's directory block on fsync. Otherwise this is what
-  ext4 without a journal may leave.
+  ext4 without a journal may leave. An fdatasync flushes a file's bytes but not its name: it
+  commits no metadata that reading the bytes back does not need (an overwrite in place, of the
+  same size, flushes only data), so no entry sticks with it.
+- TORN: names as STRICT, and each file whose bytes were not all flushed holds, at its new
+  size, its new first sector and its flushed bytes after that (writeback reached the disk for
+  part of a write; a disk writes a sector whole, no more). A file of one sector holds its new
+  bytes whole: writeback may always flush what nobody asked to flush, under names that were
+  not.
 
 Two names left for one file are materialised as hard links, as fsck leaves them. The log is
 checked against the real tree after the operation, so a call the recorder missed fails the test
@@ -35,7 +42,9 @@ from ephq.files import fsio
 PROCESS = "process"
 DATA_LOSS = "data-loss"
 STRICT = "strict"
-MODELS = (PROCESS, DATA_LOSS, STRICT)
+TORN = "torn"
+MODELS = (PROCESS, DATA_LOSS, STRICT, TORN)
+SECTOR = 512
 
 Event = tuple[Any, ...]
 
@@ -171,11 +180,14 @@ class Recorder:
             if fd in fds:
                 events.append(("truncate", fd, length))
 
-        def fsync(fd: Any) -> None:
-            real["fsync"](fd)
-            number = fd if isinstance(fd, int) else fd.fileno()
-            if number in fds:
-                events.append(("fsync", number))
+        def flush(name: str) -> Any:
+            def call(fd: Any) -> None:
+                real[name](fd)
+                number = fd if isinstance(fd, int) else fd.fileno()
+                if number in fds:
+                    events.append((name, number))
+
+            return call
 
         return {
             "open": open_,
@@ -183,8 +195,8 @@ class Recorder:
             "write": write,
             "pwrite": pwrite,
             "ftruncate": ftruncate,
-            "fsync": fsync,
-            "fdatasync": fsync,
+            "fsync": flush("fsync"),
+            "fdatasync": flush("fdatasync"),
         }
 
     def _path_calls(self, real: dict[str, Any]) -> dict[str, Any]:
@@ -325,12 +337,18 @@ class Model:
         node = self._fds[fd][0]
         node.data = node.data[:length] + bytes(max(0, length - len(node.data)))
 
-    def _fsync(self, fd: int) -> None:
+    def _fdatasync(self, fd: int) -> None:
         node = self._fds[fd][0]
         if node.is_dir:
             node.synced_entries = dict(node.entries)
+        else:
+            node.synced_data = node.data
+
+    def _fsync(self, fd: int) -> None:
+        node = self._fds[fd][0]
+        self._fdatasync(fd)
+        if node.is_dir:
             return
-        node.synced_data = node.data
         # The entry naming the file sticks with it (see STRICT): only that entry, not the rest
         # of its directory, and not the directory's own entry in its parent.
         todo = [self.root]
@@ -385,8 +403,9 @@ class Model:
 
     def image(self, model: str) -> Image:
         """What a crash under `model` would leave now."""
-        synced_names = model == STRICT
+        synced_names = model in (STRICT, TORN)
         synced_data = model != PROCESS
+        torn = model == TORN
         rows: list[tuple[str, str, str, int]] = []
         groups: dict[int, int] = {}
 
@@ -401,6 +420,8 @@ class Model:
                     walk(child, path, on_path | {id(child)})
                 else:
                     data = child.synced_data if synced_data else child.data
+                    if torn and child.data != child.synced_data:
+                        data = _torn(child.data, child.synced_data)
                     digest = hashlib.blake2b(data, digest_size=12).hexdigest()
                     self.contents[digest] = data
                     group = groups.setdefault(id(child), len(groups) + 1)
@@ -449,6 +470,13 @@ class Model:
                 compare(child, actual.entries[name], f"{rel}/{name}")
 
         compare(self.root, real, "")
+
+
+def _torn(new: bytes, flushed: bytes) -> bytes:
+    """A file of the new size whose first sector reached the disk and whose others did not (a
+    sector never written reads as zeros)."""
+    mixed = new[:SECTOR] + flushed[SECTOR : len(new)]
+    return mixed + bytes(len(new) - len(mixed))
 
 
 class Explorer:

@@ -1,10 +1,11 @@
 """Every state a crash can leave keeps ephq's promises (the explorer is tests/crashstates.py).
 
 Each scenario sets a stream up (taken as synced to disk), then records one operation or a short
-sequence. For every distinct state a crash after any of its calls can leave, under the process,
-data-loss and strict power-loss models, a fresh process (tests/crash_drain.py) runs `check`,
-drains the stream and its dead letters (its clock a day later, so every lease and delay has run
-out), repairs, and checks again. Before draining it enqueues three messages of its own, which
+sequence. For every distinct state a crash after any of its calls can leave, under the process
+crash and the three power-loss models (file data lost; directories reverted too; a write torn
+too), a fresh process (tests/crash_drain.py) runs `check`, drains the stream and its dead
+letters (its clock a day later, so every lease and delay has run out), repairs, and checks
+again. Before draining it enqueues three messages of its own, which
 reuse any recycled file a crash left named twice. Invariants:
 
 - every message whose enqueue had returned, and that nothing had begun to remove, is drained;
