@@ -7,7 +7,11 @@ turns, one after another, REPS times:
 - file, then directory: fsync the file, rename, fsync ready/ (ephq's enqueue before one flush);
 - file: fsync the file, rename (ephq's enqueue now; ext4, XFS and btrfs keep its name too);
 - syncfs: syncfs(2) of the file system, rename (tried for shared flushes, and dropped);
-- file and tmp/: fsync the file, fsync tmp/, rename (what POSIX alone asks for its name).
+- file and tmp/: fsync the file, fsync tmp/, rename (what POSIX alone asks for its name);
+- kept file: overwrite, in place, a file whose name, size and blocks were flushed before (as a
+  recycled file could be), fdatasync it, rename: a flush of data alone, no metadata;
+- SQLite FULL: one INSERT committed in WAL mode with synchronous=FULL (one append to the WAL,
+  fsynced), in the same run, the peer with the same promise.
 Prints the median and P90 time of each, in µs, per rep.
 """
 
@@ -17,6 +21,7 @@ import argparse
 import ctypes
 import os
 import shutil
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -70,11 +75,56 @@ def file_and_tmp(root: str, i: int) -> None:
     os.rename(path, f"{root}/ready/{i}")
 
 
+def _kept_files(root: str, count: int) -> None:
+    """count files in kept/ of DATA's size in a whole block of spaces, all flushed: data, sizes
+    and names."""
+    os.makedirs(f"{root}/kept")
+    for i in range(count):
+        fd = os.open(f"{root}/kept/{i}", os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, DATA.ljust(KEPT_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _fsync_dir(f"{root}/kept")
+    _fsync_dir(root)
+
+
+def kept_file(root: str, i: int) -> None:
+    path = f"{root}/kept/{i}"
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        # The same size as before (JSON allows the spaces after a record): no metadata to flush.
+        os.pwrite(fd, DATA.replace(b"1", b"2").ljust(KEPT_BYTES), 0)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    os.rename(path, f"{root}/ready/{i}")
+
+
+def _database(root: str) -> sqlite3.Connection:
+    db = sqlite3.connect(f"{root}/q.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE IF NOT EXISTS q (id INTEGER PRIMARY KEY, data BLOB)")
+    return db
+
+
+_databases: dict[str, sqlite3.Connection] = {}
+
+
+def sqlite_full(root: str, i: int) -> None:
+    _databases[root].execute("INSERT INTO q (data) VALUES (?)", (DATA,))
+
+
+KEPT_BYTES = 4096
 WAYS = {
     "file, then directory": file_then_directory,
     "file": file_only,
     "syncfs": syncfs,
     "file and tmp/": file_and_tmp,
+    "kept file, fdatasync": kept_file,
+    "SQLite FULL": sqlite_full,
 }
 
 
@@ -91,6 +141,10 @@ def main() -> None:
                 root = os.path.join(base, f"{rep}-{way.__name__}")
                 os.makedirs(f"{root}/tmp")
                 os.makedirs(f"{root}/ready")
+                if way is kept_file:
+                    _kept_files(root, args.n)
+                elif way is sqlite_full:
+                    _databases[root] = _database(root)  # opened before the clock starts
                 times = []
                 for i in range(args.n):
                     start = time.perf_counter()
@@ -102,6 +156,8 @@ def main() -> None:
                     f"  P90 {times[int(len(times) * 0.9)] * 1e6:7.1f} µs"
                 )
     finally:
+        for db in _databases.values():
+            db.close()
         shutil.rmtree(base, ignore_errors=True)
 
 
