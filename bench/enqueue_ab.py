@@ -1,13 +1,15 @@
 """Durable single enqueues of this tree against an older revision, taking turns in one run.
 
-    python bench/enqueue_ab.py --baseline REV [--workdir DIR] [--rounds 40] [--chunk 50]
+    python bench/enqueue_ab.py --baseline REV [--workdir DIR] [--rounds 40] [--chunk 50] [--kept N]
 
 Two long-lived producer processes, one running REV (checked out into a temporary git worktree)
 and one this tree, each on a home of its own under --workdir, enqueue CHUNK messages in turn
 for ROUNDS rounds (who goes first alternates). Taking turns in small chunks spreads the
 machine's noise over both, where runs one after the other measure whichever was luckier. It
-reports, per side, the mean and median time of an enqueue and the time spent in fsync per
-enqueue, and this tree's ratios to REV.
+reports, per side, the mean and median time of an enqueue and the time spent in fsync and
+fdatasync per enqueue, and this tree's ratios to REV. --kept N: each producer first enqueues N
+messages and acks them, as a queue's consumers do, so that its enqueues can reuse the files the
+acks kept (pool.py; N up to 4,096 are kept), as they do in a queue that is being drained.
 """
 
 from __future__ import annotations
@@ -28,15 +30,22 @@ from baseline import ROOT, checked_out
 
 PRODUCER = r"""
 import json, os, sys, time
-real_fsync, spent = os.fsync, [0.0]
-def timed_fsync(fd):
-    start = time.perf_counter()
-    real_fsync(fd)
-    spent[0] += time.perf_counter() - start
-os.fsync = timed_fsync
+spent = [0.0]
+def timed(flush):
+    def call(fd):
+        start = time.perf_counter()
+        flush(fd)
+        spent[0] += time.perf_counter() - start
+    return call
+os.fsync, os.fdatasync = timed(os.fsync), timed(os.fdatasync)
 from ephq import Queue
 q = Queue(sys.argv[1])
 payload = {"to": "someone@example.com", "subject": "hello", "body": "x" * 120}
+kept = int(sys.argv[2])
+if kept:
+    q.enqueue_many("s", [payload] * kept)
+    while got := q.dequeue_many("s", 500):
+        q.ack_many("s", [m.receipt for m in got])
 q.enqueue("s", payload)
 for line in sys.stdin:
     times = []
@@ -55,30 +64,34 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="where the homes go (default: /tmp)")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--chunk", type=int, default=50)
+    parser.add_argument("--kept", type=int, default=0, help="acked files to start with")
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="ephq-bench-enqueue-", dir=args.workdir)
     try:
         with checked_out(args.baseline, workdir) as baseline:
             code = {"baseline": baseline, "this": ROOT}
-            times, fsyncs = run(code, workdir, args.rounds, args.chunk)
+            times, fsyncs = run(code, workdir, args.rounds, args.chunk, args.kept)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(report(times, fsyncs, args))
 
 
 def run(
-    code: dict[str, Path], workdir: str, rounds: int, chunk: int
+    code: dict[str, Path], workdir: str, rounds: int, chunk: int, kept: int
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     procs = {}
     for side, root in code.items():
         env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": ""}
         env.pop("EPHQ_URL", None)
         procs[side] = subprocess.Popen(
-            [sys.executable, "-c", PRODUCER, os.path.join(workdir, f"home-{side}")],
+            [sys.executable, "-c", PRODUCER, os.path.join(workdir, f"home-{side}"), str(kept)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env=env,
+            # `python -c` puts its working directory first on sys.path: from this tree's root,
+            # both sides would import this tree's ephq whatever PYTHONPATH says.
+            cwd=root,
         )
     times: dict[str, list[float]] = {side: [] for side in code}
     fsyncs: dict[str, float] = dict.fromkeys(code, 0.0)
@@ -113,9 +126,10 @@ def report(
         .split()[1]
     )
     lines = [
-        f"# durable single enqueue, {args.rounds} rounds of {args.chunk} each ({fs})",
+        f"# durable single enqueue, {args.rounds} rounds of {args.chunk} each ({fs}), "
+        f"{args.kept} acked files to start with",
         "",
-        "| code | mean µs | median µs | P90 µs | fsync µs per enqueue |",
+        "| code | mean µs | median µs | P90 µs | flush µs per enqueue |",
         "|---|---|---|---|---|",
     ]
     for side, ts in times.items():

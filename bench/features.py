@@ -90,6 +90,9 @@ def run_once(code_root: Path, workdir: str, phase: str, n: int) -> float:
     done = subprocess.run(
         [sys.executable, "-c", WORKLOAD, home, phase, str(n)],
         env=env,
+        # `python -c` puts its working directory first on sys.path: from this tree's root,
+        # both sides would import this tree's ephq whatever PYTHONPATH says.
+        cwd=code_root,
         capture_output=True,
         text=True,
         check=True,
