@@ -38,3 +38,31 @@ def test_a_record_is_what_json_dumps_writes(stream: str, ns: int, meta: dict[str
     assert raw == expected.encode()
     back = record.decode(raw)
     assert (back.id, back.stream, back.meta, back.data_json) == (message_id, stream, meta, data)
+
+
+DATA_TEXTS = ['{"a":  1}', '[1, 2.50, "x"]\n', '"  spaced  "', '{\n  "pretty": true\n}']
+
+
+@pytest.mark.parametrize("data_json", DATA_TEXTS)
+def test_a_sealed_record_reads_back_verbatim_and_its_seal_checks(data_json: str) -> None:
+    raw = record.encode("18ecf30c49a400cdb05f936c", "s", 10**18, data_json, {})
+    for size in (0, 512, 4096):
+        kept = record.sealed(raw, size)
+        assert len(kept) == max(size, len(raw) + record.SEAL_BYTES)
+        assert json.loads(kept)["data"] == json.loads(data_json)  # one JSON document still
+        assert record.decode(kept).data_json == data_json  # the data's text as it was sent
+        assert record.unsealed(kept) == raw
+
+
+def test_a_seal_tells_a_torn_or_changed_record_from_a_whole_one() -> None:
+    new = record.encode("18ecf30c49a400cdb05f936c", "s", 10**18, '"' + "n" * 900 + '"', {})
+    old = record.encode("18ecf30c49a400cdb05f936d", "s", 10**18, '"' + "o" * 900 + '"', {})
+    new_file, old_file = record.sealed(new, 1024), record.sealed(old, 1024)
+    torn = new_file[:512] + old_file[512:]  # the first sector written, the rest not
+    assert json.loads(torn)["id"] == "18ecf30c49a400cdb05f936c"  # parses, as a whole one would
+    assert record.unsealed(torn) is None
+    flipped = bytearray(new_file)
+    flipped[100] ^= 1
+    assert record.unsealed(bytes(flipped)) is None
+    assert record.unsealed(new) is None  # never sealed
+    assert record.unsealed(bytes(1024)) is None  # a pooled file's zeros

@@ -134,10 +134,10 @@ def stage_exported(store: Store, batch: str, record: Exported, now: int) -> None
     _write(store, os.path.join(batch, name), content)
 
 
-def _write(store: Store, path: str, content: bytes) -> None:
+def _write(store: Store, path: str, record: bytes) -> None:
     fd, recycled = store.pool.open_new(path)
     try:
-        write_all(fd, content, recycled=recycled)
+        write_all(fd, store.as_kept(record, seal=False), recycled=recycled)
     finally:
         os.close(fd)
 

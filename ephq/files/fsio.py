@@ -17,6 +17,7 @@ import errno
 import fcntl
 import functools
 import os
+import re
 import stat
 from collections.abc import Callable
 
@@ -176,6 +177,25 @@ def on_memory_file_system(path: str) -> bool:
             kind = line.split(" - ", 1)[1].split(" ", 1)[0]
             return kind in _MEMORY_FILE_SYSTEMS
     return False
+
+
+_BOOT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
+
+
+@functools.cache
+def boot_id() -> str | None:
+    """This boot's id (Linux: a new one every boot), or None where it cannot be told: what tells
+    a store whether a power loss may have come since a process last looked (pool.py)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as source:
+            text = source.read(64).strip()
+    except (OSError, ValueError):
+        return None
+    return text if is_boot_id(text) else None
+
+
+def is_boot_id(text: str) -> bool:
+    return _BOOT_ID.fullmatch(text) is not None
 
 
 def is_real_dir(path: str) -> bool | None:

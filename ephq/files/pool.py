@@ -30,6 +30,14 @@ bigger than the pool keeps; anything else is set aside (see quarantine.py). A fi
 name is what a power loss can leave when the pool's directory was not flushed after a producer
 took the file (the producer's message keeps the other name), so writing into it would overwrite
 that message: it is dropped from the pool instead.
+
+Settled files: a long-lived producer flushes pool/ once for all the files it lists there; their
+names then stick, and their sizes and blocks stuck when they were written, so one of them
+refilled with as many bytes needs only its data flushed (fdatasync), not a new file's inode and
+directory (docs/design.md, "A flush of data alone"). Such a refill is sealed (record.py). A power
+loss may undo its moves out of pool/ and leave the message under its pooled name: so the first
+process to use a store after a boot places every sealed record it finds in pool/ before anyone
+refills or frees a pooled file, and marks pool/ `scanned-<boot id>`.
 """
 
 from __future__ import annotations
@@ -41,7 +49,19 @@ import stat
 import time
 from collections.abc import Callable
 
-from .fsio import FILE_MODE, NotOurs, listdir, on_memory_file_system, open_regular, unlink_quietly
+from .fsio import (
+    FILE_MODE,
+    NotOurs,
+    boot_id,
+    fsync_dir,
+    is_boot_id,
+    listdir,
+    on_memory_file_system,
+    open_regular,
+    try_lock,
+    unlink_quietly,
+)
+from .record import unsealed
 
 SLOTS = 4096
 MAX_KEPT_BYTES = 16384
@@ -66,13 +86,24 @@ _LOCK_PAUSE_S = 0.001
 # may have to be set aside).
 _TAKE_TRIES = 64
 
+# Below this many pooled files, flushing pool/ to settle them costs about what it saves.
+SETTLE_AT_LEAST = 4
+SCANNED = "scanned-"  # + the boot id: this boot's first look at pool/ is done
+
 SetAside = Callable[[str, NotOurs], bool]
+# Place the sealed record in a pooled file (fd: the file, locked; then its path and bytes).
+PlaceSealed = Callable[[int, str, bytes], None]
 
 
 class FilePool:
-    def __init__(self, pool_dir: str, set_aside: SetAside) -> None:
+    def __init__(self, pool_dir: str, set_aside: SetAside, place_sealed: PlaceSealed) -> None:
         self.dir = pool_dir
         self._set_aside = set_aside
+        self._place_sealed = place_sealed
+        self._looked_this_boot = False
+        self._settled: list[str] = []
+        self._settle_after_ns = 0
+        self._given_since_settling = 0  # files this process put in the pool since it last listed
         self._space_checked_ns = 0
         self._low = False
         self._hints: list[str] = []
@@ -82,11 +113,14 @@ class FilePool:
         self._gives = 0  # slots this process found by drawing
         self._paying: bool | None = None  # whether the pool pays on this file system
 
-    def _pays(self) -> bool:
+    def pays(self) -> bool:
         """Not on a file system in memory (tmpfs): there a drain took 0.76x the time with no
         pool, and the next burst 0.86x (bench/pool.py); asked of /proc once per process."""
         if self._paying is None:
-            self._paying = not on_memory_file_system(os.path.dirname(self.dir))
+            place = os.path.dirname(self.dir)
+            while not os.path.lexists(place) and os.path.dirname(place) != place:
+                place = os.path.dirname(place)  # a stream not made yet: its home tells
+            self._paying = not on_memory_file_system(place)
         return self._paying
 
     def give(self, path: str) -> None:
@@ -95,7 +129,7 @@ class FilePool:
         Raises FileNotFoundError when the file was not there: someone else moved it first, and
         NotOurs when what is there is not a file ephq wrote.
         """
-        slot = None if not self._pays() or self.low_on_space() else self._empty_slot()
+        slot = None if not self.pays() or self.low_on_space() else self._empty_slot()
         if slot is None:  # the pool is full (or off, or the disk low): free the file
             os.unlink(path)
             return
@@ -124,6 +158,7 @@ class FilePool:
         finally:
             os.close(fd)
         self._hints.append(slot)  # this process's next enqueue can have it at once
+        self._given_since_settling += 1
 
     def low_on_space(self) -> bool:
         """Whether the file system is low on blocks or inodes (looked at once a second)."""
@@ -146,7 +181,9 @@ class FilePool:
 
     def free_all(self) -> int:
         """Free every pooled file (purge; a disk running low); how many were freed."""
+        self.look_after_boot()
         self._hints.clear()
+        self._settled.clear()
         freed = 0
         for name in listdir(self.dir):
             path = f"{self.dir}/{name}"
@@ -199,24 +236,106 @@ class FilePool:
         A recycled file is returned locked (see the module's note on privacy) and may hold
         zeros: the writer overwrites from the start and truncates to what it wrote.
         """
+        self.look_after_boot()
+        taken = self._take(path, self._next_free)
+        if taken is not None:
+            return taken[0], True
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE), False
+
+    def take_settled(self, path: str) -> tuple[int, int] | None:
+        """A settled file (see the module's note) moved to path, locked, and its size: one a
+        writer can refill with as many bytes and flush with fdatasync alone; None when there is
+        none to take (then open_new as ever)."""
+        if not self.pays() or not self.look_after_boot():
+            return None
+        return self._take(path, self._next_settled)
+
+    def _take(self, path: str, next_slot: Callable[[], str | None]) -> tuple[int, int] | None:
+        """A pooled file moved to path (the move is what makes it ours), locked, and its size;
+        None when next_slot has none left that can be used."""
         for _ in range(_TAKE_TRIES):
-            free = self._next_free()
-            if free is None:
-                break
-            source = f"{self.dir}/{free}"
+            slot = next_slot()
+            if slot is None:
+                return None
+            source = f"{self.dir}/{slot}"
             try:
                 os.rename(source, path)
             except FileNotFoundError:
                 if os.path.lexists(source):
                     raise  # path's directory is missing: the caller makes it and asks again
                 continue  # another producer took it first
-            fd = self._claimed(path)
-            if fd is not None:
-                return fd, True
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE), False
+            claimed = self._claimed(path)
+            if claimed is not None:
+                return claimed
+        return None
 
-    def _claimed(self, path: str) -> int | None:
-        """The locked fd of a file just taken from the pool, or None if it must not be used."""
+    def _next_settled(self) -> str | None:
+        try:
+            return self._settled.pop()
+        except IndexError:
+            pass
+        now = time.monotonic_ns()
+        if now < self._settle_after_ns and self._given_since_settling < SETTLE_AT_LEAST:
+            return None
+        self._given_since_settling = 0
+        names = [n for n in listdir(self.dir) if is_slot(n)]
+        if len(names) < SETTLE_AT_LEAST:
+            self._settle_after_ns = now + _RETRY_NS
+            return None
+        fsync_dir(self.dir)  # one flush, and every name listed sticks
+        self._settled = names
+        return self._settled.pop()
+
+    def look_after_boot(self) -> bool:
+        """Once a process: unless pool/ was looked at since this boot, place what a power loss
+        may have left in it (see the module's note), then mark it. False where the boot cannot
+        be told (then nothing is refilled by a data flush alone, so nothing needs looking for)."""
+        if self._looked_this_boot:
+            return True
+        boot = boot_id()
+        if boot is None or not self.pays():
+            return False
+        mark = f"{self.dir}/{SCANNED}{boot}"
+        if not os.path.lexists(mark):
+            try:
+                names = listdir(self.dir)
+            except FileNotFoundError:
+                return False  # no pool/ yet: nothing to look at, and nowhere to mark
+            for name in names:
+                if is_slot(name):
+                    self._place_if_sealed(f"{self.dir}/{name}")
+                elif is_boot_mark(name) and name != f"{SCANNED}{boot}":
+                    unlink_quietly(f"{self.dir}/{name}")  # an earlier boot's
+            try:
+                os.close(
+                    os.open(
+                        mark, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
+                    )
+                )
+            except OSError:
+                return False  # a full disk, say: looked, but the next process looks again
+        self._looked_this_boot = True
+        return True
+
+    def _place_if_sealed(self, path: str) -> None:
+        try:
+            fd = try_lock(path)
+        except NotOurs:
+            return  # check reports it
+        if fd is None:
+            return  # taken, or an acker is zeroing it: acked bytes either way
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_KEPT_BYTES:
+                raw = os.pread(fd, st.st_size, 0)
+                if unsealed(raw) is not None:
+                    self._place_sealed(fd, path, raw)
+        finally:
+            os.close(fd)
+
+    def _claimed(self, path: str) -> tuple[int, int] | None:
+        """The locked fd of a file just taken from the pool and its size, or None if it must not
+        be used."""
         try:
             fd, st = open_regular(path, os.O_WRONLY)
         except FileNotFoundError:
@@ -233,7 +352,7 @@ class FilePool:
             self._set_aside(path, NotOurs(f"{st.st_size} bytes, more than the pool keeps"))
             return None
         if _lock_soon(fd):  # else an acker is zeroing it, or someone else holds it: leave it
-            return fd
+            return fd, st.st_size
         os.close(fd)
         unlink_quietly(path)
         return None
@@ -272,3 +391,8 @@ def is_slot(name: str) -> bool:
     return (
         name.endswith(FREE_SUFFIX) and number.isascii() and number.isdigit() and int(number) < SLOTS
     )
+
+
+def is_boot_mark(name: str) -> bool:
+    """`scanned-<boot id>`: pool/ was looked at in that boot (see the module's note)."""
+    return name.startswith(SCANNED) and is_boot_id(name[len(SCANNED) :])

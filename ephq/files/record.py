@@ -4,9 +4,16 @@
 
 The data's text is written exactly as enqueued, so a handler receives the bytes the producer
 sent (number spelling, key order, spacing), and the whole file still parses as JSON.
+
+A file the pool may refill (pool.py) holds more: the record, then its seal, then spaces to the
+file's size, all of it JSON whitespace after the object, so every reader still sees one JSON
+document. The seal is a line of 32 spaces and tabs spelling the record's CRC-32, ended by a
+line end: it tells a whole record from one a power loss tore, where the file's name cannot
+(docs/design.md, "A flush of data alone").
 """
 
 import json
+import zlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -73,6 +80,36 @@ def encode(
     return (_header(message_id, stream, enqueued_ns, meta) + data_json + "}").encode()
 
 
+_SEAL_BITS = 32
+SEAL_BYTES = _SEAL_BITS + 2  # a line end, the bits, a line end
+_TO_SEAL = bytes.maketrans(b"01", b" \t")
+_FROM_SEAL = bytes.maketrans(b" \t", b"01")
+_JSON_SPACE = " \t\n\r"
+
+
+def sealed(record: bytes, size: int = 0) -> bytes:
+    """The record, its seal, and spaces up to size bytes (if it is more)."""
+    bits = format(zlib.crc32(record), "032b").encode()
+    whole = record + b"\n" + bits.translate(_TO_SEAL) + b"\n"
+    return whole + b" " * (size - len(whole))
+
+
+def unsealed(raw: bytes) -> bytes | None:
+    """The record a sealed file holds, if its seal is whole and matches it; else None."""
+    body = raw.rstrip(b" ")
+    if (
+        len(body) <= SEAL_BYTES
+        or body[-1:] != b"\n"
+        or body[-SEAL_BYTES : -SEAL_BYTES + 1] != b"\n"
+    ):
+        return None
+    bits = body[-SEAL_BYTES + 1 : -1]
+    if bits.strip(b" \t"):
+        return None
+    record = body[:-SEAL_BYTES]
+    return record if zlib.crc32(record) == int(bits.translate(_FROM_SEAL), 2) else None
+
+
 def decode(raw: bytes) -> Record:
     text, doc = _parse(raw)
     meta = doc.get("meta")
@@ -92,7 +129,8 @@ _scan: _Scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 def _parse(raw: bytes) -> tuple[str, dict[str, Any]]:
     """The text and the object of a record; CorruptRecord if it is not one."""
     try:
-        text = raw.decode()
+        # What follows the object (a seal, padding: see above) is whitespace, not data.
+        text = raw.decode().rstrip(_JSON_SPACE)
     except UnicodeDecodeError as exc:
         raise CorruptRecord(f"not JSON: {exc}") from None
     try:

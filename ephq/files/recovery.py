@@ -21,7 +21,9 @@ What a crash can leave, and what becomes of it once nobody holds its lock:
 Only entries of the kind their name says are touched (a dying file is a regular file, a commit a
 real directory); anything else in tmp/ is foreign, left for check to report and set aside.
 
-Runs with every reap (so with dequeue), and from check().
+Runs with every reap (so with dequeue), and from check(); before it, the first time in a
+process, the look at pool/ after a boot (pool.py), which places refilled files a power loss left
+there.
 """
 
 import os
@@ -56,11 +58,18 @@ class Staged(NamedTuple):
     crc: int
 
 
+class Pooled(Protocol):
+    def look_after_boot(self) -> bool: ...
+
+
 class Finisher(Protocol):
     """What recovery needs of a store: where its tmp/ is, and how to finish a promise."""
 
     tmp: str
     quarantine: Quarantine
+
+    @property
+    def pool(self) -> Pooled: ...
 
     @property
     def is_dead_letter_queue(self) -> bool: ...
@@ -154,7 +163,9 @@ def _owner_is_gone(path: str) -> bool:
 
 
 def clean_tmp(store: Finisher) -> list[str]:
-    """Finish what crashed writers had committed to, remove the rest; the names dealt with."""
+    """Finish what crashed writers had committed to, remove the rest; the names dealt with.
+    First, once a process, what a power loss left in pool/ (pool.py)."""
+    store.pool.look_after_boot()
     handled: list[str] = []
     for name, path in leftovers(store):
         if name.endswith(".dying"):

@@ -66,6 +66,7 @@ from .fsio import (
     read_regular,
     try_lock,
     unlink_quietly,
+    write_all,
 )
 from .groups import (
     Groups,
@@ -79,6 +80,7 @@ from .names import (
     format_receipt,
     id_time_ns,
     is_group_token,
+    is_id,
     lease_token,
     new_token,
     parse_ready,
@@ -89,11 +91,15 @@ from .quarantine import Quarantine
 from .record import (
     MAX_ERROR_CHARS,
     MAX_RECORD_BYTES,
+    SEAL_BYTES,
     CorruptRecord,
     Record,
     decode,
     encode,
     iso_utc,
+    record_id,
+    sealed,
+    unsealed,
 )
 from .recovery import Staged, clean_tmp, staged_name
 from .tree import BATCH_SPACING_NS, READY_CUTS, READY_PRUNE_AFTER_NS, TIMED_CUTS, Tree
@@ -104,6 +110,9 @@ Progress = Callable[[int], None] | None  # told how many more messages are done
 MaxAttempts = Callable[[], int | None]
 REAP_INTERVAL_NS = 1_000_000_000
 STATES = ("ready", "delayed", "inflight")
+# A sealed record's file is padded to a multiple of this, so a later message of about its size
+# fits it when the file is refilled (a file takes a 4 KiB block on ext4 all the same).
+_ROOM = 256
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # Names in ready/ that this process found are not messages, skipped from then on; forgotten
 # wholesale past this many (a store full of junk costs a re-parse, never a hang).
@@ -151,7 +160,8 @@ class Store:
         self._next_reap_ns = 0
         self._extended: dict[str, str] = {}  # receipt -> current inflight name, for this process
         self._foreign: set[str] = set()
-        self.pool = FilePool(os.path.join(path, "pool"), self.set_aside)
+        self.pool = FilePool(os.path.join(path, "pool"), self.set_aside, self._place_sealed)
+        self._refilling = False  # set by this process's first durable enqueue (see _refill_settled)
         self.census = Census(path)
 
     def after_fork(self) -> None:
@@ -219,7 +229,9 @@ class Store:
         message_id = self._ids.next(now)
         content = encode(message_id, self.stream, id_time_ns(message_id), data_json, {})
         dest_dir, name = self.arrival(message_id, now, delay_ns)
-        self._write_in(content, dest_dir, name)
+        # A delayed message is neither refilled nor sealed (_refill_settled): the boot's look at
+        # pool/ could not tell when it is due, and would deliver it early.
+        self._write_in(content, dest_dir, name, refill=delay_ns <= 0)
         self._arrived(now, delay_ns)
         return message_id
 
@@ -304,16 +316,16 @@ class Store:
             self.forget_head()  # it may come before what this process has cached
         return True
 
-    def _write_in(self, content: bytes, dest_dir: str, name: str) -> None:
+    def _write_in(self, content: bytes, dest_dir: str, name: str, *, refill: bool) -> None:
         try:
-            self._write_once(content, dest_dir, name)
+            self._write_once(content, dest_dir, name, refill)
         except OSError as exc:
             # A full disk: the pool's files are the room there is. Free them and try once more.
             if exc.errno not in _DISK_FULL or not self.pool.free_all():
                 raise
-            self._write_once(content, dest_dir, name)
+            self._write_once(content, dest_dir, name, refill)
 
-    def _write_once(self, content: bytes, dest_dir: str, name: str) -> None:
+    def _write_once(self, record: bytes, dest_dir: str, name: str, refill: bool) -> None:
         """Write a message's file in tmp/ and move it into place.
 
         Durable: the file is named `<name>.<token>.<crc32>.staged` (recovery.py), written and
@@ -321,8 +333,17 @@ class Store:
         the fsync of a file makes the name it was given stick with its bytes (their journals
         commit the rename with the inode; ext4 without one writes a new entry's directory
         block on fsync), and a power loss that undoes the move into place leaves the staged
-        file, which recovery places. Not durable: `<name>.<token>.w`, scrap if left behind.
+        file, which recovery places. Where the pool keeps files, the record is padded (and
+        sealed, unless delayed: as_kept), so that a later message fits the file when it is
+        refilled; a long-lived producer refills a settled file with a flush of data alone
+        (_refill_settled).
+        Not durable: `<name>.<token>.w`, scrap if left behind.
         """
+        if refill and self.durable and self.pool.pays():
+            if self._refilling and self._refill_settled(record, dest_dir, name):
+                return
+            self._refilling = True
+        content = self.as_kept(record, seal=refill)
         if self.durable:
             tmp = os.path.join(self.tmp, staged_name(name, content))
         else:
@@ -340,6 +361,63 @@ class Store:
             raise
         finally:
             os.close(fd)
+
+    def as_kept(self, record: bytes, *, seal: bool = True) -> bytes:
+        """A new message file's bytes: where a durable store's pool keeps files, the record
+        padded with spaces, so that a later message of about its size fits the file when it is
+        refilled with a flush of data alone, and sealed (record.py) unless the caller says not:
+        a sealed record in pool/ is placed after a boot, as a ready message, so a batch's file
+        (never placed without its commit) and a delayed message (due later) are not sealed."""
+        if not (self.durable and self.pool.pays()):
+            return record
+        size = -(-(len(record) + SEAL_BYTES) // _ROOM) * _ROOM
+        return sealed(record, size) if seal else record.ljust(size)
+
+    def _refill_settled(self, record: bytes, dest_dir: str, name: str) -> bool:
+        """A durable enqueue into a settled pooled file (pool.py), flushed by fdatasync alone:
+        the file's name, size and blocks are already on disk, and it is refilled with as many
+        bytes (the record sealed, then spaces). Staged as any durable enqueue, so a crashed
+        process leaves it for recovery; a power loss that undoes the moves leaves it sealed in
+        pool/, where the first process after the boot finds it. False, having written nothing,
+        when there is no settled file; a record too big for the one taken goes into it the
+        usual way (written, cut to size, fsynced)."""
+        claim = os.path.join(self.tmp, f"{name}.{new_token()}.w")
+        try:
+            taken = self.pool.take_settled(claim)
+        except FileNotFoundError:
+            return False  # no tmp/: the usual way makes it
+        if taken is None:
+            return False
+        fd, size = taken
+        staged = claim
+        try:
+            fits = len(record) + SEAL_BYTES <= size
+            content = sealed(record, size if fits else len(record) + SEAL_BYTES)
+            staged = os.path.join(self.tmp, staged_name(name, content))
+            os.rename(claim, staged)
+            write_all(fd, content, recycled=not fits)
+            if fits:
+                os.fdatasync(fd)
+            else:
+                os.fsync(fd)
+            place(staged, dest_dir, name, durable_dirs=True, flush=False)
+        except BaseException:
+            unlink_quietly(staged)
+            raise
+        finally:
+            os.close(fd)
+        return True
+
+    def _place_sealed(self, fd: int, path: str, raw: bytes) -> None:
+        """A sealed record found in pool/ after a boot (pool.py): placed as a staged enqueue
+        whose name a power loss undid, as a new message (its attempts were in its lost name)."""
+        record = unsealed(raw)
+        try:
+            message_id = record_id(record or b"")
+        except CorruptRecord:
+            return  # sealed, but no message: check reports nothing (it is a pooled file's bytes)
+        if is_id(message_id):
+            self.install_staged(fd, path, Staged(ReadyName(message_id, 0), zlib.crc32(raw)))
 
     def install_staged(self, fd: int, path: str, staged: Staged) -> bool:
         """Place a staged enqueue left by a writer that is gone (recovery.py), fd its locked
