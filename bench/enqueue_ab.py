@@ -1,6 +1,7 @@
 """Durable single enqueues of this tree against an older revision, taking turns in one run.
 
     python bench/enqueue_ab.py --baseline REV [--workdir DIR] [--rounds 40] [--chunk 50] [--kept N]
+                               [--cycle]
 
 Two long-lived producer processes, one running REV (checked out into a temporary git worktree)
 and one this tree, each on a home of its own under --workdir, enqueue CHUNK messages in turn
@@ -10,6 +11,8 @@ reports, per side, the mean and median time of an enqueue and the time spent in 
 fdatasync per enqueue, and this tree's ratios to REV. --kept N: each producer first enqueues N
 messages and acks them, as a queue's consumers do, so that its enqueues can reuse the files the
 acks kept (pool.py; N up to 4,096 are kept), as they do in a queue that is being drained.
+--cycle: each timed step is an enqueue, a dequeue and an ack over a backlog of 10, the steady
+state of a stream whose consumers keep up.
 """
 
 from __future__ import annotations
@@ -41,7 +44,10 @@ os.fsync, os.fdatasync = timed(os.fsync), timed(os.fdatasync)
 from ephq import Queue
 q = Queue(sys.argv[1])
 payload = {"to": "someone@example.com", "subject": "hello", "body": "x" * 120}
-kept = int(sys.argv[2])
+kept, cycle = int(sys.argv[2]), sys.argv[3] == "cycle"
+if cycle:
+    for _ in range(10):
+        q.enqueue("s", payload)
 if kept:
     q.enqueue_many("s", [payload] * kept)
     while got := q.dequeue_many("s", 500):
@@ -52,6 +58,9 @@ for line in sys.stdin:
     for _ in range(int(line)):
         start = time.perf_counter()
         q.enqueue("s", payload)
+        if cycle:
+            m = q.dequeue("s")
+            q.ack("s", m.receipt)
         times.append(time.perf_counter() - start)
     print(json.dumps({"times": times, "fsync": spent[0]}), flush=True)
     spent[0] = 0.0
@@ -65,26 +74,34 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--kept", type=int, default=0, help="acked files to start with")
+    parser.add_argument("--cycle", action="store_true", help="enqueue, dequeue and ack")
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="ephq-bench-enqueue-", dir=args.workdir)
     try:
         with checked_out(args.baseline, workdir) as baseline:
             code = {"baseline": baseline, "this": ROOT}
-            times, fsyncs = run(code, workdir, args.rounds, args.chunk, args.kept)
+            times, fsyncs = run(code, workdir, args.rounds, args.chunk, args.kept, args.cycle)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(report(times, fsyncs, args))
 
 
 def run(
-    code: dict[str, Path], workdir: str, rounds: int, chunk: int, kept: int
+    code: dict[str, Path], workdir: str, rounds: int, chunk: int, kept: int, cycle: bool
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     procs = {}
     for side, root in code.items():
         env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": ""}
         env.pop("EPHQ_URL", None)
         procs[side] = subprocess.Popen(
-            [sys.executable, "-c", PRODUCER, os.path.join(workdir, f"home-{side}"), str(kept)],
+            [
+                sys.executable,
+                "-c",
+                PRODUCER,
+                os.path.join(workdir, f"home-{side}"),
+                str(kept),
+                "cycle" if cycle else "enqueue",
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -126,10 +143,10 @@ def report(
         .split()[1]
     )
     lines = [
-        f"# durable single enqueue, {args.rounds} rounds of {args.chunk} each ({fs}), "
-        f"{args.kept} acked files to start with",
+        f"# durable single {'enqueue+dequeue+ack' if args.cycle else 'enqueue'}, "
+        f"{args.rounds} rounds of {args.chunk} each ({fs}), {args.kept} acked files to start with",
         "",
-        "| code | mean µs | median µs | P90 µs | flush µs per enqueue |",
+        "| code | mean µs | median µs | P90 µs | flush µs per step |",
         "|---|---|---|---|---|",
     ]
     for side, ts in times.items():

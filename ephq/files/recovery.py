@@ -10,8 +10,8 @@ What a crash can leave, and what becomes of it once nobody holds its lock:
     commit-<id>/            a committed batch: promised, so its files are placed
     <name>.<token>.<crc>.staged
                             a single enqueue written and (when its flush ended) promised:
-                            placed under <name> if its bytes match their CRC-32; if not, its
-                            writer stopped before its flush, and it is scrap
+                            placed under <name> if its bytes (or its sealed record) match the
+                            CRC-32; if not, its writer stopped before its flush: scrap
     *.w, batch-<id>/        a message or batch still being written: never acknowledged to
                             anyone, so removed (after TMP_GRACE_NS: a writer locks it just
                             after creating it, and must not lose it in between)
@@ -39,7 +39,7 @@ from . import sweep
 from .fsio import NotOurs, listdir, owner_is_gone, read_regular, try_lock, unlink_quietly
 from .names import ReadyName, TimedName, is_id, new_token, parse_ready, parse_timed
 from .quarantine import Quarantine
-from .record import MAX_RECORD_BYTES
+from .record import MAX_RECORD_BYTES, unsealed
 
 TMP_GRACE_NS = 60 * 1_000_000_000
 STAGED = ".staged"
@@ -109,7 +109,16 @@ def staged_is_whole(path: str, staged: Staged) -> bool:
         raw, _ = read_regular(path, MAX_RECORD_BYTES)
     except (FileNotFoundError, NotOurs):
         return False
-    return zlib.crc32(raw) == staged.crc
+    return holds_what_was_staged(raw, staged)
+
+
+def holds_what_was_staged(raw: bytes, staged: Staged) -> bool:
+    """The CRC-32 in a staged name is of the file's bytes; or, for a refilled file (whose name
+    is given before its size, so its padding, is known: store.py), of its sealed record."""
+    if zlib.crc32(raw) == staged.crc:
+        return True
+    record = unsealed(raw)
+    return record is not None and zlib.crc32(record) == staged.crc
 
 
 def staged_name(dest: str, content: bytes) -> str:

@@ -101,7 +101,7 @@ from .record import (
     sealed,
     unsealed,
 )
-from .recovery import Staged, clean_tmp, staged_name
+from .recovery import Staged, clean_tmp, holds_what_was_staged, staged_name
 from .tree import BATCH_SPACING_NS, READY_CUTS, READY_PRUNE_AFTER_NS, TIMED_CUTS, Tree
 
 Clock = Callable[[], int]
@@ -339,9 +339,14 @@ class Store:
         (_refill_settled).
         Not durable: `<name>.<token>.w`, scrap if left behind.
         """
+        reuse = True
         if refill and self.durable and self.pool.pays():
-            if self._refilling and self._refill_settled(record, dest_dir, name):
-                return
+            if self._refilling:
+                if self._refill_settled(record, dest_dir, name):
+                    return
+                # None settled: a new file, so that acked ones gather in the pool until one
+                # flush settles several (else each ack's file is taken at once, never settled).
+                reuse = False
             self._refilling = True
         content = self.as_kept(record, seal=refill)
         if self.durable:
@@ -349,10 +354,10 @@ class Store:
         else:
             tmp = os.path.join(self.tmp, f"{name}.{new_token()}.w")
         try:
-            fd, recycled = self.pool.open_new(tmp)
+            fd, recycled = self.pool.open_new(tmp, reuse=reuse)
         except FileNotFoundError:
             self.create()
-            fd, recycled = self.pool.open_new(tmp)
+            fd, recycled = self.pool.open_new(tmp, reuse=reuse)
         fill_locked(fd, tmp, content, durable=self.durable, recycled=recycled)
         try:
             place(tmp, dest_dir, name, durable_dirs=self.durable, flush=False)
@@ -381,21 +386,18 @@ class Store:
         pool/, where the first process after the boot finds it. False, having written nothing,
         when there is no settled file; a record too big for the one taken goes into it the
         usual way (written, cut to size, fsynced)."""
-        claim = os.path.join(self.tmp, f"{name}.{new_token()}.w")
+        # Named for its record before its size is known: the name's CRC-32 is the record's.
+        staged = os.path.join(self.tmp, staged_name(name, record))
         try:
-            taken = self.pool.take_settled(claim)
+            taken = self.pool.take_settled(staged)
         except FileNotFoundError:
             return False  # no tmp/: the usual way makes it
         if taken is None:
             return False
         fd, size = taken
-        staged = claim
         try:
             fits = len(record) + SEAL_BYTES <= size
-            content = sealed(record, size if fits else len(record) + SEAL_BYTES)
-            staged = os.path.join(self.tmp, staged_name(name, content))
-            os.rename(claim, staged)
-            write_all(fd, content, recycled=not fits)
+            write_all(fd, sealed(record, size if fits else 0), recycled=not fits)
             if fits:
                 os.fdatasync(fd)
             else:
@@ -426,7 +428,7 @@ class Store:
         if st.st_size > MAX_RECORD_BYTES:
             return False
         raw = os.pread(fd, st.st_size, 0)
-        if zlib.crc32(raw) != staged.crc:
+        if not holds_what_was_staged(raw, staged):
             return False
         if isinstance(_vetted(raw, st, staged.name.id), NotOurs):
             return False
