@@ -66,7 +66,7 @@ def alive(pid: int) -> bool:
     """Running, as opposed to gone or a zombie nobody has reaped yet (as in a container)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before, or while, it was read
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
