@@ -87,8 +87,9 @@ _LOCK_PAUSE_S = 0.001
 _TAKE_TRIES = 64
 
 # A producer settles pooled files when it finds at least this many: one flush of pool/ for so
-# many refills. A process that acks and enqueues by turns lets this many gather first (some
-# 16 KiB of disk a stream): with 4, the flushes of pool/ took half of what refilling saved.
+# many refills. A process that acks and enqueues by turns lets this many gather first (16
+# files of a 4 KiB block each on ext4: 64 KiB a stream); with 4, the flushes of pool/ took half
+# of what refilling saved.
 SETTLE_AT_LEAST = 16
 SCANNED = "scanned-"  # + the boot id: this boot's first look at pool/ is done
 
