@@ -15,12 +15,13 @@ on the phases that cause them and not on the ones before):
   in a long-lived process (N operations, or DEPTH_BUDGET_S seconds where a get lists the
   whole queue) and as a fresh process (the CLI case);
 - for every system (see systems.py), repeated --reps times: enqueue N; drain N with get+ack by
-  one consumer; drain N with 4 consumer processes, counting duplicates and losses; steady
-  state: put+get+ack one at a time over a backlog of 10. In the one-process phases the systems
-  take turns in chunks of 50 operations (see interleaved), so what one leaves behind on the
-  file system falls on all of them alike. Then a batch of 1,000 (--quick: 300) in one call, for
-  the systems that have one (ephq's enqueue_many, SQLite's executemany in a transaction), and
-  `ephq enqueue --lines` of 100,000 lines (--quick: 10,000), durable and --no-fsync.
+  one consumer; enqueue N again into the drained queue (where a long-lived ephq producer refills
+  the files its acks kept); drain N with 4 consumer processes, counting duplicates and losses;
+  steady state: put+get+ack one at a time over a backlog of 10. In the one-process phases the
+  systems take turns in chunks of 50 operations (see interleaved), so what one leaves behind on
+  the file system falls on all of them alike. Then a batch of 1,000 (--quick: 300) in one call,
+  for the systems that have one (ephq's enqueue_many, SQLite's executemany in a transaction),
+  and `ephq enqueue --lines` of 100,000 lines (--quick: 10,000), durable and --no-fsync.
 Rates are messages per second, median (min-max) over repetitions; latencies are median, P90 and
 P99 over all repetitions; "x ephq" is this system's time per message divided by ephq's (durable)
 — below 1 is faster than ephq.
@@ -99,13 +100,16 @@ def interleaved(
 
 def phase_enqueue_drain(
     systems: list[str], base: str, n: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]:
+    """Enqueue n, drain them, and enqueue n again into the drained queue (where ephq refills
+    the files its acks kept: docs/design.md, "A flush of data alone")."""
     clients = {s: open_client(s, os.path.join(base, _slug(s))) for s in systems}
     put = interleaved(clients, n, lambda client, i: client.put(payload(i)))
     drain = interleaved(clients, n, lambda client, _: get_ack(client))
+    again = interleaved(clients, n, lambda client, i: client.put(payload(n + i)))
     for client in clients.values():
         client.close()
-    return put, drain
+    return put, drain, again
 
 
 def _consume(system: str, path: str, out: Any) -> None:
@@ -361,10 +365,11 @@ def run(workdir: str, quick: bool, reps: int, only: list[str] | None) -> Result:
         # file created in the phases below (a few hundred µs each instead of tens). So does
         # everything else a phase leaves (see interleaved).
         for rep in range(reps):
-            put, drain = phase_enqueue_drain(systems, os.path.join(base, f"a{rep}"), n)
+            put, drain, again = phase_enqueue_drain(systems, os.path.join(base, f"a{rep}"), n)
             for system in systems:
                 add("enqueue", system, put[system])
                 add("drain, 1 consumer", system, drain[system])
+                add("enqueue, drained queue", system, again[system])
             # Four processes per system cannot take turns op by op: the systems take turns
             # going first instead.
             for system in systems[rep % len(systems) :] + systems[: rep % len(systems)]:
@@ -505,6 +510,7 @@ def summary(r: Result) -> str:
     depth = sorted((p for p in phases if p.startswith("depth")), key=level)
     columns = [
         "enqueue",
+        "enqueue, drained queue",
         "enqueue, 4 producers",
         "drain, 1 consumer",
         "drain, 4 consumers",
