@@ -6,6 +6,8 @@ import os
 import shutil
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -184,3 +186,48 @@ def test_a_refilled_file_a_power_loss_left_in_the_pool_is_delivered_after_the_bo
         assert q.check() == []
         left = sorted(p.name for p in (home / "s" / "pool").iterdir() if not pool.is_slot(p.name))
         assert left == [marks[0].name]  # the old boot's mark replaced by this one's
+
+
+def test_a_settled_name_given_back_meanwhile_is_flushed_whole(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slot names come back: after a producer settles the pool's files with one flush, others
+    may take one and an ack give a file back under the same name, unflushed. That one must be
+    fsynced, not refilled with a flush of its data alone (pool.py: take_settled)."""
+    calls: list[str] = []
+
+    def counted(name: str) -> Callable[[int], None]:
+        real = getattr(os, name)
+
+        def flush(fd: int) -> None:
+            calls.append(name)
+            real(fd)
+
+        return flush
+
+    with Queue(home) as consumer:
+        for i in range(20):
+            consumer.enqueue("s", {"i": i})
+        for m in consumer.dequeue_many("s", 20):
+            consumer.ack("s", m.receipt or "")
+    monkeypatch.setattr(os, "fsync", counted("fsync"))
+    monkeypatch.setattr(os, "fdatasync", counted("fdatasync"))
+    with Queue(home) as q:
+        q.enqueue("s", "first")  # a process's first enqueue goes the usual way
+        calls.clear()
+        q.enqueue("s", "refilled")
+        assert calls == ["fsync", "fdatasync"]  # pool/, then the file's data
+        settled = q._backend._stream("s").main.pool._settled  # type: ignore[attr-defined]
+        slot = home / "s" / "pool" / settled[-1]  # the next one it takes
+        away = home / "s" / "elsewhere"
+        slot.rename(away)  # taken by another producer, delivered, acked...
+        time.sleep(0.05)  # (ctime's clock ticks at least every 10 ms)
+        away.rename(slot)  # ...and given back under the same name
+        calls.clear()
+        q.enqueue("s", "given back")
+        assert "fsync" in calls and "fdatasync" not in calls  # (and perhaps a new directory's)
+        calls.clear()
+        q.enqueue("s", "untouched")
+        assert calls.count("fdatasync") == 1
+        got = [m.data for m in q.dequeue_many("s", 10)]
+        assert got == ["first", "refilled", "given back", "untouched"]

@@ -105,6 +105,8 @@ class FilePool:
         self._place_sealed = place_sealed
         self._looked_this_boot = False
         self._settled: list[str] = []
+        # Each settled name's file as the flush found it (inode, ctime): see take_settled.
+        self._settled_as: dict[str, tuple[int, int]] = {}
         self._settle_after_ns = 0
         self._given_since_settling = 0  # files this process put in the pool since it last listed
         self._space_checked_ns = 0
@@ -187,6 +189,7 @@ class FilePool:
         self.look_after_boot()
         self._hints.clear()
         self._settled.clear()
+        self._settled_as.clear()
         freed = 0
         for name in listdir(self.dir):
             path = f"{self.dir}/{name}"
@@ -247,13 +250,29 @@ class FilePool:
             return taken[0], True
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE), False
 
-    def take_settled(self, path: str) -> tuple[int, int] | None:
-        """A settled file (see the module's note) moved to path, locked, and its size: one a
-        writer can refill with as many bytes and flush with fdatasync alone; None when there is
-        none to take (then open_new as ever)."""
+    def take_settled(self, path: str) -> tuple[int, int, bool] | None:
+        """A file of the settled ones (see the module's note) moved to path, locked, its size,
+        and whether it is still as the flush that settled it found it: then a writer can refill
+        it with as many bytes and flush its data alone; if not, it must fsync it. None when
+        there is none to take (then open_new as ever).
+
+        Slot names come back: other processes may take a settled file, and an ack give it (or
+        another) back under the same name, after the flush, its new entry unflushed. Its inode
+        and ctime (which every move and every zeroing changes) tell, looked at just before
+        the rename that takes it; a whole enqueue, delivery and ack in between, within one
+        tick of the clock that stamps ctime, is what this cannot see."""
         if not self.pays() or not self.look_after_boot():
             return None
-        return self._take(path, self._next_settled)
+        unchanged = [False]
+
+        def next_slot() -> str | None:
+            slot = self._next_settled()
+            if slot is not None:
+                unchanged[0] = _identity(f"{self.dir}/{slot}") == self._settled_as.pop(slot, None)
+            return slot
+
+        taken = self._take(path, next_slot)
+        return None if taken is None else (*taken, unchanged[0])
 
     def _take(self, path: str, next_slot: Callable[[], str | None]) -> tuple[int, int] | None:
         """A pooled file moved to path (the move is what makes it ours), locked, and its size;
@@ -287,6 +306,10 @@ class FilePool:
         if len(names) < SETTLE_AT_LEAST:
             self._settle_after_ns = now + _RETRY_NS
             return None
+        # As they are before the flush: a file changed after this may not be what it flushed.
+        self._settled_as = {
+            name: found for name in names if (found := _identity(f"{self.dir}/{name}"))
+        }
         fsync_dir(self.dir)  # one flush, and every name listed sticks
         self._settled = names
         return self._settled.pop()
@@ -378,6 +401,15 @@ class FilePool:
             return self._hints.pop()
         except IndexError:  # another thread emptied it
             return None
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """The inode and ctime of what is at path, or None if nothing is."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_ctime_ns
 
 
 def _lock_soon(fd: int) -> bool:

@@ -384,8 +384,8 @@ class Store:
         bytes (the record sealed, then spaces). Staged as any durable enqueue, so a crashed
         process leaves it for recovery; a power loss that undoes the moves leaves it sealed in
         pool/, where the first process after the boot finds it. False, having written nothing,
-        when there is no settled file; a record too big for the one taken goes into it the
-        usual way (written, cut to size, fsynced)."""
+        when there is no settled file; a record too big for the one taken, or a file changed
+        since it was settled, is written the usual way (cut to size, fsynced)."""
         # Named for its record before its size is known: the name's CRC-32 is the record's.
         staged = os.path.join(self.tmp, staged_name(name, record))
         try:
@@ -394,9 +394,9 @@ class Store:
             return False  # no tmp/: the usual way makes it
         if taken is None:
             return False
-        fd, size = taken
+        fd, size, settled = taken
         try:
-            fits = len(record) + SEAL_BYTES <= size
+            fits = settled and len(record) + SEAL_BYTES <= size
             write_all(fd, sealed(record, size if fits else 0), recycled=not fits)
             if fits:
                 os.fdatasync(fd)
