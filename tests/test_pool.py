@@ -231,3 +231,22 @@ def test_a_settled_name_given_back_meanwhile_is_flushed_whole(
         assert calls.count("fdatasync") == 1
         got = [m.data for m in q.dequeue_many("s", 10)]
         assert got == ["first", "refilled", "given back", "untouched"]
+
+
+def test_what_stands_under_an_old_boot_marks_name_stops_nothing(home: Path) -> None:
+    """A directory (or anything but an empty file) named like an earlier boot's mark is not
+    ephq's to remove: the look after a boot leaves it, producers go on, check reports it."""
+    with Queue(home) as q:
+        q.enqueue("s", 1)
+    pool_dir = home / "s" / "pool"
+    for mark in pool_dir.iterdir():
+        if pool.is_boot_mark(mark.name):
+            mark.unlink()  # as after a reboot
+    planted = pool_dir / (pool.SCANNED + "00000000-0000-4000-8000-000000000000")
+    planted.mkdir()
+    with Queue(home) as q:
+        q.enqueue("s", 2)
+        assert [m.data for m in q.dequeue_many("s", 5)] == [1, 2]
+        (problem,) = q.check()
+        assert problem.kind == "foreign" and problem.path == str(planted)
+    assert planted.is_dir()

@@ -33,7 +33,7 @@ from .fsio import (
 )
 from .groups import GROUP_NAME, GROUPS, HEAD, WAITING, Group, Groups, parse_waiting
 from .holders import HOLDER_NAME, HOLDERS, stale_files
-from .pool import MAX_KEPT_BYTES, is_boot_mark, is_slot
+from .pool import MAX_KEPT_BYTES, is_boot_mark, is_mark_file, is_slot
 from .quarantine import HOME_QUARANTINE, QUARANTINE, Quarantine
 from .record import MAX_RECORD_BYTES, CorruptRecord, record_id
 from .recovery import STAGED, clean_tmp, dying_fields, leaving_id, leftovers, parse_staged
@@ -144,7 +144,7 @@ class _Walk:
                 st = os.lstat(path)
             except FileNotFoundError:
                 continue  # a producer took it while we looked
-            if is_boot_mark(name) and stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            if is_boot_mark(name) and is_mark_file(st):
                 continue
             if not is_slot(name) or not stat.S_ISREG(st.st_mode):
                 self.foreign(path, f"{describe_kind(st.st_mode)} that is not a pooled file")

@@ -323,7 +323,8 @@ class FilePool:
         boot = boot_id()
         if boot is None or not self.pays():
             return False
-        mark = f"{self.dir}/{SCANNED}{boot}"
+        mark_name = f"{SCANNED}{boot}"
+        mark = f"{self.dir}/{mark_name}"
         if not os.path.lexists(mark):
             try:
                 names = listdir(self.dir)
@@ -332,8 +333,8 @@ class FilePool:
             for name in names:
                 if is_slot(name):
                     self._place_if_sealed(f"{self.dir}/{name}")
-                elif is_boot_mark(name) and name != f"{SCANNED}{boot}":
-                    unlink_quietly(f"{self.dir}/{name}")  # an earlier boot's
+                elif is_boot_mark(name) and name != mark_name:
+                    _remove_mark(f"{self.dir}/{name}")  # an earlier boot's
             try:
                 os.close(
                     os.open(
@@ -401,6 +402,21 @@ class FilePool:
             return self._hints.pop()
         except IndexError:  # another thread emptied it
             return None
+
+
+def is_mark_file(st: os.stat_result) -> bool:
+    """Whether what a boot mark's name names is a mark as ephq makes it: an empty file."""
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0
+
+
+def _remove_mark(path: str) -> None:
+    """Remove an earlier boot's mark; anything else under such a name is not ours to remove
+    (check reports it, and --repair sets it aside)."""
+    try:
+        if is_mark_file(os.lstat(path)):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass  # another process removed it first
 
 
 def _identity(path: str) -> tuple[int, int] | None:
