@@ -218,7 +218,7 @@ def test_a_settled_name_given_back_meanwhile_is_flushed_whole(
         q.enqueue("s", "refilled")
         assert calls == ["fsync", "fdatasync"]  # pool/, then the file's data
         settled = q._backend._stream("s").main.pool._settled  # type: ignore[attr-defined]
-        slot = home / "s" / "pool" / settled[-1]  # the next one it takes
+        slot = home / "s" / "pool" / settled[-1][0]  # the next one it takes (name, as flushed)
         away = home / "s" / "elsewhere"
         slot.rename(away)  # taken by another producer, delivered, acked...
         time.sleep(0.05)  # (ctime's clock ticks at least every 10 ms)

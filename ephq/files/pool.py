@@ -94,8 +94,10 @@ SETTLE_AT_LEAST = 16
 SCANNED = "scanned-"  # + the boot id: this boot's first look at pool/ is done
 
 SetAside = Callable[[str, NotOurs], bool]
-# Place the sealed record in a pooled file (fd: the file, locked; then its path and bytes).
-PlaceSealed = Callable[[int, str, bytes], None]
+# Place the sealed record in a pooled file (fd: the file, locked; its path, bytes and record).
+PlaceSealed = Callable[[int, str, bytes, bytes], None]
+# A file's inode and ctime, which every move and every zeroing changes.
+Identity = tuple[int, int]
 
 
 class FilePool:
@@ -104,9 +106,8 @@ class FilePool:
         self._set_aside = set_aside
         self._place_sealed = place_sealed
         self._looked_this_boot = False
-        self._settled: list[str] = []
-        # Each settled name's file as the flush found it (inode, ctime): see take_settled.
-        self._settled_as: dict[str, tuple[int, int]] = {}
+        # Settled names, each with its file as the flush found it: see take_settled.
+        self._settled: list[tuple[str, Identity | None]] = []
         self._settle_after_ns = 0
         self._given_since_settling = 0  # files this process put in the pool since it last listed
         self._space_checked_ns = 0
@@ -189,7 +190,6 @@ class FilePool:
         self.look_after_boot()
         self._hints.clear()
         self._settled.clear()
-        self._settled_as.clear()
         freed = 0
         for name in listdir(self.dir):
             path = f"{self.dir}/{name}"
@@ -263,16 +263,19 @@ class FilePool:
         tick of the clock that stamps ctime, is what this cannot see."""
         if not self.pays() or not self.look_after_boot():
             return None
-        unchanged = [False]
+        unchanged = False
 
         def next_slot() -> str | None:
-            slot = self._next_settled()
-            if slot is not None:
-                unchanged[0] = _identity(f"{self.dir}/{slot}") == self._settled_as.pop(slot, None)
+            nonlocal unchanged
+            settled = self._next_settled()
+            if settled is None:
+                return None
+            slot, as_flushed = settled
+            unchanged = as_flushed is not None and _identity(f"{self.dir}/{slot}") == as_flushed
             return slot
 
         taken = self._take(path, next_slot)
-        return None if taken is None else (*taken, unchanged[0])
+        return None if taken is None else (*taken, unchanged)
 
     def _take(self, path: str, next_slot: Callable[[], str | None]) -> tuple[int, int] | None:
         """A pooled file moved to path (the move is what makes it ours), locked, and its size;
@@ -293,7 +296,7 @@ class FilePool:
                 return claimed
         return None
 
-    def _next_settled(self) -> str | None:
+    def _next_settled(self) -> tuple[str, Identity | None] | None:
         try:
             return self._settled.pop()
         except IndexError:
@@ -307,11 +310,8 @@ class FilePool:
             self._settle_after_ns = now + _RETRY_NS
             return None
         # As they are before the flush: a file changed after this may not be what it flushed.
-        self._settled_as = {
-            name: found for name in names if (found := _identity(f"{self.dir}/{name}"))
-        }
+        self._settled = [(name, _identity(f"{self.dir}/{name}")) for name in names]
         fsync_dir(self.dir)  # one flush, and every name listed sticks
-        self._settled = names
         return self._settled.pop()
 
     def look_after_boot(self) -> bool:
@@ -357,8 +357,9 @@ class FilePool:
             st = os.fstat(fd)
             if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_KEPT_BYTES:
                 raw = os.pread(fd, st.st_size, 0)
-                if unsealed(raw) is not None:
-                    self._place_sealed(fd, path, raw)
+                record = unsealed(raw)
+                if record is not None:
+                    self._place_sealed(fd, path, raw, record)
         finally:
             os.close(fd)
 
@@ -419,7 +420,7 @@ def _remove_mark(path: str) -> None:
         pass  # another process removed it first
 
 
-def _identity(path: str) -> tuple[int, int] | None:
+def _identity(path: str) -> Identity | None:
     """The inode and ctime of what is at path, or None if nothing is."""
     try:
         st = os.lstat(path)

@@ -99,7 +99,6 @@ from .record import (
     iso_utc,
     record_id,
     sealed,
-    unsealed,
 )
 from .recovery import Staged, clean_tmp, holds_what_was_staged, staged_name
 from .tree import BATCH_SPACING_NS, READY_CUTS, READY_PRUNE_AFTER_NS, TIMED_CUTS, Tree
@@ -384,8 +383,8 @@ class Store:
         bytes (the record sealed, then spaces). Staged as any durable enqueue, so a crashed
         process leaves it for recovery; a power loss that undoes the moves leaves it sealed in
         pool/, where the first process after the boot finds it. False, having written nothing,
-        when there is no settled file; a record too big for the one taken, or a file changed
-        since it was settled, is written the usual way (cut to size, fsynced)."""
+        when there is no settled file; a file changed since it was settled, or too small for
+        the record (then cut to its size), is fsynced instead, as a usual enqueue is."""
         # Named for its record before its size is known: the name's CRC-32 is the record's.
         staged = os.path.join(self.tmp, staged_name(name, record))
         try:
@@ -396,10 +395,10 @@ class Store:
             return False
         fd, size, settled = taken
         try:
-            fits = settled and len(record) + SEAL_BYTES <= size
+            fits = len(record) + SEAL_BYTES <= size
             write_all(fd, sealed(record, size if fits else 0), recycled=not fits)
-            if fits:
-                os.fdatasync(fd)
+            if fits and settled:
+                os.fdatasync(fd)  # the same size, over a name and blocks already flushed
             else:
                 os.fsync(fd)
             place(staged, dest_dir, name, durable_dirs=True, flush=False)
@@ -410,12 +409,11 @@ class Store:
             os.close(fd)
         return True
 
-    def _place_sealed(self, fd: int, path: str, raw: bytes) -> None:
+    def _place_sealed(self, fd: int, path: str, raw: bytes, record: bytes) -> None:
         """A sealed record found in pool/ after a boot (pool.py): placed as a staged enqueue
         whose name a power loss undid, as a new message (its attempts were in its lost name)."""
-        record = unsealed(raw)
         try:
-            message_id = record_id(record or b"")
+            message_id = record_id(record)
         except CorruptRecord:
             return  # sealed, but no message: check reports nothing (it is a pooled file's bytes)
         if is_id(message_id):
