@@ -216,7 +216,8 @@ def test_a_settled_name_given_back_meanwhile_is_flushed_whole(
         q.enqueue("s", "first")  # a process's first enqueue goes the usual way
         calls.clear()
         q.enqueue("s", "refilled")
-        assert calls == ["fsync", "fdatasync"]  # pool/, then the file's data
+        # pool/, then the file's data (and perhaps a new directory's flush in between)
+        assert calls[0] == "fsync" and calls.count("fdatasync") == 1
         settled = q._backend._stream("s").main.pool._settled  # type: ignore[attr-defined]
         slot = home / "s" / "pool" / settled[-1][0]  # the next one it takes (name, as flushed)
         away = home / "s" / "elsewhere"
