@@ -112,8 +112,9 @@ def phase_enqueue_drain(
     return put, drain, again
 
 
-def _consume(system: str, path: str, out: Any) -> None:
+def _consume(system: str, path: str, out: Any, ready: Any) -> None:
     client = open_client(system, path)
+    ready.wait()
     seen, times, idle = [], [], 0
     while idle < 5:
         start = time.perf_counter()
@@ -137,11 +138,12 @@ def phase_four_consumers(system: str, path: str, n: int) -> tuple[float, int, in
         client.put(payload(i))
     client.close()
     ctx = multiprocessing.get_context("fork")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_consume, args=(system, path, out)) for _ in range(4)]
-    start = time.perf_counter()
+    out, ready = ctx.Queue(), ctx.Barrier(5)
+    procs = [ctx.Process(target=_consume, args=(system, path, out, ready)) for _ in range(4)]
     for p in procs:
         p.start()
+    ready.wait()  # the clock starts once every process has started and opened its client
+    start = time.perf_counter()
     reports = [out.get(timeout=600) for _ in procs]
     elapsed = time.perf_counter() - start - 5 * 0.05  # the consumers' closing idle polls
     for p in procs:
@@ -152,8 +154,9 @@ def phase_four_consumers(system: str, path: str, n: int) -> tuple[float, int, in
     return n / max(elapsed, 1e-9), duplicates, lost, [t for _, ts in reports for t in ts]
 
 
-def _produce(system: str, path: str, first: int, count: int, out: Any) -> None:
+def _produce(system: str, path: str, first: int, count: int, out: Any, ready: Any) -> None:
     client = open_client(system, path)
+    ready.wait()
     times = []
     for i in range(first, first + count):
         start = time.perf_counter()
@@ -168,14 +171,16 @@ def phase_four_producers(system: str, path: str, n: int) -> tuple[float, int, in
     durable producers gain from sharing flushes (the duplicates and losses columns: 0, 0)."""
     open_client(system, path).close()  # created before the clock starts
     ctx = multiprocessing.get_context("fork")
-    out = ctx.Queue()
+    out, ready = ctx.Queue(), ctx.Barrier(5)
     share = n // 4
     procs = [
-        ctx.Process(target=_produce, args=(system, path, k * share, share, out)) for k in range(4)
+        ctx.Process(target=_produce, args=(system, path, k * share, share, out, ready))
+        for k in range(4)
     ]
-    start = time.perf_counter()
     for p in procs:
         p.start()
+    ready.wait()  # as in phase_four_consumers: forks and opens are not the producers' rate
+    start = time.perf_counter()
     reports = [out.get(timeout=600) for _ in procs]
     elapsed = time.perf_counter() - start
     for p in procs:
