@@ -29,6 +29,12 @@ PUBLISH_EVERY_S = 0.1
 # lost (PostgreSQL's row, with the connection it was believed by, at a restart) writes it anew
 # well inside the grace other consumers give it (postgres/holders.py, RESTART_GRACE_S).
 REPUBLISH_EVERY_S = 2.0
+# A holder without leases is closed (its file removed, its descriptor freed; the next lease in
+# its stream opens it anew) once it has had none this long, or at once while more than
+# MAX_IDLE_HOLDERS are open without leases: a process that has leased in a thousand streams
+# must not keep a thousand files open (EMFILE at the usual limit of 1,024).
+CLOSE_IDLE_AFTER_S = 10.0
+MAX_IDLE_HOLDERS = 16
 
 # Opens the holder of (stream, dead) for this process, under a name `ephq leases` shows.
 Opener = Callable[[str, bool, str], Holder]
@@ -51,6 +57,8 @@ class LeaseKeeper:
         # deadline its receipt says)
         self._leases: dict[tuple[str, bool], dict[str, tuple[int, int | None]]] = {}
         self._holders: dict[tuple[str, bool], Holder] = {}
+        # Holders that last published no lease -> since when (time.monotonic())
+        self._idle_since: dict[tuple[str, bool], float] = {}
         self._changed: set[tuple[str, bool]] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -65,6 +73,7 @@ class LeaseKeeper:
         self._events = collections.deque()
         self._leases = {}
         self._holders = {}  # each lets go of its own (holders.py)
+        self._idle_since = {}
         self._changed = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -119,6 +128,7 @@ class LeaseKeeper:
         for holder in self._holders.values():
             holder.close()
         self._holders.clear()
+        self._idle_since.clear()
 
     def _run(self) -> None:
         while not self._closed:
@@ -176,6 +186,38 @@ class LeaseKeeper:
             except (EphqError, OSError):
                 with self._lock:  # the store is away: try again at the next round
                     self._changed.add(key)
+                continue
+            if held:
+                self._idle_since.pop(key, None)
+            else:
+                self._idle_since.setdefault(key, time.monotonic())
+        self._close_idle()
+
+    def _close_idle(self) -> None:
+        """Close the holders that have held nothing for a while (CLOSE_IDLE_AFTER_S), or all
+        of those without leases while there are too many (MAX_IDLE_HOLDERS)."""
+        with self._lock:  # streams whose leases all ended before a holder was opened
+            for key in [k for k, held in self._leases.items() if not held]:
+                if key not in self._holders:
+                    del self._leases[key]
+        if not self._idle_since:
+            return
+        crowded = len(self._idle_since) > MAX_IDLE_HOLDERS
+        now = time.monotonic()
+        for key, since in list(self._idle_since.items()):
+            if not crowded and now - since < CLOSE_IDLE_AFTER_S:
+                continue
+            with self._lock:
+                if self._leases.get(key):
+                    continue  # leased again since it published: the next round says so
+                self._leases.pop(key, None)
+                holder = self._holders.pop(key, None)
+                del self._idle_since[key]
+            if holder is not None:
+                try:
+                    holder.close()
+                except (EphqError, OSError):
+                    pass  # what it says is nothing; a reader believes it only while we live
 
 
 def deadline_of(receipt: str) -> int:

@@ -519,6 +519,63 @@ def test_a_closed_queue_leaves_its_leases_to_their_deadlines(home: Path) -> None
     assert [lease.holder for lease in other.leases("s")] == [None]
 
 
+MANY_STREAMS = r"""
+import resource, sys
+from ephq import Queue, keeping
+keeping.PUBLISH_EVERY_S = 0.005  # so that each lease is announced quickly
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+q, observer = Queue(sys.argv[1]), Queue(sys.argv[1], keep_leases=False)
+for n in range(150):
+    stream = f"s{n}"
+    q.enqueue(stream, n)
+    m = q.dequeue(stream, visibility=600)
+    while observer.leases(stream)[0].holder is None:  # announced: its holder file is open
+        pass
+    q.ack(stream, m.receipt)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_process_that_leased_in_many_streams_keeps_no_file_open_for_each(home: Path) -> None:
+    """A keeping Queue announces a stream's leases in a holder file it keeps open and locked.
+    One that has leased, one after the other, in more streams than the process may open files
+    must not keep every stream's file open once its leases have ended (it failed with EMFILE
+    after about 60 streams at a limit of 64 descriptors)."""
+    done = subprocess.run(
+        [sys.executable, "-c", MANY_STREAMS, str(home)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["done"]
+
+
+def test_a_holder_without_leases_is_closed_and_comes_back_with_the_next(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ephq import keeping
+
+    monkeypatch.setattr(keeping, "CLOSE_IDLE_AFTER_S", 0.0)
+    q, observer = Queue(home), Queue(home, keep_leases=False)
+    try:
+        q.enqueue("s", 1)
+        m = q.dequeue("s", visibility=600)
+        assert m is not None and m.receipt is not None
+        wait_for(lambda: [lease.holder is not None for lease in observer.leases("s")] == [True])
+        assert len(os.listdir(home / "s" / "holders")) == 1
+        q.ack("s", m.receipt)
+        wait_for(lambda: os.listdir(home / "s" / "holders") == [])  # closed: its file is gone
+        q.enqueue("s", 2)
+        m = q.dequeue("s", visibility=600)
+        assert m is not None
+        wait_for(lambda: [lease.holder is not None for lease in observer.leases("s")] == [True])
+    finally:
+        q.close()
+
+
 def test_a_kept_lease_past_its_deadline_is_announced_no_more(home: Path) -> None:
     """A process that never settles a lease stops announcing it once its deadline passes (the
     keeper reads the deadline from the receipt): its announcement does not grow for good."""
