@@ -176,6 +176,28 @@ def test_leases_of_many_streams_are_announced_on_one_connection(database_server:
         assert fresh.leases("s0")[0].holder is None  # its row went with the Queue
 
 
+def test_waits_on_many_streams_in_turn_keep_a_few_connections(database_server: str) -> None:
+    """A listener is kept for the next wait on its stream; waiting on one stream after another
+    kept a connection for each, for good, until the server's max_connections refused the
+    next (another program's too)."""
+    from ephq.idle import MOST_KEPT
+
+    url = fresh_database(database_server)
+    q = Queue(url=url, keep_leases=False)
+    try:
+        for n in range(MOST_KEPT + 6):
+            assert q.dequeue(f"w{n}", wait=0.01) is None
+        assert _connections_of_this_process(url) == 1 + MOST_KEPT  # the statements' and those
+        later = threading.Timer(0.2, q.enqueue, ("w0", 1))  # a stream whose listener was closed
+        later.start()
+        got = q.dequeue("w0", wait=30)
+        later.join()
+        assert got is not None and got.data == 1
+    finally:
+        q.close()
+    _until(lambda: _connections_of_this_process(url) == 0, "the connections to close")
+
+
 def test_a_holder_written_anew_takes_no_other_holders_row(database_server: str) -> None:
     """A keeper whose row's connection ended writes its row anew and deletes the old one: only
     if the old one is still its own. With the schema made anew (ids from 1 again), another
@@ -213,8 +235,10 @@ def test_waits_share_a_listening_connection_and_close_it(database_server: str) -
         assert _connections_of_this_process(url) == 2
     # Between waits it listens to nothing: a session that listens and is not read would, once
     # its socket is full, hold up the server's notification queue and so every NOTIFY.
-    (kept,) = q._backend._listeners._idle["w"]  # type: ignore[attr-defined]
+    idle = q._backend._listeners._idle  # type: ignore[attr-defined]
+    kept = idle.take("w")
     assert kept._conn.execute("SELECT pg_listening_channels()").fetchall() == []
+    idle.give_back("w", kept)
     later = threading.Timer(0.2, q.enqueue, ("w", 2))  # what comes during the next wait
     later.start()
     got = q.dequeue_many("w", 5, wait=30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -70,6 +71,41 @@ def test_wait_sees_an_expired_lease_of_another_thread(realq: Queue, home: Path) 
     assert held is not None
     m = realq.dequeue("w", wait=30)
     assert m is not None and (m.id, m.attempts) == (held.id, 2)
+
+
+def _inotify_instances() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
+        except OSError:  # the listing's own descriptor, closed by now
+            pass
+    return count
+
+
+def test_waits_on_many_streams_in_turn_keep_a_few_watches(home: Path) -> None:
+    """A bell's inotify instance is kept for the next wait on its stream. Waiting on one stream
+    after another kept one for each, for good: at 128 streams every instance the user may
+    have (fs.inotify.max_user_instances), so that other programs of the user could watch
+    nothing, and one descriptor each."""
+    from ephq.idle import MOST_KEPT
+
+    q = Queue(home, keep_leases=False)
+    before = _inotify_instances()
+    try:
+        for n in range(40):
+            q.enqueue(f"w{n}", n)
+            assert q.dequeue(f"w{n}", visibility=600) is not None
+            assert q.dequeue(f"w{n}", wait=0.001) is None
+        assert _inotify_instances() - before == MOST_KEPT
+        later = threading.Timer(0.2, q.enqueue, ("w0", "again"))  # a bell closed, made anew
+        later.start()
+        got = q.dequeue("w0", wait=30)
+        later.join()
+        assert got is not None and got.data == "again"
+    finally:
+        q.close()
+    assert _inotify_instances() == before
 
 
 @pytest.mark.timeout(60)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import forking
 from ..backend import Holder, Waiter
 from ..errors import BadInput, LeaseLost, NotFound, StorageError
+from ..idle import Kept
 from ..message import (
     CheckProblem,
     Exported,
@@ -41,7 +43,10 @@ class FileBackend:
         self.clock = clock
         self._ids = IdSource()
         self._streams: dict[str, Stream] = {}
-        self._bells: dict[tuple[str, bool], Doorbell] = {}
+        # Bells between waits (idle.py), and every bell made to be kept (closed with the
+        # backend, and in a forked child, whether kept or in a wait just then).
+        self._bells: Kept[tuple[str, bool], Doorbell] = Kept()
+        self._bells_made: weakref.WeakSet[Doorbell] = weakref.WeakSet()
         self._lock = threading.Lock()
         forking.reset_in_children(self)
 
@@ -49,9 +54,8 @@ class FileBackend:
         """A forked child watches bells with inotify descriptors of its own (closing its copy
         of the parent's takes nothing from the parent), and takes no lock a thread of the
         parent's held (forking.py)."""
-        for bell in self._bells.values():
-            bell.close()
-        self._bells = {}
+        self._close_bells()
+        self._bells = Kept()
         self._lock = threading.Lock()
         for stream in self._streams.values():
             stream.main.after_fork()
@@ -351,15 +355,26 @@ class FileBackend:
         from .doorbell import Doorbell  # ctypes costs milliseconds that only waiting needs
 
         key = (stream, dead)
-        bell = self._bells.get(key)
-        if bell is None:
-            store = self._stream(stream).store(dead)
-            if not store.exists():
-                # Waiting must not create a stream (a typo would stay in stats for good): a
-                # bell that is not there yet is polled, and the next wait watches the real one.
-                return Doorbell(store.bell, kept=False)
-            bell = self._bells.setdefault(key, Doorbell(store.bell))
+        bell = self._bells.take(key)
+        if bell is not None:
+            return bell
+        store = self._stream(stream).store(dead)
+        if not store.exists():
+            # Waiting must not create a stream (a typo would stay in stats for good): a bell
+            # that is not there yet is polled, and the next wait watches the real one.
+            return Doorbell(store.bell)
+        bell = Doorbell(store.bell, give_back=functools.partial(self._keep_bell, key))
+        self._bells_made.add(bell)
         return bell
+
+    def _keep_bell(self, key: tuple[str, bool], bell: Doorbell) -> None:
+        unused = self._bells.give_back(key, bell)
+        if unused is not None:
+            unused.close()
+
+    def _close_bells(self) -> None:
+        for bell in [*self._bells.all(), *self._bells_made]:
+            bell.close()
 
     def leases(self, stream: str) -> list[Lease]:
         owner = self._existing(stream)
@@ -395,9 +410,7 @@ class FileBackend:
         return problems
 
     def close(self) -> None:
-        for bell in self._bells.values():
-            bell.close()
-        self._bells.clear()
+        self._close_bells()
 
 
 class _Explained:

@@ -12,6 +12,7 @@ import ctypes.util
 import functools
 import os
 import select
+from collections.abc import Callable
 
 _IN_ATTRIB = 0x00000004
 _IN_CLOSE_WRITE = 0x00000008
@@ -34,10 +35,12 @@ def _inotify() -> ctypes.CDLL | None:
 
 
 class Doorbell:
-    def __init__(self, bell_path: str, *, kept: bool = True) -> None:
-        """kept: the backend keeps it for every wait on the stream (done() leaves it open)."""
+    def __init__(
+        self, bell_path: str, *, give_back: Callable[[Doorbell], None] | None = None
+    ) -> None:
+        """give_back: what done() hands it to, to keep it for a later wait (else it closes)."""
         self.path = bell_path
-        self.kept = kept
+        self._give_back = give_back
         self._fd = -1
         libc = _inotify()
         if libc is None:
@@ -71,8 +74,10 @@ class Doorbell:
         select.select([self._fd], [], [], timeout_s)
 
     def done(self) -> None:
-        if not self.kept:
+        if self._give_back is None:
             self.close()
+        else:
+            self._give_back(self)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -15,7 +15,6 @@ connection to the garbage collector (a ResourceWarning each).
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -23,6 +22,7 @@ from psycopg import sql
 
 from .. import forking
 from ..errors import EphqError
+from ..idle import Kept
 from .connection import Connections
 
 
@@ -33,34 +33,28 @@ class Listeners:
 
     def __init__(self, db: Connections) -> None:
         self._db = db
-        self._idle: dict[str, list[Listener]] = {}
-        self._lock = threading.Lock()
+        self._idle: Kept[str, Listener] = Kept()  # a connection each: a few at most (idle.py)
         forking.reset_in_children(self)
 
     def after_fork(self) -> None:
         """A forked child listens on connections of its own (forking.py)."""
         forking.inherited(self._idle)
-        self._idle = {}
-        self._lock = threading.Lock()
+        self._idle = Kept()
 
     def take(self, stream: str) -> Listener:
-        with self._lock:
-            idle = self._idle.get(stream)
-            kept = idle.pop() if idle else None
+        kept = self._idle.take(stream)
         if kept is None:
             return Listener(self._db, stream, self)
         kept.listen()
         return kept
 
     def give_back(self, listener: Listener) -> None:
-        with self._lock:
-            self._idle.setdefault(listener.stream, []).append(listener)
+        unused = self._idle.give_back(listener.stream, listener)
+        if unused is not None:
+            unused.close()
 
     def close(self) -> None:
-        with self._lock:
-            idle = [listener for kept in self._idle.values() for listener in kept]
-            self._idle.clear()
-        for listener in idle:
+        for listener in self._idle.all():
             listener.close()
 
 
