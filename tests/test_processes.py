@@ -381,14 +381,21 @@ from ephq import LeaseLost, Queue
 
 home, log_path, seed, keep = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "keep"
 rng = random.Random(seed)
-log = open(log_path, "a", buffering=1)
+log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 q = (Queue(url=home, keep_leases=keep) if home.startswith("postgresql://")
      else Queue(home, keep_leases=keep))
 S = "mix"
 
 def note(**event):
     event["t"] = time.time()
-    log.write(json.dumps(event) + "\n")
+    line = (json.dumps(event) + "\n").encode()
+    # A SIGKILL can cut a write(2) short where it crosses a page of the file (the kernel copies
+    # a page at a time and looks for a fatal signal in between): the next process's first line
+    # then ran on from the torn one. So no line crosses a page; spaces fill the rest of one.
+    room = 4096 - os.lseek(log, 0, os.SEEK_END) % 4096
+    if len(line) > room:
+        os.write(log, b" " * (room - 1) + b"\n")
+    os.write(log, line)
 
 serial = 0
 while True:
@@ -488,6 +495,7 @@ def test_a_sigkill_campaign_over_every_operation(store: str, tmp_path: Path) -> 
         dict(json.loads(line), log=i)
         for i, path in enumerate(logs)
         for line in Path(path).read_text().splitlines()
+        if line.strip()  # (what filled a page's end)
     ]
     for e in events:  # a keeping process's lease lasts at most until that process died
         if e["op"] == "lease" and e["log"] % 2 == 0:
