@@ -361,3 +361,30 @@ def test_check_shared_with_helper_processes_finds_the_same(
     delivered = {m.id for m in q.dequeue_many("s", 100)}
     # Lost to damage: 7 and 11; 23 is kept where it is furthest along, leased for ever.
     assert delivered == set(ids) - {ids[7], ids[11], ids[23]}
+
+
+def test_a_home_another_process_makes_meanwhile_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Processes starting on a new home at once: one makes it between another's two looks (is
+    it a directory? is anything there?). That one must use it, not call it "not a directory"
+    (four benchmark producers met this). The other process's mkdir is made to land there."""
+    home = tmp_path / "home"
+    real_isdir = os.path.isdir
+    looks: list[str] = []
+
+    def made_after_the_look(path: Any) -> bool:
+        seen = real_isdir(path)
+        if os.fspath(path) == str(home) and not looks:
+            looks.append("home")
+            os.mkdir(home)  # the other process, just after this one looked
+        return seen
+
+    monkeypatch.setattr(os.path, "isdir", made_after_the_look)
+    with Queue(home) as q:
+        q.enqueue("s", 1)
+    monkeypatch.undo()
+    assert looks == ["home"]
+    with Queue(home) as q:
+        got = q.dequeue("s")
+        assert got is not None and got.data == 1

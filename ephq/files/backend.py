@@ -241,6 +241,8 @@ class FileBackend:
             if os.path.isdir(self.home):
                 return
             if os.path.lexists(self.home):
+                if os.path.isdir(self.home):
+                    return  # another process made it since the first look
                 raise StorageError(
                     f"the ephq home {self.home} (from --home or EPHQ_HOME) is not a directory"
                 )
