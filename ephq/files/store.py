@@ -116,6 +116,13 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # Names in ready/ that this process found are not messages, skipped from then on; forgotten
 # wholesale past this many (a store full of junk costs a re-parse, never a hang).
 _FOREIGN_NAMES = 4096
+# How long a consumer goes on listing the leaf it last took names from before it reads the
+# tree from the top again (which it also does when that leaf runs dry, and when it returned a
+# message to ready/ itself): what another process places into an earlier leaf meanwhile (a
+# lease it let go, a producer stamped before a slow flush) waits at most this long. The ready
+# tree keeps an emptied leaf this long too (READY_PRUNE_AFTER_NS), so a consumer keeping up
+# with its producers would otherwise list several empty leaves for every message.
+_WALK_EVERY_NS = 100_000_000
 
 
 class Store:
@@ -155,7 +162,8 @@ class Store:
         self._lock = threading.Lock()
         self._reaping = threading.Lock()
         self._head: list[str] = []  # a heap of the cached leaf's names
-        self._head_dir = ""
+        self._head_dir = ""  # the leaf they are from: listed again first (see _WALK_EVERY_NS)
+        self._walk_due_ns = 0
         self._next_reap_ns = 0
         self._extended: dict[str, str] = {}  # receipt -> current inflight name, for this process
         self._foreign: set[str] = set()
@@ -476,8 +484,9 @@ class Store:
         """The next ready file in FIFO order and its parsed name, from a per-process cache of
         one leaf; names that are not a ready message's are skipped, and remembered as such.
 
-        The cache is refilled from the top of the tree, so messages that came back into earlier
-        slices are seen at the latest when the current slice is used up.
+        The cache is refilled from the leaf it came from while that has names, from the top of
+        the tree otherwise, and at least every _WALK_EVERY_NS: messages that came back into
+        earlier slices are seen when the current leaf is used up, or a tenth of a second later.
         """
         with self._lock:
             while True:
@@ -493,23 +502,36 @@ class Store:
                 self._foreign.add(path)
 
     def _refill(self, now: int) -> bool:
+        if self._head_dir and now < self._walk_due_ns and self._take_names(self._head_dir):
+            return True
+        self._walk_due_ns = now + _WALK_EVERY_NS
         for leaf in self.ready.leaves(now):
-            names = listdir(leaf.path)
-            if self._foreign and names:
-                names = [n for n in names if f"{leaf.path}/{n}" not in self._foreign]
-            if names:
-                # A heap, not a sort: a fresh process (every CLI dequeue) takes one name of up
-                # to a thousand, and heapify costs a third of sorting them.
-                heapq.heapify(names)
-                self._head = names
-                self._head_dir = leaf.path
+            if self._take_names(leaf.path):
                 return True
             self.ready.prune(leaf, now)
+        self._head_dir = ""
         return False
 
+    def _take_names(self, leaf_dir: str) -> bool:
+        """Make the names in leaf_dir (not known to be foreign) the head; False if none."""
+        names = listdir(leaf_dir)
+        if self._foreign and names:
+            names = [n for n in names if f"{leaf_dir}/{n}" not in self._foreign]
+        if not names:
+            return False
+        # A heap, not a sort: a fresh process (every CLI dequeue) takes one name of up to a
+        # thousand, and heapify costs a third of sorting them.
+        heapq.heapify(names)
+        self._head = names
+        self._head_dir = leaf_dir
+        return True
+
     def forget_head(self) -> None:
+        """Read the tree from the top at the next claim: a message came back to ready/,
+        perhaps before what this process has cached."""
         with self._lock:
             self._head.clear()
+            self._walk_due_ns = 0
 
     def _claim_one(
         self, path: str, ready: ReadyName, now: int, visibility_ns: int, max_attempts: MaxAttempts
