@@ -388,3 +388,25 @@ def test_a_home_another_process_makes_meanwhile_is_used(
     with Queue(home) as q:
         got = q.dequeue("s")
         assert got is not None and got.data == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_lease_directory_removed_under_a_consumer_is_made_again(q: Queue, home: Path) -> None:
+    """A consumer takes a rename into its last lease directory that finds nothing for a race
+    lost to another consumer (no lstat to tell); when the directory was removed instead, a run
+    of such losses makes it look and make the directory again: nothing is passed over for good,
+    and the claim does not spin."""
+    for n in range(30):
+        q.enqueue("s", n)
+    first = q.dequeue("s", visibility=30)  # the fake clock stands still: every lease goes here
+    assert first is not None and first.receipt
+    q.ack("s", first.receipt)
+    (lease_dir,) = [p for p in (home / "s" / "inflight").glob("*/*") if p.is_dir()]
+    lease_dir.rmdir()
+    got = []
+    while (m := q.dequeue("s", visibility=30)) is not None:
+        assert m.receipt
+        q.ack("s", m.receipt)
+        got.append(m.data)
+    assert sorted(got) == list(range(1, 30))
+    assert q.check() == []

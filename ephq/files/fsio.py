@@ -321,8 +321,14 @@ def fill_locked(fd: int, path: str, data: bytes, *, durable: bool, recycled: boo
         raise
 
 
-def place(src: str, dest_dir: str, name: str, *, durable_dirs: bool, flush: bool) -> bool:
+def place(
+    src: str, dest_dir: str, name: str, *, durable_dirs: bool, flush: bool, dest_known: bool = False
+) -> bool:
     """Rename src to dest_dir/name, creating dest_dir if a prune removed it. False if src is gone.
+
+    dest_known: the caller knows dest_dir is there, so a rename that finds nothing means src is
+    gone, without the lstat that tells which is missing (consumers racing for the same names
+    lose most of their renames, and under that contention the lstat costs as much as one).
 
     flush: the directory entry is flushed too, so the move survives power loss. Moves that
     at-least-once delivery lets a power loss undo (leases, nacks) do not flush, nor does a
@@ -343,7 +349,7 @@ def place(src: str, dest_dir: str, name: str, *, durable_dirs: bool, flush: bool
                 os.fsync(dir_fd)
             return True
         except FileNotFoundError:
-            if not os.path.lexists(src):
+            if dest_known or not os.path.lexists(src):
                 return False
             ensure_dir(dest_dir, durable=durable_dirs)
         finally:

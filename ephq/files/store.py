@@ -123,6 +123,9 @@ _FOREIGN_NAMES = 4096
 # tree keeps an emptied leaf this long too (READY_PRUNE_AFTER_NS), so a consumer keeping up
 # with its producers would otherwise list several empty leaves for every message.
 _WALK_EVERY_NS = 100_000_000
+# Renames into a known lease directory that found nothing, in a row, taken as lost races
+# before one is looked into (_lease_move).
+_LOST_RACES_TRUSTED = 8
 
 
 class Store:
@@ -164,6 +167,8 @@ class Store:
         self._head: list[str] = []  # a heap of the cached leaf's names
         self._head_dir = ""  # the leaf they are from: listed again first (see _WALK_EVERY_NS)
         self._walk_due_ns = 0
+        self._lease_dir = ""  # the inflight directory of this process's last lease
+        self._lost_races = 0  # claims in a row that found their name taken (_lease_move)
         self._next_reap_ns = 0
         self._extended: dict[str, str] = {}  # receipt -> current inflight name, for this process
         self._foreign: set[str] = set()
@@ -568,14 +573,26 @@ class Store:
         return self.as_message(record, attempts, receipt, deadline)
 
     def _lease_move(self, path: str, dest_dir: str, name: str) -> bool:
+        # Into the directory this process last leased into (its slice has not ended, so no
+        # prune removes it), a rename that finds nothing lost a race for the name: no lstat is
+        # spent to tell. A run of _LOST_RACES_TRUSTED of them looks again, in case something
+        # removed the directory after all (the names passed over stay in ready/).
+        known = dest_dir == self._lease_dir and self._lost_races < _LOST_RACES_TRUSTED
         try:
-            return place(path, dest_dir, name, durable_dirs=self.durable, flush=False)
+            moved = place(
+                path, dest_dir, name, durable_dirs=self.durable, flush=False, dest_known=known
+            )
         except OSError as exc:
             # A full disk may have no room for a new inflight directory: the pool's files are
             # the room there is.
             if exc.errno not in _DISK_FULL or not self.pool.free_all():
                 raise
-            return place(path, dest_dir, name, durable_dirs=self.durable, flush=False)
+            moved = place(path, dest_dir, name, durable_dirs=self.durable, flush=False)
+        if moved:
+            self._lease_dir, self._lost_races = dest_dir, 0
+        else:
+            self._lost_races += 1
+        return moved
 
     def _dead_letter_if_room(self, path: str, message_id: str, attempts: int, why: str) -> None:
         """Dead-letter, unless the disk is full: then the message waits (in ready/, or as a
