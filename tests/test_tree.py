@@ -86,3 +86,19 @@ def test_a_message_the_consumer_returns_itself_comes_first(home: Path) -> None:
     q.release("s", old.receipt)
     q.enqueue("s", "new 2")
     assert _deliveries(q, 2) == ["old", "new 2"]
+
+
+def test_a_clock_stepped_back_does_not_put_off_the_walk(home: Path) -> None:
+    clock = FakeClock()
+    consumer = Queue(home, clock=clock, keep_leases=False)
+    other = Queue(home, clock=clock, keep_leases=False)
+    consumer.enqueue("s", "old")
+    clock.advance(1.0)
+    consumer.enqueue("s", "new 1")
+    old = consumer.dequeue("s", visibility=30)
+    assert old is not None and old.receipt
+    assert _deliveries(consumer, 1) == ["new 1"]
+    other.release("s", old.receipt)
+    consumer.enqueue("s", "new 2")
+    clock.advance(-3600.0)  # the walk was due 0.1 s after the last one: now in an hour's time
+    assert _deliveries(consumer, 2) == ["old", "new 2"]

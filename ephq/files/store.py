@@ -507,7 +507,13 @@ class Store:
                 self._foreign.add(path)
 
     def _refill(self, now: int) -> bool:
-        if self._head_dir and now < self._walk_due_ns and self._take_names(self._head_dir):
+        # (A clock stepped back does not stretch the wait for a walk beyond _WALK_EVERY_NS.)
+        due = self._walk_due_ns
+        if (
+            self._head_dir
+            and now < due <= now + _WALK_EVERY_NS
+            and self._take_names(self._head_dir)
+        ):
             return True
         self._walk_due_ns = now + _WALK_EVERY_NS
         for leaf in self.ready.leaves(now):
