@@ -54,6 +54,8 @@ import worker
 from placement import spread_out
 from systems import available, number, open_client, payload
 
+from ephq import EphqError
+
 Result = dict[str, Any]
 
 
@@ -598,4 +600,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # A full disk under --workdir (say) stops the run with one line, not a traceback.
+    try:
+        main()
+    except EphqError as exc:
+        sys.exit(f"bench/run.py: {exc}; the run stopped")
+    except subprocess.CalledProcessError as exc:  # the command's own line is already shown
+        args = " ".join(map(str, exc.cmd))
+        sys.exit(f"bench/run.py: `{args}` exited {exc.returncode}; the run stopped")
