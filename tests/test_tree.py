@@ -42,19 +42,22 @@ def _deliveries(q: Queue, count: int) -> list[object]:
     return got
 
 
-def _returned_by_another(home: Path, clock: FakeClock, *, wait_s: float) -> list[object]:
+def _returned_earlier(
+    home: Path, clock: FakeClock, *, wait_s: float, by_another: bool = True
+) -> list[object]:
     """A consumer takes "old" and then "new 1" from a later leaf; another Queue (another
-    process's) gives "old" back to its earlier leaf; "new 2" arrives in the consumer's leaf;
-    the clock moves wait_s (back, if negative). What the consumer then receives, in order."""
+    process's), or with by_another False the consumer itself, gives "old" back to its earlier
+    leaf; "new 2" arrives in the consumer's leaf; the clock moves wait_s (back, if negative).
+    What the consumer then receives, in order."""
     consumer = Queue(home, clock=clock, keep_leases=False)
-    other = Queue(home, clock=clock, keep_leases=False)
+    returner = Queue(home, clock=clock, keep_leases=False) if by_another else consumer
     consumer.enqueue("s", "old")
     clock.advance(1.0)
     consumer.enqueue("s", "new 1")
     old = consumer.dequeue("s", visibility=30)
     assert old is not None and old.data == "old" and old.receipt
     assert _deliveries(consumer, 1) == ["new 1"]
-    other.release("s", old.receipt)
+    returner.release("s", old.receipt)
     consumer.enqueue("s", "new 2")  # the same instant: the consumer's leaf
     clock.advance(wait_s)
     return _deliveries(consumer, 2)
@@ -65,29 +68,19 @@ def test_a_message_another_process_returns_earlier_is_seen_once_the_leaf_is_empt
 ) -> None:
     # The consumer lists the leaf it took "new 1" from again, not the whole tree: "old" comes
     # when that leaf is empty.
-    assert _returned_by_another(home, FakeClock(), wait_s=0) == ["new 2", "old"]
+    assert _returned_earlier(home, FakeClock(), wait_s=0) == ["new 2", "old"]
 
 
 def test_a_message_another_process_returns_earlier_is_seen_after_a_tenth_of_a_second(
     home: Path,
 ) -> None:
-    assert _returned_by_another(home, FakeClock(), wait_s=0.11) == ["old", "new 2"]
+    assert _returned_earlier(home, FakeClock(), wait_s=0.11) == ["old", "new 2"]
 
 
 def test_a_message_the_consumer_returns_itself_comes_first(home: Path) -> None:
-    clock = FakeClock()
-    q = Queue(home, clock=clock, keep_leases=False)
-    q.enqueue("s", "old")
-    clock.advance(1.0)
-    q.enqueue("s", "new 1")
-    old = q.dequeue("s", visibility=30)
-    assert old is not None and old.receipt
-    assert _deliveries(q, 1) == ["new 1"]
-    q.release("s", old.receipt)
-    q.enqueue("s", "new 2")
-    assert _deliveries(q, 2) == ["old", "new 2"]
+    assert _returned_earlier(home, FakeClock(), wait_s=0, by_another=False) == ["old", "new 2"]
 
 
 def test_a_clock_stepped_back_does_not_put_off_the_walk(home: Path) -> None:
     # The walk was due a tenth of a second after the last one: by this clock, in an hour.
-    assert _returned_by_another(home, FakeClock(), wait_s=-3600) == ["old", "new 2"]
+    assert _returned_earlier(home, FakeClock(), wait_s=-3600) == ["old", "new 2"]

@@ -508,10 +508,9 @@ class Store:
 
     def _refill(self, now: int) -> bool:
         # (A clock stepped back does not stretch the wait for a walk beyond _WALK_EVERY_NS.)
-        due = self._walk_due_ns
         if (
             self._head_dir
-            and now < due <= now + _WALK_EVERY_NS
+            and now < self._walk_due_ns <= now + _WALK_EVERY_NS
             and self._take_names(self._head_dir)
         ):
             return True
