@@ -7,6 +7,7 @@ documented exit status. --debug or EPHQ_DEBUG=1 re-raises instead, with the trac
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -82,4 +83,9 @@ def _usage_error(exc: typer.TyperException) -> int:
 
 
 def run() -> None:
+    # What the imports made (Typer, Click, ephq: tens of thousands of objects) lives until the
+    # process ends. Frozen, it is out of the collector's sight: neither the collections during
+    # a command nor the ones at exit walk it again. The collections at exit alone took about
+    # 15 ms, a sixth of a short command's whole run (docs/benchmarks.md, "Start-up").
+    gc.freeze()
     sys.exit(main())
