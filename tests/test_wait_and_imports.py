@@ -172,3 +172,14 @@ def test_a_command_loads_no_module_only_some_need(home: Path) -> None:
         [sys.executable, "-c", code, str(home)], capture_output=True, text=True, check=True
     )
     assert json.loads(out.stdout) == []
+
+
+def test_the_entry_point_freezes_what_the_imports_made(home: Path) -> None:
+    """Short commands spent about a sixth of their run collecting at exit what Typer, Click
+    and ephq made at import (docs/benchmarks.md, "Start-up"): the entry point freezes it."""
+    code = (
+        "import gc, sys; from ephq.cli import main as entry;"
+        "entry.main = lambda: print(gc.get_freeze_count()) or 0; entry.run()"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout) > 10_000  # about 18,000 here: Typer, Click, ephq
