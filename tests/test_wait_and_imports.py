@@ -174,7 +174,7 @@ def test_a_command_loads_no_module_only_some_need(home: Path) -> None:
     assert json.loads(out.stdout) == []
 
 
-def test_the_entry_point_freezes_what_the_imports_made(home: Path) -> None:
+def test_the_entry_point_freezes_what_the_imports_made() -> None:
     """Short commands spent about a sixth of their run collecting at exit what Typer, Click
     and ephq made at import (docs/benchmarks.md, "Start-up"): the entry point freezes it."""
     code = (
