@@ -13,7 +13,9 @@ temporary failure.
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
+import functools
 import json
 import os
 import select
@@ -183,35 +185,53 @@ class CommandHandler:
                 continue
 
     def __call__(self, message: Message, cancelled: threading.Event) -> None:
+        self.start_handler(message, cancelled)()
+
+    def start_handler(self, message: Message, cancelled: threading.Event) -> Callable[[], None]:
+        """Start message's handler and return at once: what it returns waits for the handler to
+        end and raises what its exit means, as calling this handler does. A worker running one
+        handler at a time settles the last message and leases the next meanwhile."""
         guard = self._guarded()
         child, stdin, stderr_fd = _spawn(self.command, self._environment(message, guard), guard)
         self._running.add(child)
-        try:
-            self._supervise(child, stdin, stderr_fd, message, cancelled)
-        finally:
-            self._running.discard(child)
-            os.close(stderr_fd)
-
-    def _supervise(
-        self,
-        child: _Child,
-        stdin: int,
-        stderr_fd: int,
-        message: Message,
-        cancelled: threading.Event,
-    ) -> None:
-        stderr = _StderrTail(stderr_fd)
         data = message.data_json.encode()
         feeder = None
-        if len(data) <= _PIPE_CAPACITY:
-            _feed(stdin, data)  # fits in the pipe: cannot block, whatever the handler does
-        else:
-            feeder = threading.Thread(target=_feed, args=(stdin, data), daemon=True)
-            feeder.start()
-        why = self._wait(child, cancelled, stderr)
-        if feeder is not None:
-            feeder.join(timeout=5)
+        try:
+            stderr = _StderrTail(stderr_fd)
+            if len(data) <= _PIPE_CAPACITY:
+                _feed(stdin, data)  # fits in the pipe: cannot block, whatever the handler does
+            else:
+                feeder = threading.Thread(target=_feed, args=(stdin, data), daemon=True)
+                feeder.start()
+        except BaseException:
+            # (No thread left to feed it: a process may start no more.) Nothing of it is left.
+            with contextlib.suppress(OSError):
+                os.close(stdin)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait(KILL_AFTER_S)
+            self._end(child, stderr_fd)
+            raise
+        return functools.partial(self._finish, child, stderr, feeder, cancelled)
+
+    def _finish(
+        self,
+        child: _Child,
+        stderr: _StderrTail,
+        feeder: threading.Thread | None,
+        cancelled: threading.Event,
+    ) -> None:
+        try:
+            why = self._wait(child, cancelled, stderr)
+            if feeder is not None:
+                feeder.join(timeout=5)
+        finally:
+            self._end(child, stderr.fd)
         self._verdict(child.returncode, why, stderr.tail())
+
+    def _end(self, child: _Child, stderr_fd: int) -> None:
+        self._running.discard(child)
+        os.close(stderr_fd)
 
     def _environment(self, message: Message, guard: HandlerGuard) -> dict[bytes, bytes]:
         """The handler's environment, in bytes (what posix_spawn hands over)."""
