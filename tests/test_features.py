@@ -54,8 +54,9 @@ def test_the_bucket_lets_a_burst_through_then_one_per_interval() -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.both_backends
+@pytest.mark.parametrize("concurrency", ["1", "4"])  # one thread's cycle, and handler threads
 def test_a_rate_limited_worker_starts_no_more_than_the_rate(
-    store: str, home: Path, tmp_path: Path
+    store: str, home: Path, tmp_path: Path, concurrency: str
 ) -> None:
     q = open_store(home)
     q.enqueue_many("mail", list(range(12)))
@@ -63,7 +64,7 @@ def test_a_rate_limited_worker_starts_no_more_than_the_rate(
     handler = script(tmp_path, f"date +%s.%N >> {starts}\n")
     before = time.time()
     code, err = finish(
-        start_worker(home, "mail", "--exec", handler, "--rate", "4/s", "-c", "4", "--drain")
+        start_worker(home, "mail", "--exec", handler, "--rate", "4/s", "-c", concurrency, "--drain")
     )
     assert code == 0, err
     times = sorted(float(t) for t in starts.read_text().split())
@@ -77,12 +78,19 @@ def test_a_rate_limited_worker_starts_no_more_than_the_rate(
 
 @pytest.mark.timeout(60)
 @pytest.mark.both_backends
-def test_waiting_for_the_rate_holds_no_lease(store: str, home: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("concurrency", ["1", "3"])
+def test_waiting_for_the_rate_holds_no_lease(
+    store: str, home: Path, tmp_path: Path, concurrency: str
+) -> None:
     q = open_store(home)
     q.enqueue_many("slow", ["first", "second", "third"])
     handled = tmp_path / "handled"
     worker = start_worker(
-        home, "slow", "--exec", f"cat >> {handled}; echo >> {handled}", "--rate", "1/m", "-c", "3"
+        home,
+        "slow",
+        "--exec",
+        f"cat >> {handled}; echo >> {handled}",
+        *("--rate", "1/m", "-c", concurrency),
     )
     wait_for(lambda: handled.exists() and handled.read_text().count("\n") == 1)
     wait_for(lambda: q.stats("slow").inflight == 0)

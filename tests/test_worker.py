@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
 import os
 import shutil
@@ -12,13 +14,14 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ephq import Message, Queue
 from ephq.errors import BadInput, StoragePermissionDenied
-from ephq.worker import Cancelled, PermanentFailure, Worker
+from ephq.worker import Cancelled, Outcome, PermanentFailure, Worker
 from ephq.worker.command import CommandHandler
 from ephq.worker.guard import MARK
 from tests.conftest import open_store, store_environment
@@ -910,6 +913,112 @@ def test_quick_python_handlers_run_in_order_and_a_stop_still_reaches_one(
     back = q.dequeue_many("s", 20)
     assert [m.id for m in back] == ids[20:]
     assert back[0].attempts == 1  # the cancelled attempt did not count
+
+
+def _handler_threads() -> list[str]:
+    return [
+        t.name for t in threading.enumerate() if t.name.startswith(("ephq-handler", "ephq-settler"))
+    ]
+
+
+def _blocking_script(tmp_path: Path, ran: Path, blockers: dict[str, float]) -> str:
+    """A shell handler that logs each message's id to ran; for each blocker id, it touches
+    started-ID, waits for go-ID, then sleeps the given seconds."""
+    cases = "".join(
+        f"  {mid}) touch {tmp_path}/started-{mid}; "
+        f"while [ ! -e {tmp_path}/go-{mid} ]; do sleep 0.01; done; sleep {seconds};;\n"
+        for mid, seconds in blockers.items()
+    )
+    return f'echo "$EPHQ_MESSAGE_ID" >> {ran}\ncase "$EPHQ_MESSAGE_ID" in\n{cases}esac\n'
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.both_backends
+def test_one_command_at_a_time_runs_on_one_thread_and_a_message_held_ahead_goes_back_unrun(
+    store: str, home: Path, tmp_path: Path
+) -> None:
+    """At concurrency 1 a command's whole cycle runs on the worker's own thread, no handler
+    thread: it still holds one message ahead of quick handlers, runs all in order, and gives
+    the one held back unrun when stopped."""
+    q = open_store(home)
+    ids = q.enqueue_many("s", [{"n": i} for i in range(10)])
+    blocker, held = ids[8:]
+    ran = tmp_path / "ran"
+    command = _blocking_script(tmp_path, ran, {blocker: 0})
+    handler = CommandHandler(command, store=store_environment(home))
+    worker = Worker(q, "s", handler, lookahead_within=5.0)
+    thread = _run_in_thread(worker)
+    wait_for((tmp_path / f"started-{blocker}").exists, 60)
+    wait_for(lambda: q.stats("s").inflight == 2)  # the blocker, and the next held ahead
+    assert _handler_threads() == []
+    worker.stop()
+    (tmp_path / f"go-{blocker}").touch()
+    thread.join(60)
+    handler.close()
+    assert ran.read_text().split() == ids[:9]  # in order; the one held ahead never ran
+    assert (worker.summary.acked, worker.summary.released) == (9, 1)
+    (back,) = q.dequeue_many("s", 10)
+    assert (back.id, back.attempts) == (held, 1)  # a release does not spend an attempt
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.both_backends
+def test_after_a_slow_command_none_is_held_ahead(store: str, home: Path, tmp_path: Path) -> None:
+    q = open_store(home)
+    ids = q.enqueue_many("s", [{"n": i} for i in range(12)])
+    slow, held, third, fourth = ids[8:]
+    ran = tmp_path / "ran"
+    # Slower than lookahead_within, whatever the machine does.
+    command = _blocking_script(tmp_path, ran, {slow: 0.6, held: 0})
+    handler = CommandHandler(command, store=store_environment(home))
+    worker = Worker(q, "s", handler, lookahead_within=0.5)
+    thread = _run_in_thread(worker)
+    wait_for((tmp_path / f"started-{slow}").exists, 60)
+    wait_for(lambda: q.stats("s").inflight == 2)  # the slow one, and the next held ahead
+    (tmp_path / f"go-{slow}").touch()
+    wait_for((tmp_path / f"started-{held}").exists, 60)
+    time.sleep(0.3)  # time enough for a worker that wrongly looks ahead to lease again
+    other = q.dequeue_many("s", 10)
+    assert [m.id for m in other] == [third, fourth]
+    worker.stop()
+    (tmp_path / f"go-{held}").touch()
+    thread.join(60)
+    handler.close()
+    assert ran.read_text().split() == ids[:10]
+    assert worker.summary.acked == 10
+
+
+@pytest.mark.timeout(60)
+def test_a_handler_that_cannot_start_is_retried_like_any_failure(home: Path) -> None:
+    """A handler started apart whose start fails (no process could be made) is a temporary
+    failure: the message is retried, not lost and not acked."""
+
+    class NoProcessAtFirst:
+        def __init__(self) -> None:
+            self.starts = 0
+            self.ran: list[str] = []
+
+        def __call__(self, message: Message, cancelled: threading.Event) -> None:
+            raise AssertionError("a handler that starts apart is never called whole")
+
+        def start_handler(self, message: Message, cancelled: threading.Event) -> Callable[[], None]:
+            self.starts += 1
+            if self.starts == 1:
+                raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+            return functools.partial(self.ran.append, message.id)
+
+    q = open_store(home)
+    mid = q.enqueue("s", 1)
+    handler = NoProcessAtFirst()
+    outcomes: list[Outcome] = []
+    worker = Worker(
+        q, "s", handler, drain=True, drain_retries=30, retry_delay=0.05, on_outcome=outcomes.append
+    )
+    worker.run()
+    assert [o.result for o in outcomes] == ["retry", "acked"]
+    assert "Resource temporarily unavailable" in outcomes[0].detail
+    assert handler.ran == [mid]
+    assert q.stats("s").ready == 0
 
 
 def test_an_empty_command_is_refused_before_anything_runs() -> None:

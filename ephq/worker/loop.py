@@ -14,6 +14,11 @@ One implementation for Python and the shell: `Worker(queue, stream, handler)` ta
   held ahead is released unrun when the worker stops. At concurrency 1, handlers that have
   each returned within INLINE_MAX_S (Python functions with nothing to wait for) run on the
   leasing thread itself, where the hop to a handler thread and back cost more than they did.
+  So does, at concurrency 1, a handler that starts apart (`start_handler`, as a command does:
+  it starts the process and returns at once, with a call that waits for its end): one thread
+  starts the next handler, then acks the last message and leases one ahead while it runs,
+  then waits for it; the hops to and from the handler and settler threads cost a quarter of
+  a command's time (`_one_thread_cycle`).
 - A keeper thread extends each running lease when half of it is left, so a handler may run far
   longer than `visibility`. If the worker dies, its leases expire and another worker takes over.
 - Outcomes: return -> ack; PermanentFailure -> dead-letter now; Cancelled -> release (the attempt
@@ -55,6 +60,10 @@ from .outcomes import Cancelled, HandlerBroken, PermanentFailure
 from .rate import Rate, TokenBucket, parse_rate
 
 Handler = Callable[[Message, threading.Event], object]
+# What a handler that starts apart (CommandHandler) offers as `start_handler`: it starts the
+# message's handler and returns at once, with a call that waits for the end and raises as the
+# handler would.
+StartHandler = Callable[[Message, threading.Event], Callable[[], object]]
 # The part of a lease that passes before the keeper extends it.
 EXTEND_AFTER = 0.5
 # Handlers at once, at most: each runs on a thread of its own (and a command in a process of
@@ -201,6 +210,11 @@ class Worker:
         # Handlers this quick (seconds; 0: none is) earn a message leased ahead of them.
         self.lookahead_within = lookahead_within
         self._recent: collections.deque[float] = collections.deque(maxlen=LOOKAHEAD_RUNS)
+        # The one-thread cycle's state (_one_thread_cycle): a message whose handler succeeded,
+        # not yet acked; one leased ahead, not started; the handler running, started apart.
+        self._unacked: tuple[_Job, float] | None = None
+        self._ahead: _Job | None = None
+        self._running_apart: tuple[_Job, float, Callable[[], object]] | None = None
 
     # -- control ---------------------------------------------------------------------------
 
@@ -226,6 +240,16 @@ class Worker:
     def run(self) -> Summary:
         keeper = threading.Thread(target=self._keep_leases, name="ephq-lease-keeper", daemon=True)
         keeper.start()
+        start_handler: StartHandler | None = getattr(self.handler, "start_handler", None)
+        if self.concurrency == 1 and callable(start_handler):
+            try:
+                self._one_thread_cycle(start_handler)
+            finally:
+                self._done.set()
+                keeper.join()
+            if self.failure is not None:
+                raise self.failure
+            return self.summary
         settler = threading.Thread(target=self._settler, name="ephq-settler", daemon=True)
         settler.start()
         hands: list[threading.Thread] = []
@@ -279,17 +303,10 @@ class Worker:
             want = self._free_slots()
             if self._stopping or want == 0:
                 continue
+            if not self._token(wait=True):
+                continue
             if self._bucket is not None:
-                # Wait for a token before leasing: a message this worker may not start yet
-                # stays visible to others.
-                tokens = self._bucket.available()
-                if tokens == 0:
-                    until = time.monotonic() + self._bucket.seconds_until_token()
-                    self.rate_limited = True
-                    self._wait_for_change(_always, until)
-                    self.rate_limited = False
-                    continue
-                want = min(want, tokens)
+                want = min(want, self._bucket.available())
             settled, idle = self._settled, self.running == 0
             # Draining never long-polls: it ends as soon as nothing is visible and all is settled.
             wait = 0.0 if self.drain else POLL_SLICE_S
@@ -317,14 +334,122 @@ class Worker:
                     self._start(message)
             if not got and self.drain:
                 if idle:
-                    retry_in = self._retry_within_reach()
-                    if retry_in is None:
+                    if self._drained():
                         return
-                    # A retry comes due soon enough to wait for (drain_retries).
-                    self._wait_for_change(_always, time.monotonic() + retry_in)
                     continue
                 # A running handler may yet give its message back: wait for one to settle.
                 self._wait_for_change(functools.partial(self._none_settled_since, settled))
+
+    def _one_thread_cycle(self, start_handler: StartHandler) -> None:
+        """One handler at a time, of a kind that starts apart (a command): the whole cycle on
+        this thread. Handing each message to a handler thread and back cost more than its ack
+        and lease did: a quarter of a handler process's half millisecond.
+
+        The next handler starts first; while it runs, the last message is acked and (for quick
+        handlers, as _lease_ahead says) the one after is leased; then the wait for its end. A
+        message whose handler failed is settled before the next starts: its outcome may stop
+        the worker (a broken handler)."""
+        try:
+            while (job := self._next_in_cycle()) is not None:
+                self._run_apart(job, start_handler)
+        except _GaveUp:
+            return
+        finally:
+            # Also when leasing failed (a store that refused): what runs ends, all is settled.
+            if self._running_apart is not None:
+                job, start, finish = self._running_apart
+                self._settle_job(job, start, True, self._failure_of(finish, start))
+            self._ack_unacked()
+            if self._ahead is not None:
+                self._settle_job(self._ahead, time.monotonic(), False, None)
+
+    def _next_in_cycle(self) -> _Job | None:
+        """The next message to run: the one held ahead, or one leased now; None once the
+        worker is done (stopping, max_messages, drained)."""
+        while True:
+            job, self._ahead = self._ahead, None
+            looked = False
+            if job is None and self._may_lease() and self._token(wait=self._unacked is None):
+                # A long poll only with nothing to ack meanwhile; draining never polls long.
+                waiting = self._unacked is None and not self.drain
+                job = self._lease_one(POLL_SLICE_S if waiting else 0.0)
+                looked = True
+            if job is not None:
+                if not self._stopping:
+                    return job
+                self._settle_job(job, time.monotonic(), False, None)  # held ahead: unrun
+            elif self._unacked is not None:
+                self._ack_unacked()
+            elif not self._may_lease() or (looked and self.drain and self._drained()):
+                return None
+
+    def _run_apart(self, job: _Job, start_handler: StartHandler) -> None:
+        """Start job's handler; while it runs, ack the last message and lease one ahead; wait
+        for its end. A failure is settled at once, a success once the next handler starts."""
+        start = time.monotonic()
+        with self._changed:
+            job.began = True
+        failure: BaseException | None = None
+        try:
+            finish = start_handler(job.message, job.cancelled)
+        except Exception as exc:  # it could not start (no process left): a failure like any
+            failure = exc
+        self._ack_unacked()
+        if failure is None:
+            self._running_apart = (job, start, finish)
+            if self._may_lease() and self._lease_ahead() and self._token(wait=False):
+                self._ahead = self._lease_one(0.0)
+            failure = self._failure_of(finish, start)
+            self._running_apart = None
+        with self._changed:
+            job.ended = True
+        if failure is None:
+            self._unacked = (job, start)
+        else:
+            self._settle_job(job, start, True, failure)
+
+    def _ack_unacked(self) -> None:
+        if self._unacked is not None:
+            job, start = self._unacked
+            self._unacked = None
+            self._settle_job(job, start, True, None)
+
+    def _drained(self) -> bool:
+        """Draining, nothing visible and nothing running: whether that is the end. It is not
+        while a retry comes due within drain_retries: then this waits until it does."""
+        retry_in = self._retry_within_reach()
+        if retry_in is None:
+            return True
+        self._wait_for_change(_always, time.monotonic() + retry_in)
+        return False
+
+    def _may_lease(self) -> bool:
+        return not self._stopping and (
+            self.max_messages is None or self._started < self.max_messages
+        )
+
+    def _token(self, *, wait: bool) -> bool:
+        """Whether the rate limit lets a handler start now (a message it may not start yet is
+        never leased: it stays visible to others). If not, and wait, waits until it will."""
+        if self._bucket is None or self._bucket.available() > 0:
+            return True
+        if wait:
+            self.rate_limited = True
+            self._wait_for_change(_always, time.monotonic() + self._bucket.seconds_until_token())
+            self.rate_limited = False
+        return False
+
+    def _lease_one(self, wait: float) -> _Job | None:
+        """One message leased and taken as a job, waiting up to wait seconds for one."""
+        lease = functools.partial(
+            self.queue.dequeue_many, self.stream, 1, self.visibility, wait=wait, dlq=self.dlq
+        )
+        got = self._through("lease messages", lease)
+        if not got:
+            return None
+        if self._bucket is not None:
+            self._bucket.take(1)
+        return self._take(got[0])
 
     def _retry_within_reach(self) -> float | None:
         """Seconds until the stream's next delayed message (a retry) is due, if draining waits
@@ -359,14 +484,18 @@ class Worker:
                     return
                 self._changed.wait(min(POLL_SLICE_S, left))
 
-    def _free_slots(self) -> int:
+    def _lease_ahead(self) -> bool:
+        """Whether to hold one message ahead of the running handlers: each of the last
+        LOOKAHEAD_RUNS took between OVERLAP_MIN_S and lookahead_within."""
         recent = self._recent
-        ahead = (
+        return (
             len(recent) == LOOKAHEAD_RUNS
             and min(recent) > OVERLAP_MIN_S
             and max(recent) < self.lookahead_within
         )
-        free = self.concurrency + ahead - len(self._jobs)
+
+    def _free_slots(self) -> int:
+        free = self.concurrency + self._lease_ahead() - len(self._jobs)
         if self.max_messages is not None:
             free = min(free, self.max_messages - self._started)
         return max(0, free)
@@ -423,9 +552,14 @@ class Worker:
 
     def _run_handler(self, job: _Job) -> BaseException | None:
         """Run the handler; what it raised (None: it succeeded)."""
-        began = time.monotonic()
+        handler = functools.partial(self.handler, job.message, job.cancelled)
+        return self._failure_of(handler, time.monotonic())
+
+    def _failure_of(self, handler: Callable[[], object], began: float) -> BaseException | None:
+        """Call handler (or the wait for one started apart at began): what it raised (None: it
+        succeeded)."""
         try:
-            self.handler(job.message, job.cancelled)
+            handler()
         except Exception as exc:
             return exc
         except BaseException as exc:
