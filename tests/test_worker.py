@@ -368,6 +368,23 @@ def test_max_messages_and_json_logs(store: str, home: Path, tmp_path: Path) -> N
 
 @pytest.mark.timeout(60)
 @pytest.mark.both_backends
+@pytest.mark.parametrize("concurrency", ["1", "4"])
+def test_max_messages_is_exact_however_many_lease_at_once(
+    store: str, home: Path, concurrency: str
+) -> None:
+    q = open_store(home)
+    q.enqueue_many("s", list(range(20)))
+    worker = start_worker(
+        home, "s", "--exec", "cat > /dev/null", "--max-messages", "5", "-c", concurrency
+    )
+    code, err = finish(worker)
+    assert code == 0, err
+    assert err.strip().splitlines()[-1].startswith("ephq worker: handled 5 (acked 5,")
+    assert (q.stats("s").ready, q.stats("s").inflight) == (15, 0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.both_backends
 def test_dlq_mode_consumes_dead_letters(store: str, home: Path, tmp_path: Path) -> None:
     q = open_store(home)
     q.configure("s", max_attempts=1)
@@ -917,7 +934,9 @@ def test_quick_python_handlers_run_in_order_and_a_stop_still_reaches_one(
 
 def _handler_threads() -> list[str]:
     return [
-        t.name for t in threading.enumerate() if t.name.startswith(("ephq-handler", "ephq-settler"))
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith(("ephq-handler", "ephq-settler", "ephq-cycle"))
     ]
 
 
@@ -950,7 +969,7 @@ def test_one_command_at_a_time_runs_on_one_thread_and_a_message_held_ahead_goes_
     thread = _run_in_thread(worker)
     wait_for((tmp_path / f"started-{blocker}").exists, 60)
     wait_for(lambda: q.stats("s").inflight == 2)  # the blocker, and the next held ahead
-    assert _handler_threads() == []
+    assert _handler_threads() == []  # nor a cycle thread: the worker's own runs it
     worker.stop()
     (tmp_path / f"go-{blocker}").touch()
     thread.join(60)

@@ -14,11 +14,12 @@ One implementation for Python and the shell: `Worker(queue, stream, handler)` ta
   held ahead is released unrun when the worker stops. At concurrency 1, handlers that have
   each returned within INLINE_MAX_S (Python functions with nothing to wait for) run on the
   leasing thread itself, where the hop to a handler thread and back cost more than they did.
-  So does, at concurrency 1, a handler that starts apart (`start_handler`, as a command does:
-  it starts the process and returns at once, with a call that waits for its end): one thread
-  starts the next handler, then acks the last message and leases one ahead while it runs,
-  then waits for it; the hops to and from the handler and settler threads cost a quarter of
-  a command's time (`_one_thread_cycle`).
+- A handler that starts apart (`start_handler`, as a command does: it starts the process and
+  returns at once, with a call that waits for its end) has no leasing, handler or settler
+  threads, whose hops cost a quarter of a command's time: each of `concurrency` threads (the
+  worker's own among them) runs whole cycles (`_cycle`): lease, start the handler, ack the
+  last message (and at concurrency 1 lease one ahead) while it runs, wait for its end. One
+  thread leases at a time: one long poll when the stream is empty, not one per thread.
 - A keeper thread extends each running lease when half of it is left, so a handler may run far
   longer than `visibility`. If the worker dies, its leases expire and another worker takes over.
 - Outcomes: return -> ack; PermanentFailure -> dead-letter now; Cancelled -> release (the attempt
@@ -125,6 +126,16 @@ class _Job:
     ended: bool = False  # its handler returned (it may still be being settled)
 
 
+@dataclass
+class _Cycle:
+    """One cycle thread's own (_cycle): a message whose handler succeeded, not acked yet; one
+    leased ahead, not started; the handler running, started apart, and when."""
+
+    unacked: tuple[_Job, float] | None = None
+    ahead: _Job | None = None
+    running: tuple[_Job, float, Callable[[], object]] | None = None
+
+
 class Worker:
     def __init__(
         self,
@@ -210,11 +221,10 @@ class Worker:
         # Handlers this quick (seconds; 0: none is) earn a message leased ahead of them.
         self.lookahead_within = lookahead_within
         self._recent: collections.deque[float] = collections.deque(maxlen=LOOKAHEAD_RUNS)
-        # The one-thread cycle's state (_one_thread_cycle): a message whose handler succeeded,
-        # not yet acked; one leased ahead, not started; the handler running, started apart.
-        self._unacked: tuple[_Job, float] | None = None
-        self._ahead: _Job | None = None
-        self._running_apart: tuple[_Job, float, Callable[[], object]] | None = None
+        # Handlers that start apart: one thread leases at a time (_lease_in_cycle); a draining
+        # one that found nothing left tells the others (_drain_ends).
+        self._leasing = threading.Lock()
+        self._drained_out = False
 
     # -- control ---------------------------------------------------------------------------
 
@@ -241,9 +251,9 @@ class Worker:
         keeper = threading.Thread(target=self._keep_leases, name="ephq-lease-keeper", daemon=True)
         keeper.start()
         start_handler: StartHandler | None = getattr(self.handler, "start_handler", None)
-        if self.concurrency == 1 and callable(start_handler):
+        if callable(start_handler):
             try:
-                self._one_thread_cycle(start_handler)
+                self._cycles(start_handler)
             finally:
                 self._done.set()
                 keeper.join()
@@ -258,12 +268,8 @@ class Worker:
                 hand = threading.Thread(target=self._hand, name=f"ephq-handler-{i}", daemon=True)
                 hand.start()
                 hands.append(hand)
-        except RuntimeError as exc:  # the process may start no more threads (ulimit -u)
-            self.failure = BadInput(
-                f"cannot start {self.concurrency} handler threads ({exc} after {len(hands)}): "
-                "lower the concurrency"
-            )
-            self._stopping = True  # the loop below leases nothing; what started ends
+        except RuntimeError as exc:
+            self._no_more_threads(exc, len(hands))
         try:
             self._lease_loop()
         finally:
@@ -279,6 +285,15 @@ class Worker:
         if self.failure is not None:
             raise self.failure
         return self.summary
+
+    def _no_more_threads(self, exc: RuntimeError, started: int) -> None:
+        """The process may start no more threads (ulimit -u): nothing more is leased, and what
+        started ends."""
+        self.failure = BadInput(
+            f"cannot start {self.concurrency} handler threads ({exc} after {started}): "
+            "lower the concurrency"
+        )
+        self._stopping = True
 
     def _hand(self) -> None:
         """One of the handler threads: run jobs as the loop hands them out, until told to end.
@@ -340,50 +355,82 @@ class Worker:
                 # A running handler may yet give its message back: wait for one to settle.
                 self._wait_for_change(functools.partial(self._none_settled_since, settled))
 
-    def _one_thread_cycle(self, start_handler: StartHandler) -> None:
-        """One handler at a time, of a kind that starts apart (a command): the whole cycle on
-        this thread. Handing each message to a handler thread and back cost more than its ack
-        and lease did: a quarter of a handler process's half millisecond.
-
-        The next handler starts first; while it runs, the last message is acked and (for quick
-        handlers, as _lease_ahead says) the one after is leased; then the wait for its end. A
-        message whose handler failed is settled before the next starts: its outcome may stop
-        the worker (a broken handler)."""
+    def _cycles(self, start_handler: StartHandler) -> None:
+        """Handlers that start apart (commands): `concurrency` threads, this one among them,
+        each running the whole cycle of one handler at a time (_cycle); no hand-off from a
+        leasing thread to a handler thread and back, which cost a quarter of a command's time."""
+        cycles: list[threading.Thread] = []
         try:
-            while (job := self._next_in_cycle()) is not None:
-                self._run_apart(job, start_handler)
-        except _GaveUp:
-            return
+            for i in range(1, self.concurrency):
+                cycle = threading.Thread(
+                    target=self._cycle, args=(start_handler,), name=f"ephq-cycle-{i}", daemon=True
+                )
+                cycle.start()
+                cycles.append(cycle)
+        except RuntimeError as exc:
+            self._no_more_threads(exc, len(cycles) + 1)
+        try:
+            self._cycle(start_handler)
         finally:
-            # Also when leasing failed (a store that refused): what runs ends, all is settled.
-            if self._running_apart is not None:
-                job, start, finish = self._running_apart
-                self._settle_job(job, start, True, self._failure_of(finish, start))
-            self._ack_unacked()
-            if self._ahead is not None:
-                self._settle_job(self._ahead, time.monotonic(), False, None)
+            for cycle in cycles:
+                cycle.join()
 
-    def _next_in_cycle(self) -> _Job | None:
+    def _cycle(self, start_handler: StartHandler) -> None:
+        """One thread's cycle: the next handler starts first; while it runs, the last message
+        is acked and (at concurrency 1, for quick handlers, as _lease_ahead says) the one after
+        is leased; then the wait for its end. A message whose handler failed is settled before
+        the next starts: its outcome may stop the worker (a broken handler)."""
+        cycle = _Cycle()
+        try:
+            while (job := self._next_in_cycle(cycle)) is not None:
+                self._run_apart(cycle, job, start_handler)
+        except _GaveUp:
+            pass
+        except Exception as exc:  # a store that refused a lease: the worker stops with it
+            self._failed(exc)
+        finally:
+            if cycle.running is not None:
+                job, start, finish = cycle.running
+                self._settle_job(job, start, True, self._failure_of(finish, start))
+            self._ack_unacked(cycle)
+            if cycle.ahead is not None:
+                self._settle_job(cycle.ahead, time.monotonic(), False, None)
+
+    def _next_in_cycle(self, cycle: _Cycle) -> _Job | None:
         """The next message to run: the one held ahead, or one leased now; None once the
         worker is done (stopping, max_messages, drained)."""
         while True:
-            job, self._ahead = self._ahead, None
+            job, cycle.ahead = cycle.ahead, None
             looked = False
-            if job is None and self._may_lease() and self._token(wait=self._unacked is None):
-                # A long poll only with nothing to ack meanwhile; draining never polls long.
-                waiting = self._unacked is None and not self.drain
-                job = self._lease_one(POLL_SLICE_S if waiting else 0.0)
-                looked = True
+            if job is None:
+                job, looked = self._lease_in_cycle(cycle)
             if job is not None:
                 if not self._stopping:
                     return job
                 self._settle_job(job, time.monotonic(), False, None)  # held ahead: unrun
-            elif self._unacked is not None:
-                self._ack_unacked()
-            elif not self._may_lease() or (looked and self.drain and self._drained()):
+            elif cycle.unacked is not None:
+                self._ack_unacked(cycle)
+            elif not self._may_lease() or (looked and self.drain and self._drain_ends()):
                 return None
 
-    def _run_apart(self, job: _Job, start_handler: StartHandler) -> None:
+    def _lease_in_cycle(self, cycle: _Cycle) -> tuple[_Job | None, bool]:
+        """A message leased for this cycle, if one came; and whether the queue was looked at.
+
+        One thread leases at a time, the others waiting their turn: one long poll, not a herd
+        of them, and max_messages and the rate limit counted exactly. A cycle with a message
+        to ack does not wait for its turn, nor for a message: it acks first."""
+        if not self._leasing.acquire(timeout=0 if cycle.unacked else POLL_SLICE_S):
+            return None, False
+        try:
+            if not self._may_lease() or not self._token(wait=cycle.unacked is None):
+                return None, False
+            # A long poll only with nothing to ack meanwhile; draining never polls long.
+            waiting = cycle.unacked is None and not self.drain
+            return self._lease_one(POLL_SLICE_S if waiting else 0.0), True
+        finally:
+            self._leasing.release()
+
+    def _run_apart(self, cycle: _Cycle, job: _Job, start_handler: StartHandler) -> None:
         """Start job's handler; while it runs, ack the last message and lease one ahead; wait
         for its end. A failure is settled at once, a success once the next handler starts."""
         start = time.monotonic()
@@ -394,25 +441,41 @@ class Worker:
             finish = start_handler(job.message, job.cancelled)
         except Exception as exc:  # it could not start (no process left): a failure like any
             failure = exc
-        self._ack_unacked()
+        self._ack_unacked(cycle)
         if failure is None:
-            self._running_apart = (job, start, finish)
-            if self._may_lease() and self._lease_ahead() and self._token(wait=False):
-                self._ahead = self._lease_one(0.0)
+            cycle.running = (job, start, finish)
+            if self.concurrency == 1 and self._lease_ahead():
+                with self._leasing:
+                    if self._may_lease() and self._token(wait=False):
+                        cycle.ahead = self._lease_one(0.0)
             failure = self._failure_of(finish, start)
-            self._running_apart = None
+            cycle.running = None
         with self._changed:
             job.ended = True
         if failure is None:
-            self._unacked = (job, start)
+            cycle.unacked = (job, start)
         else:
             self._settle_job(job, start, True, failure)
 
-    def _ack_unacked(self) -> None:
-        if self._unacked is not None:
-            job, start = self._unacked
-            self._unacked = None
+    def _ack_unacked(self, cycle: _Cycle) -> None:
+        if cycle.unacked is not None:
+            job, start = cycle.unacked
+            cycle.unacked = None
             self._settle_job(job, start, True, None)
+
+    def _drain_ends(self) -> bool:
+        """A draining cycle found nothing visible: whether the worker is done. Not while a
+        handler runs (it may yet give its message back: this waits for one to settle), nor
+        while a retry comes due within drain_retries (this waits for it)."""
+        with self._changed:
+            busy, settled = bool(self._jobs), self._settled
+        if busy:
+            self._wait_for_change(functools.partial(self._none_settled_since, settled))
+            return False
+        if self._drained():
+            self._drained_out = True  # the other cycles end too
+            return True
+        return False
 
     def _drained(self) -> bool:
         """Draining, nothing visible and nothing running: whether that is the end. It is not
@@ -424,8 +487,10 @@ class Worker:
         return False
 
     def _may_lease(self) -> bool:
-        return not self._stopping and (
-            self.max_messages is None or self._started < self.max_messages
+        return (
+            not self._stopping
+            and not self._drained_out
+            and (self.max_messages is None or self._started < self.max_messages)
         )
 
     def _token(self, *, wait: bool) -> bool:
