@@ -5,7 +5,10 @@
 - Throughput: messages per second through `ephq worker --exec true --drain` at concurrency 1,
   2 and 4, from the worker's start to its exit (so start-up is included), over a backlog; and
   the floor, in the same run: a loop starting `/bin/sh -c true` with its stdin and stderr
-  piped (posix_spawn, the cheapest way Python has), writing a message to it and waiting.
+  piped (posix_spawn, the cheapest way Python has), writing a message to it and waiting; for
+  concurrency N, N such loops in N processes at once (what the machine's cores allow).
+- Scaling: the same with a handler that waits (`sleep 0.01`, as one that calls a service
+  does) at concurrency 1, 2, 4 and 8, against N times concurrency 1.
 - Pick-up latency: an idle worker (`--exec 'date +%s%N'`), one message enqueued at a time; the
   time from just before the enqueue call to the handler's first instruction. The handler's
   clock reading costs one exec of date(1) (~1 ms), which is included.
@@ -14,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import signal
@@ -22,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,13 +41,13 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def throughput(home: str, messages: int, concurrency: int) -> float:
+def throughput(home: str, messages: int, concurrency: int, command: str = "true") -> float:
     q = Queue(home)
     q.enqueue_many("bench", [{"n": n} for n in range(messages)])
     env = {**os.environ, "EPHQ_HOME": home}
     start = time.perf_counter()
     subprocess.run(
-        [EPHQ, "worker", "bench", "--exec", "true", "--drain", "--concurrency", str(concurrency)],
+        [EPHQ, "worker", "bench", "--exec", command, "--drain", "--concurrency", str(concurrency)],
         env=env,
         stderr=subprocess.DEVNULL,
         check=True,
@@ -50,6 +55,16 @@ def throughput(home: str, messages: int, concurrency: int) -> float:
     elapsed = time.perf_counter() - start
     assert q.stats("bench").ready == 0
     return messages / elapsed
+
+
+def floors(messages: int, loops: int) -> float:
+    """Handlers per second with nothing but starting them, in loops processes at once."""
+    if loops == 1:
+        return floor(messages)
+    with multiprocessing.Pool(loops) as pool:
+        start = time.perf_counter()
+        pool.map(floor, [messages // loops] * loops)
+        return messages // loops * loops / (time.perf_counter() - start)
 
 
 def floor(messages: int) -> float:
@@ -110,35 +125,71 @@ def pickup(home: str, count: int) -> list[float]:
     return latencies
 
 
+CONCURRENCY = (1, 2, 4)
+WAITING_CONCURRENCY = (1, 2, 4, 8)
+WAITING_HANDLER = "sleep 0.01"
+
+
+@dataclass
+class Measured:
+    floors: dict[int, list[float]]  # concurrency -> floor rates, one per rep
+    rates: dict[int, list[float]]  # concurrency -> worker rates with `true`
+    waiting: dict[int, list[float]]  # concurrency -> worker rates with WAITING_HANDLER
+    latencies: list[float]  # pick-up, milliseconds
+
+
 def measure(
-    messages: int, reps: int, pickups: int, workdir: str
-) -> tuple[dict[int, list[float]], list[float]]:
-    """Rates at each concurrency over reps, and pick-up latencies in milliseconds."""
+    messages: int, waiting_messages: int, reps: int, pickups: int, workdir: str
+) -> Measured:
+    """Each rate over reps, side by side in each rep, and pick-up latencies."""
     base = tempfile.mkdtemp(prefix="ephq-bench-worker-", dir=workdir)
+    found = Measured({c: [] for c in CONCURRENCY}, {c: [] for c in CONCURRENCY}, {}, [])
+    found.waiting = {c: [] for c in WAITING_CONCURRENCY}
     try:
-        rates: dict[int, list[float]] = {0: [], 1: [], 2: [], 4: []}
         for rep in range(reps):
-            for concurrency, found in rates.items():
-                if concurrency == 0:
-                    found.append(floor(messages))
-                    continue
+            for concurrency in CONCURRENCY:
+                found.floors[concurrency].append(floors(messages, concurrency))
                 home = os.path.join(base, f"t{rep}-{concurrency}")
-                found.append(throughput(home, messages, concurrency))
-        latencies = pickup(os.path.join(base, "pickup"), pickups)
+                found.rates[concurrency].append(throughput(home, messages, concurrency))
+            for concurrency in WAITING_CONCURRENCY:
+                home = os.path.join(base, f"w{rep}-{concurrency}")
+                rate = throughput(home, waiting_messages, concurrency, WAITING_HANDLER)
+                found.waiting[concurrency].append(rate)
+        found.latencies = pickup(os.path.join(base, "pickup"), pickups)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    return rates, latencies
+    return found
 
 
-def table(rates: dict[int, list[float]], latencies: list[float]) -> str:
-    lines = ["| concurrency | msgs/s median (min-max) | / the floor |", "|---|---|---|"]
-    base = statistics.median(rates[0])
-    for concurrency, values in rates.items():
-        label = "the floor: sh -c true, started and waited for" if concurrency == 0 else concurrency
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
+
+
+def table(found: Measured) -> str:
+    lines = [
+        "| concurrency | the floor: N loops of sh -c true, msgs/s | ephq worker --exec true, "
+        "msgs/s median (min-max) | / the floor at 1 | / the floor at N |",
+        "|---|---|---|---|---|",
+    ]
+    base = statistics.median(found.floors[1])
+    for concurrency, values in found.rates.items():
+        at_n = statistics.median(found.floors[concurrency])
         lines.append(
-            f"| {label} | {statistics.median(values):.0f} "
-            f"({min(values):.0f}-{max(values):.0f}) | {statistics.median(values) / base:.2f} |"
+            f"| {concurrency} | {_spread(found.floors[concurrency])} | {_spread(values)} "
+            f"| {statistics.median(values) / base:.2f} | {statistics.median(values) / at_n:.2f} |"
         )
+    one = statistics.median(found.waiting[1])
+    lines += [
+        "",
+        f"| concurrency | ephq worker --exec '{WAITING_HANDLER}', msgs/s median (min-max) "
+        "| / concurrency 1 |",
+        "|---|---|---|",
+    ]
+    for concurrency, values in found.waiting.items():
+        lines.append(
+            f"| {concurrency} | {_spread(values)} | {statistics.median(values) / one:.2f} |"
+        )
+    latencies = found.latencies
     lines += [
         "",
         f"pick-up latency, enqueue to handler start, {len(latencies)} messages: "
@@ -151,17 +202,18 @@ def table(rates: dict[int, list[float]], latencies: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=400)
+    parser.add_argument("--waiting-messages", type=int, default=200)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--pickups", type=int, default=60)
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     args = parser.parse_args()
-    rates, latencies = measure(args.messages, args.reps, args.pickups, args.workdir)
+    found = measure(args.messages, args.waiting_messages, args.reps, args.pickups, args.workdir)
     print(
         f"ephq worker, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
         f"{args.messages} messages, {args.reps} repetitions"
     )
     print()
-    print(table(rates, latencies))
+    print(table(found))
 
 
 if __name__ == "__main__":
