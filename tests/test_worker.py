@@ -7,6 +7,7 @@ import errno
 import functools
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -317,6 +318,51 @@ def test_sigkilled_worker_message_comes_back_after_its_lease(
     # taken by a process that is not a worker keeps its deadline: test_processes.py).
     m = q.dequeue("s", wait=10)
     assert m is not None and (m.id, m.attempts) == (mid, 2)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("concurrency", ["1", "3"])
+def test_workers_killed_again_and_again_lose_nothing_and_repeat_little(
+    home: Path, tmp_path: Path, concurrency: str
+) -> None:
+    """Worker after worker is SIGKILLed at a random moment of its run, between and during
+    leases, handler starts and acks: every message is handled in the end and settled, and
+    only what a killed worker held (running, ended but not yet acked, held ahead) runs again."""
+    rng = random.Random(int(concurrency))
+    q = open_store(home)
+    q.configure("s", max_attempts=1000)  # a message held at several kills is not dead-lettered
+    ids = q.enqueue_many("s", list(range(300)))
+    log = tmp_path / "handled"
+    handler = script(tmp_path, f'echo "$EPHQ_MESSAGE_ID" >> {log}\n')
+    # A lease younger than the worker's last announcement of its leases (a tenth of a second)
+    # keeps its deadline when the worker dies: a short one, so that it comes back soon.
+    run = ("--exec", handler, "-c", concurrency, "--drain", "--visibility", "2s")
+    kills = 0
+    for _ in range(40):
+        stats = q.stats("s")
+        if stats.ready == stats.inflight == stats.delayed == 0:
+            break
+        worker = start_worker(home, "s", *run)
+        time.sleep(rng.uniform(0.2, 0.6))
+        if worker.poll() is None:
+            os.kill(worker.pid, signal.SIGKILL)  # the worker alone: its guard ends its handlers
+            kills += 1
+        worker.communicate(timeout=30)
+    assert kills >= 3, "too few workers were killed mid-run to test anything"
+    # What the killed workers held comes back (at once if announced, else at its deadline):
+    # workers left to finish handle it.
+    end = time.monotonic() + 60
+    while (stats := q.stats("s")).ready + stats.inflight + stats.delayed > 0:
+        assert time.monotonic() < end, stats
+        code, err = finish(start_worker(home, "s", *run), timeout=60)
+        assert code == 0, err
+        time.sleep(0.2)
+    handled = Counter(log.read_text().split())
+    assert sorted(handled) == ids  # none lost, nothing foreign
+    repeats = sum(handled.values()) - len(ids)
+    held_at_once = 2 * int(concurrency) + 1  # running, ended unacked, one held ahead
+    assert repeats <= kills * held_at_once, (repeats, kills)
+    assert q.stats("s").dlq == 0
 
 
 @pytest.mark.timeout(60)
