@@ -1,6 +1,6 @@
 """Throughput and pick-up latency of `ephq worker`.
 
-    python bench/worker.py [--messages 400] [--reps 3] [--workdir DIR]
+    python bench/worker.py [--messages 400] [--reps 3] [--workdir DIR] [--baseline REV]
 
 - Throughput: messages per second through `ephq worker --exec true --drain` at concurrency 1,
   2 and 4, from the worker's start to its exit (so start-up is included), over a backlog; and
@@ -9,6 +9,9 @@
   concurrency N, N such loops in N processes at once (what the machine's cores allow).
 - Scaling: the same with a handler that waits (`sleep 0.01`, as one that calls a service
   does) at concurrency 1, 2, 4 and 8, against N times concurrency 1.
+- With --baseline REV: instead, the worker of REV (a git worktree) and of this tree, each
+  started as `python -m ephq` from its own tree, taking turns with the floor, at each
+  concurrency: how a change moved the worker, side by side in one run.
 - Pick-up latency: an idle worker (`--exec 'date +%s%N'`), one message enqueued at a time; the
   time from just before the enqueue call to the handler's first instruction. The handler's
   clock reading costs one exec of date(1) (~1 ms), which is included.
@@ -31,6 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from baseline import ROOT, checked_out
+
 from ephq import Queue
 
 EPHQ = str(Path(sys.executable).parent / "ephq")
@@ -41,17 +46,22 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def throughput(home: str, messages: int, concurrency: int, command: str = "true") -> float:
+def throughput(
+    home: str, messages: int, concurrency: int, command: str = "true", tree: Path | None = None
+) -> float:
+    """Messages a second through the worker: the installed `ephq`, or `python -m ephq` from
+    tree (a checkout), started in home so that nothing else is imported."""
     q = Queue(home)
     q.enqueue_many("bench", [{"n": n} for n in range(messages)])
     env = {**os.environ, "EPHQ_HOME": home}
+    launcher = [EPHQ]
+    if tree is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # its bytecode cached, as an install has it
+        env["PYTHONPATH"] = str(tree)
+        launcher = [sys.executable, "-m", "ephq"]
+    worker = ["worker", "bench", "--exec", command, "--drain", "--concurrency", str(concurrency)]
     start = time.perf_counter()
-    subprocess.run(
-        [EPHQ, "worker", "bench", "--exec", command, "--drain", "--concurrency", str(concurrency)],
-        env=env,
-        stderr=subprocess.DEVNULL,
-        check=True,
-    )
+    subprocess.run([*launcher, *worker], env=env, cwd=home, stderr=subprocess.DEVNULL, check=True)
     elapsed = time.perf_counter() - start
     assert q.stats("bench").ready == 0
     return messages / elapsed
@@ -161,6 +171,39 @@ def measure(
     return found
 
 
+def against(baseline: str, messages: int, reps: int, workdir: str) -> str:
+    """The worker of baseline and of this tree, taking turns with the floor: a table of each
+    as a multiple of the floor's rate in the same rep, and this tree against baseline."""
+    base = tempfile.mkdtemp(prefix="ephq-bench-worker-", dir=workdir)
+    ratios: dict[tuple[str, int], list[float]] = {}
+    try:
+        with checked_out(baseline, base) as old:
+            for rep in range(reps):
+                for concurrency in CONCURRENCY:
+                    the_floor = floor(messages)
+                    for side, tree in (("baseline", old), ("this tree", ROOT)):
+                        home = os.path.join(base, f"{side}-{rep}-{concurrency}")
+                        rate = throughput(home, messages, concurrency, tree=tree)
+                        ratios.setdefault((side, concurrency), []).append(rate / the_floor)
+                        shutil.rmtree(home, ignore_errors=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    lines = [
+        f"| concurrency | {baseline} / the floor | this tree / the floor "
+        f"| this tree / {baseline} |",
+        "|---|---|---|---|",
+    ]
+    for concurrency in CONCURRENCY:
+        old_r, new_r = ratios[("baseline", concurrency)], ratios[("this tree", concurrency)]
+        gain = statistics.median(new_r) / statistics.median(old_r)
+        lines.append(f"| {concurrency} | {_ratios(old_r)} | {_ratios(new_r)} | {gain:.2f} |")
+    return "\n".join(lines)
+
+
+def _ratios(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
 def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
 
@@ -206,7 +249,16 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--pickups", type=int, default=60)
     parser.add_argument("--workdir", default=tempfile.gettempdir())
+    parser.add_argument("--baseline", metavar="REV", help="compare with the worker of REV")
     args = parser.parse_args()
+    if args.baseline:
+        print(
+            f"ephq worker --exec true --drain, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} "
+            f"CPUs, {args.messages} messages, {args.reps} repetitions, against {args.baseline}"
+        )
+        print()
+        print(against(args.baseline, args.messages, args.reps, args.workdir))
+        return
     found = measure(args.messages, args.waiting_messages, args.reps, args.pickups, args.workdir)
     print(
         f"ephq worker, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
