@@ -5,6 +5,7 @@ Each is exercised through the CLI and the worker, with several real processes, o
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
@@ -13,13 +14,14 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from ephq import Queue
-from ephq.errors import BadInput, NotFound
+from ephq.errors import BadInput, LeaseLost, NotFound
 from ephq.files.dedup import key_path
 from ephq.worker.rate import Rate, TokenBucket, parse_rate
 from tests.conftest import FakeClock, fresh_database, open_store, store_environment
@@ -559,6 +561,47 @@ def test_a_process_that_leased_in_many_streams_keeps_no_file_open_for_each(home:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["done"]
+
+
+def test_a_process_that_used_many_streams_keeps_the_state_of_a_bounded_number(
+    home: Path,
+) -> None:
+    """A long-lived Queue that works with one stream after another (one per tenant) kept each
+    stream's state for good, about 8 KB a stream: its memory grew without end. Now past
+    MOST_STREAMS the oldest is dropped, and a lease taken in a stream dropped since is still
+    extended, acked and settled by its receipt."""
+    from ephq.files.backend import MOST_STREAMS
+
+    q = Queue(home, keep_leases=False)
+    q.enqueue("first", 1)
+    m = q.dequeue("first", visibility=600)
+    assert m is not None and m.receipt is not None
+    q.extend("first", m.receipt, 900)  # this process alone knows the file's name now
+
+    def use_streams(start: int, count: int) -> None:
+        for n in range(start, start + count):
+            q.enqueue(f"s{n}", n)
+            got = q.dequeue(f"s{n}")
+            assert got is not None and got.receipt is not None
+            q.ack(f"s{n}", got.receipt)
+
+    tracemalloc.start()
+    try:
+        use_streams(0, MOST_STREAMS)  # "first" is dropped by now
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        use_streams(MOST_STREAMS, MOST_STREAMS)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # Kept for good, MOST_STREAMS more streams took more than 4 MB.
+    assert grown < 1_000_000, grown
+    q.ack("first", m.receipt)  # found by its name, though its stream was made anew
+    stats = q.stats("first")
+    assert (stats.ready, stats.inflight, stats.delayed) == (0, 0, 0)
+    with pytest.raises(LeaseLost):
+        q.ack("first", m.receipt)
 
 
 def test_a_holder_without_leases_is_closed_and_comes_back_with_the_next(

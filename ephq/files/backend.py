@@ -34,6 +34,12 @@ if TYPE_CHECKING:
     from .doorbell import Doorbell
 
 NS = 1_000_000_000
+# Streams this process keeps the state of (their stores' caches, the pool's notes, the census):
+# about 8 KB each. A process that works with many streams in turn (one per tenant, say) kept
+# every one for good; past this many, the one made longest ago is dropped, and using it again
+# reads its layout anew, as a new process would. Nothing it kept is needed to settle a lease:
+# a receipt is found by its name (store.py, _delivery_paths).
+MOST_STREAMS = 512
 
 
 class FileBackend:
@@ -75,6 +81,10 @@ class FileBackend:
                         self._dead_letter_store, name
                     )
                     self._streams[name] = stream
+                    if len(self._streams) > MOST_STREAMS:
+                        # The oldest made, not the least used: no bookkeeping on every call,
+                        # and a busy stream dropped is made again once per MOST_STREAMS others.
+                        del self._streams[next(iter(self._streams))]
         return stream
 
     def _dead_letter_store(self, name: str) -> Store | None:
