@@ -508,6 +508,40 @@ def test_a_store_that_refuses_an_ack_stops_the_worker_with_its_error(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_a_store_that_refuses_a_lease_stops_a_command_worker_with_all_settled(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, concurrency: int
+) -> None:
+    """A command worker's cycles lease while handlers run: a lease refused for good (EACCES,
+    which root cannot meet for real) stops the worker with that error, once every handler
+    that had started has ended and its message is settled."""
+    q = open_store(home)
+    q.enqueue_many("s", list(range(20)))
+    dequeue_many = q.dequeue_many
+    leases = 0
+
+    def refused_after_five(*args: object, **kwargs: object) -> list[Message]:
+        nonlocal leases
+        leases += 1
+        if leases > 5:
+            raise StoragePermissionDenied("cannot dequeue from stream 's': permission denied")
+        return dequeue_many(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(q, "dequeue_many", refused_after_five)
+    ran = tmp_path / "ran"
+    handler = CommandHandler(f'echo "$EPHQ_MESSAGE_ID" >> {ran}', store=store_environment(home))
+    worker = Worker(q, "s", handler, concurrency=concurrency, drain=True)
+    with pytest.raises(StoragePermissionDenied, match="permission denied"):
+        worker.run()
+    handler.close()
+    handled = ran.read_text().split()
+    assert 1 <= len(handled) <= 5
+    assert worker.summary.acked == len(handled)
+    stats = q.stats("s")
+    assert (stats.ready, stats.inflight) == (20 - worker.summary.acked, 0)
+
+
+@pytest.mark.timeout(60)
 def test_a_store_that_refuses_to_extend_a_lease_stops_the_worker(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

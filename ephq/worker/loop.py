@@ -205,9 +205,9 @@ class Worker:
         self._stop_now = False
         self._grace_ends = float("inf")  # when running handlers are cancelled, once stopping
         self.broken: str | None = None  # why the worker stopped: its handler cannot run
-        # What the store refused while settling a message or extending a lease (a read-only
-        # file system, denied permission): the worker stops, and run() raises it once every
-        # thread has ended.
+        # What the store refused while settling a message, extending a lease or leasing one in
+        # a cycle (a read-only file system, denied permission): the worker stops, and run()
+        # raises it once every thread has ended.
         self.failure: Exception | None = None
         self._done = threading.Event()
         self._started = 0
@@ -660,8 +660,8 @@ class Worker:
                 self._changed.notify_all()
 
     def _failed(self, exc: Exception) -> None:
-        """The store refused to settle a message or extend a lease: stop leasing; run() raises
-        the first such."""
+        """The store refused to settle a message, extend a lease or (in a cycle, _cycle) lease
+        one: stop leasing; run() raises the first such."""
         with self._changed:
             if self.failure is None:
                 self.failure = exc
