@@ -321,9 +321,10 @@ def test_sigkilled_worker_message_comes_back_after_its_lease(
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.both_backends
 @pytest.mark.parametrize("concurrency", ["1", "3"])
 def test_workers_killed_again_and_again_lose_nothing_and_repeat_little(
-    home: Path, tmp_path: Path, concurrency: str
+    store: str, home: Path, tmp_path: Path, concurrency: str
 ) -> None:
     """Worker after worker is SIGKILLed at a random moment of its run, between and during
     leases, handler starts and acks: every message is handled in the end and settled, and
