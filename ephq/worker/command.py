@@ -196,17 +196,21 @@ class CommandHandler:
         self._running.add(child)
         data = message.data_json.encode()
         feeder = None
+        stdin_ours = True  # until _feed has it: it closes stdin, whose number may then be reused
         try:
             stderr = _StderrTail(stderr_fd)
             if len(data) <= _PIPE_CAPACITY:
+                stdin_ours = False
                 _feed(stdin, data)  # fits in the pipe: cannot block, whatever the handler does
             else:
                 feeder = threading.Thread(target=_feed, args=(stdin, data), daemon=True)
                 feeder.start()
+                stdin_ours = False
         except BaseException:
             # (No thread left to feed it: a process may start no more.) Nothing of it is left.
-            with contextlib.suppress(OSError):
-                os.close(stdin)
+            if stdin_ours:
+                with contextlib.suppress(OSError):
+                    os.close(stdin)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGKILL)
             child.wait(KILL_AFTER_S)
