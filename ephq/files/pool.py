@@ -96,7 +96,8 @@ SCANNED = "scanned-"  # + the boot id: this boot's first look at pool/ is done
 SetAside = Callable[[str, NotOurs], bool]
 # Place the sealed record in a pooled file (fd: the file, locked; its path, bytes and record).
 PlaceSealed = Callable[[int, str, bytes, bytes], None]
-# A file's inode and ctime, which every move and every zeroing changes.
+# A pooled file's inode and mtime: every give (an ack's zeroing) sets the mtime to an instant of
+# its own (_given_stamp), and every write moves it.
 Identity = tuple[int, int]
 
 
@@ -161,6 +162,7 @@ class FilePool:
                 os.unlink(path)  # the pool's directory cannot grow: free the file
                 return
             os.pwrite(fd, bytes(st.st_size), 0)
+            os.utime(fd, ns=(_given_stamp(),) * 2)
         finally:
             os.close(fd)
         self._hints.append(slot)  # this process's next enqueue can have it at once
@@ -257,25 +259,29 @@ class FilePool:
         there is none to take (then open_new as ever).
 
         Slot names come back: other processes may take a settled file, and an ack give it (or
-        another) back under the same name, after the flush, its new entry unflushed. Its inode
-        and ctime (which every move and every zeroing changes) tell, looked at just before
-        the rename that takes it; a whole enqueue, delivery and ack in between, within one
-        tick of the clock that stamps ctime, is what this cannot see."""
+        another) back under the same name, after the flush, its new entry unflushed. The file's
+        inode and mtime tell: every give sets the mtime to an instant of its own
+        (_given_stamp), and a writer's write moves it too. They are looked at once the file is
+        taken and locked (a rename moves the ctime, not the mtime), so nothing can change them
+        between the look and the use."""
         if not self.pays() or not self.look_after_boot():
             return None
-        unchanged = False
+        as_flushed: Identity | None = None
 
         def next_slot() -> str | None:
-            nonlocal unchanged
+            nonlocal as_flushed
             settled = self._next_settled()
             if settled is None:
                 return None
             slot, as_flushed = settled
-            unchanged = as_flushed is not None and _identity(f"{self.dir}/{slot}") == as_flushed
             return slot
 
         taken = self._take(path, next_slot)
-        return None if taken is None else (*taken, unchanged)
+        if taken is None:
+            return None
+        fd, size = taken
+        st = os.fstat(fd)  # locked: as the last give (or a give cut short) left it
+        return fd, size, as_flushed is not None and (st.st_ino, st.st_mtime_ns) == as_flushed
 
     def _take(self, path: str, next_slot: Callable[[], str | None]) -> tuple[int, int] | None:
         """A pooled file moved to path (the move is what makes it ours), locked, and its size;
@@ -421,12 +427,24 @@ def _remove_mark(path: str) -> None:
 
 
 def _identity(path: str) -> Identity | None:
-    """The inode and ctime of what is at path, or None if nothing is."""
+    """The inode and mtime of what is at path, or None if nothing is."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return None
-    return st.st_ino, st.st_ctime_ns
+    return st.st_ino, st.st_mtime_ns
+
+
+def _given_stamp() -> int:
+    """A random instant (ns) for a given file's mtime, so that each give leaves a file its own.
+
+    The clock that stamps a write cannot tell a file taken from its slot and given back within
+    one of its ticks: before Linux 6.13 it ticks every few milliseconds, and where timestamps
+    count whole seconds (ext4 with 128-byte inodes) a tick is a second. An mtime set explicitly
+    is kept as given, to the second at least; this one falls in 1970-2038, which every inode
+    can hold.
+    """
+    return int.from_bytes(os.urandom(8), "little") % ((1 << 31) * 1_000_000_000)
 
 
 def _lock_soon(fd: int) -> bool:
