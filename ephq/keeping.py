@@ -8,7 +8,9 @@ of at their deadlines. A hung process that lives keeps them only until their dea
 
 Announcing is off the hot path: a dequeue or an ack only notes the receipt; a thread publishes
 what changed a few times a second (so a lease younger than that may still wait for its
-deadline), and forgets leases whose deadlines have passed.
+deadline), and forgets leases whose deadlines have passed. A command worker, whose handlers
+cost a process start each, also announces each lease at once (announce), before its handler
+starts.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class LeaseKeeper:
         self._idle_since: dict[tuple[str, bool], float] = {}
         self._changed: set[tuple[str, bool]] = set()
         self._lock = threading.Lock()
+        # One publish at a time (the thread's rounds and announce()), so that an older picture
+        # of the leases is never written over a newer one.
+        self._publishing = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -76,6 +81,7 @@ class LeaseKeeper:
         self._idle_since = {}
         self._changed = set()
         self._lock = threading.Lock()
+        self._publishing = threading.Lock()
         self._wake = threading.Event()
         self._thread = None
         self._republish_at = 0.0
@@ -102,6 +108,13 @@ class LeaseKeeper:
         for receipt in receipts:
             if isinstance(receipt, str):
                 self._events.append((_ENDED, stream, receipt, 0))
+
+    def announce(self) -> None:
+        """Publish what changed now, on the caller's thread, rather than at the thread's next
+        round: a worker calls this after each lease, before its handler starts, so that a
+        SIGKILL leaves no started handler's lease to its deadline."""
+        if self._listening():
+            self._publish()
 
     def _listening(self) -> bool:
         """Whether this process has taken a lease and not closed: else there is nothing to note
@@ -155,6 +168,10 @@ class LeaseKeeper:
             self._changed.add(key)
 
     def _publish(self) -> None:
+        with self._publishing:
+            self._publish_changes()
+
+    def _publish_changes(self) -> None:
         now = time.time_ns()
         with self._lock:
             if self._closed:

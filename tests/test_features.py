@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ephq import Queue
+from ephq import Queue, keeping
 from ephq.errors import BadInput, LeaseLost, NotFound
 from ephq.files.dedup import key_path
 from ephq.worker.rate import Rate, TokenBucket, parse_rate
@@ -464,7 +464,7 @@ def test_a_worker_consumes_the_dead_letter_stream(store: str, home: Path, tmp_pa
 
 HOLDING = r"""
 import sys, time
-from ephq import Queue
+from ephq import Queue, keeping
 q = Queue(sys.argv[1], keep_leases=sys.argv[2] == "keep") if not sys.argv[1].startswith(
     "postgres") else Queue(url=sys.argv[1], keep_leases=sys.argv[2] == "keep")
 got = q.dequeue_many("s", 2, visibility=600)
@@ -642,6 +642,27 @@ def test_a_kept_lease_past_its_deadline_is_announced_no_more(home: Path) -> None
         q.close()
 
 
+def test_announce_publishes_a_kept_lease_at_once(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a command worker calls before each handler starts (Worker, with a keeping Queue):
+    the lease is announced on the caller's thread, not at the keeper thread's next round."""
+    q = Queue(home)
+    try:
+        q.enqueue_many("s", [1, 2])
+        observer = Queue(home, keep_leases=False)
+        assert q.dequeue("s", visibility=600) is not None
+        wait_for(lambda: [lease.holder is not None for lease in observer.leases("s")] == [True])
+        monkeypatch.setattr(keeping, "PUBLISH_EVERY_S", 3600.0)  # the thread's next round: late
+        time.sleep(0.3)  # (its wait of the old length ends, and it begins the long one)
+        assert q.dequeue("s", visibility=600) is not None
+        assert q.lease_keeper is not None
+        q.lease_keeper.announce()
+        assert [lease.holder is not None for lease in observer.leases("s")] == [True, True]
+    finally:
+        q.close()
+
+
 def test_an_extended_kept_lease_is_announced_past_its_first_deadline(home: Path) -> None:
     """Extended at once (before the keeper's thread has even published the lease), it is
     announced until its new deadline, not forgotten at its first."""
@@ -677,7 +698,7 @@ def test_a_dead_letter_streams_backlog_moves_and_still_goes_home(
 
 KEYED_PRODUCER = r"""
 import json, random, sys, time
-from ephq import Queue
+from ephq import Queue, keeping
 where, seed = sys.argv[1], int(sys.argv[2])
 q = (Queue(url=where, keep_leases=False) if where.startswith("postgres")
      else Queue(where, keep_leases=False))

@@ -757,25 +757,28 @@ def test_the_stopped_line_keeps_a_broken_handlers_stderr_on_one_line(
 def test_a_killed_workers_leases_come_back_long_before_their_deadline(
     store: str, home: Path, tmp_path: Path
 ) -> None:
-    """A worker holding a ten-minute lease is SIGKILLed: another consumer gets the message in
-    seconds, as the next delivery; the dead worker's receipt is then fenced."""
+    """A worker holding a ten-minute lease is SIGKILLed the moment its handler has started:
+    the lease was announced before the handler started, so another consumer gets the message
+    in seconds, as the next delivery; the dead worker's receipt is then fenced."""
     q = open_store(home)
+    q.enqueue("s", "quick")  # (the worker's first lease, announced as its keeper starts)
     mid = q.enqueue("s", "job")
-    handler = script(tmp_path, "exec sleep 120\n")
+    started = tmp_path / "started"
+    handler = script(
+        tmp_path,
+        f'read -r data\n[ "$data" = \'"quick"\' ] && exit 0\ntouch {started}\nexec sleep 120\n',
+    )
     worker = start_worker(home, "s", "--exec", handler, "--visibility", "10m")
     try:
-
-        def announced() -> bool:
-            return any(lease.holder is not None for lease in q.leases("s"))
-
-        deadline = time.monotonic() + 30
-        while not announced():
-            assert time.monotonic() < deadline, "the worker never announced its lease"
-            time.sleep(0.05)
-        (held,) = q.leases("s")
+        end = time.monotonic() + 30
+        while not started.exists():  # then at once, well inside the keeper's round
+            assert time.monotonic() < end, "the handler never started"
+            time.sleep(0.001)
     finally:
         os.killpg(worker.pid, signal.SIGKILL)  # the worker (its guard ends its handler)
         worker.wait(timeout=30)
+    (held,) = q.leases("s")
+    assert held.holder is None  # its announcement is a dead worker's: nobody holds it now
     again = q.dequeue("s", visibility=60, wait=30)  # not ten minutes: within seconds
     assert again is not None and again.id == mid and again.attempts == 2
     assert held.deadline.timestamp() > time.time() + 500  # the old lease had not run out
@@ -810,9 +813,8 @@ def _kill_worker_running(
     try:
         for pid_file in pid_files:
             wait_for(lambda f=pid_file: f.exists() and f.read_text().strip() != "")
-        # (announced a few tenths of a second after it is taken: until then, a lease keeps
-        # its deadline when its worker dies)
-        wait_for(lambda: any(lease.holder is not None for lease in q.leases("s")))
+        # announced before its handler started (else it would keep its deadline)
+        assert any(lease.holder is not None for lease in q.leases("s"))
         (guard,) = [pid for pid, cmd in _children(worker.pid).items() if MARK in cmd]
         pids = [int(pid_file.read_text()) for pid_file in pid_files]
         assert all(alive(pid) for pid in pids)

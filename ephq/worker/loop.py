@@ -225,6 +225,11 @@ class Worker:
         # one that found nothing left tells the others (_drain_ends).
         self._leasing = threading.Lock()
         self._drained_out = False
+        # This worker's own announcement of its leases (when its Queue keeps none: the CLI's),
+        # made by the keeper thread at each tick and by a cycle as soon as it leases.
+        self._announcer: Holder | None = None
+        self._announced: set[str] = set()
+        self._announcing = threading.Lock()
 
     # -- control ---------------------------------------------------------------------------
 
@@ -248,6 +253,7 @@ class Worker:
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> Summary:
+        self._announcer = self._holder()
         keeper = threading.Thread(target=self._keep_leases, name="ephq-lease-keeper", daemon=True)
         keeper.start()
         start_handler: StartHandler | None = getattr(self.handler, "start_handler", None)
@@ -514,7 +520,14 @@ class Worker:
             return None
         if self._bucket is not None:
             self._bucket.take(1)
-        return self._take(got[0])
+        job = self._take(got[0])
+        # Before its handler starts: a SIGKILL from now on gives it back at once.
+        keeper = self.queue.lease_keeper
+        if keeper is not None:
+            keeper.announce()
+        else:
+            self._announce()
+        return job
 
     def _retry_within_reach(self) -> float | None:
         """Seconds until the stream's next delayed message (a retry) is due, if draining waits
@@ -783,8 +796,6 @@ class Worker:
     def _keep_leases(self) -> None:
         """Extend each running lease when half of it is left: a busy machine has time to spare.
         Also say which leases this worker holds, for `ephq leases`, when that changed."""
-        holder = self._holder()
-        announced: set[str] = set()
         try:
             while not self._done.is_set():
                 now = time.monotonic()
@@ -806,17 +817,32 @@ class Worker:
                         continue  # the next tick tries again; the lease has half left
                     except EphqError as exc:  # refused, not away: this thread must go on
                         self._failed(exc)  # extending, or the leases run out under handlers
-                held = {j.message.receipt or "": j.leased_at_ns for j in jobs}
-                if held.keys() != announced and holder is not None:
-                    try:
-                        holder.publish(held)
-                        announced = set(held)
-                    except (EphqError, OSError):
-                        pass  # an announcement is a hint: the next tick says it again
+                self._announce()
                 self._done.wait(min(ANNOUNCE_EVERY_S, self.visibility / 20))
         finally:
-            if holder is not None:
-                holder.close()
+            with self._announcing:
+                if self._announcer is not None:
+                    self._announcer.close()
+                    self._announcer = None
+
+    def _announce(self) -> None:
+        """Publish the leases this worker holds now, if that changed since it last did: a
+        SIGKILLed worker's announced leases come back at once, the others at their deadlines.
+        A lease is announced by the cycle that took it, before its handler starts, and by the
+        keeper thread's next tick (for handlers on threads of their own). Where the worker's
+        Queue keeps its leases, that announces them instead (_holder is None)."""
+        with self._announcing:
+            if self._announcer is None:
+                return
+            with self._changed:
+                held = {j.message.receipt or "": j.leased_at_ns for j in self._jobs.values()}
+            if held.keys() == self._announced:
+                return
+            try:
+                self._announcer.publish(held)
+                self._announced = set(held)
+            except (EphqError, OSError):
+                pass  # an announcement is a hint: the next tick says it again
 
     def _holder(self) -> Holder | None:
         """Announce this worker as a holder of leases; without it if the store is away, or
