@@ -176,6 +176,37 @@ def test_leases_of_many_streams_are_announced_on_one_connection(database_server:
         assert fresh.leases("s0")[0].holder is None  # its row went with the Queue
 
 
+def test_a_process_working_through_many_streams_notes_a_bounded_number(
+    database_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a process notes per stream (the streams it made, when to look for a dead worker's
+    leases and to sweep old dedup keys next) grew with every stream it ever used. Past
+    MOST_STREAMS it is forgotten, and a stream whose notes were forgotten works as before
+    (what is due after a note is forgotten is due at once)."""
+    from ephq.postgres import backend
+
+    monkeypatch.setattr(backend, "MOST_STREAMS", 8)
+    url = fresh_database(database_server)
+    q = Queue(url=url, keep_leases=False)
+    try:
+        first = q.enqueue("s0", "first", dedup_key="k")
+        for n in range(30):
+            q.enqueue(f"s{n}", n, dedup_key="k")
+            got = q.dequeue(f"s{n}")
+            assert got is not None and got.receipt is not None
+            q.ack(f"s{n}", got.receipt)
+        notes = q._backend
+        assert isinstance(notes, backend.PostgresBackend)
+        sizes = [len(notes._known_streams), len(notes._orphans_next), len(notes._keys_swept)]
+        assert 0 < max(sizes) <= 8, sizes
+        assert q.enqueue("s0", "again", dedup_key="k") == first  # its notes forgotten
+        q.enqueue("s0", "job")
+        got = q.dequeue("s0")
+        assert got is not None and got.data == "job"
+    finally:
+        q.close()
+
+
 def test_waits_on_many_streams_in_turn_keep_a_few_connections(database_server: str) -> None:
     """A listener is kept for the next wait on its stream; waiting on one stream after another
     kept a connection for each, for good, until the server's max_connections refused the

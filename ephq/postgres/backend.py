@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..backend import Holder, Progress, Waiter
 from ..errors import BadInput, LeaseLost
@@ -108,6 +108,12 @@ _MATCH_M = (
 
 
 KEY_SWEEP_EVERY_NS = 60 * NS
+# What a process notes per stream (the streams it made, when to look for orphans and sweep
+# keys next) is forgotten all at once past this many streams: a long-lived process working
+# through streams one after the other (one per tenant) must not grow without end, and each
+# note forgotten costs at most one statement more, once.
+MOST_STREAMS = 4096
+K = TypeVar("K")
 
 
 class PostgresBackend:
@@ -133,7 +139,7 @@ class PostgresBackend:
             cur.execute(
                 "INSERT INTO ephq.streams (name) VALUES (%s) ON CONFLICT DO NOTHING", (stream,)
             )
-        self._known_streams.add(stream)
+        _note(self._known_streams, stream)
 
     def enqueue(
         self,
@@ -267,7 +273,7 @@ class PostgresBackend:
         """Delete the stream's keys past its window, at most once a minute per process."""
         if now < self._keys_swept.get(stream, 0):
             return
-        self._keys_swept[stream] = now + KEY_SWEEP_EVERY_NS
+        _note_until(self._keys_swept, stream, now + KEY_SWEEP_EVERY_NS)
         cur.execute(_FORGET_KEYS, {"stream": stream, "now": now})
 
     def _grew(self, rows: int) -> None:
@@ -318,7 +324,7 @@ class PostgresBackend:
     def _release_orphans(self, stream: str, dead: bool) -> None:
         """At most once a second per stream: give back the leases of workers that died."""
         now = self.clock()
-        self._orphans_next[(stream, dead)] = now + ORPHAN_LOOK_EVERY_NS
+        _note_until(self._orphans_next, (stream, dead), now + ORPHAN_LOOK_EVERY_NS)
         self.db.run(
             f"release the leases of workers of stream {stream!r} that are gone",
             RELEASE_ORPHANS,
@@ -565,7 +571,7 @@ class PostgresBackend:
                     "target": changes.get("dead_letter_stream"),
                 },
             )
-            self._known_streams.add(stream)
+            _note(self._known_streams, stream)
             return self._config(cur, stream)
 
     # -- dead letters ----------------------------------------------------------------------
@@ -689,3 +695,17 @@ class PostgresBackend:
         if self._listeners is not None:
             self._listeners.close()
         self.db.close()
+
+
+def _note(streams: set[str], stream: str) -> None:
+    """Add stream to a per-stream note, forgetting the others past MOST_STREAMS."""
+    if len(streams) >= MOST_STREAMS and stream not in streams:
+        streams.clear()
+    streams.add(stream)
+
+
+def _note_until(schedule: dict[K, int], key: K, when: int) -> None:
+    """Note when key is next due, forgetting the others past MOST_STREAMS (then due at once)."""
+    if len(schedule) >= MOST_STREAMS and key not in schedule:
+        schedule.clear()
+    schedule[key] = when
