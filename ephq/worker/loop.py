@@ -347,7 +347,7 @@ class Worker:
                 return
             if self._bucket is not None:
                 self._bucket.take(len(got))
-            # Announced at the keeper's next tick, not here as a cycle does (_lease_one): each
+            # Announced at the keeper's next tick, not here as a cycle does (_lease_in_cycle): each
             # announcement cost a no-op Python handler a fifth of its rate.
             if self._inline():
                 for message in got:
@@ -434,9 +434,12 @@ class Worker:
                 return None, False
             # A long poll only with nothing to ack meanwhile; draining never polls long.
             waiting = cycle.unacked is None and not self.drain
-            return self._lease_one(POLL_SLICE_S if waiting else 0.0), True
+            job = self._lease_one(POLL_SLICE_S if waiting else 0.0)
         finally:
             self._leasing.release()
+        if job is not None:
+            self._announce_leases()  # (out of the lock: the others may lease meanwhile)
+        return job, True
 
     def _run_apart(self, cycle: _Cycle, job: _Job, start_handler: StartHandler) -> None:
         """Start job's handler; while it runs, ack the last message and lease one ahead; wait
@@ -456,6 +459,8 @@ class Worker:
                 with self._leasing:
                     if self._may_lease() and self._token(wait=False):
                         cycle.ahead = self._lease_one(0.0)
+                if cycle.ahead is not None:
+                    self._announce_leases()
             failure = self._failure_of(finish, start)
             cycle.running = None
         with self._changed:
@@ -522,9 +527,7 @@ class Worker:
             return None
         if self._bucket is not None:
             self._bucket.take(1)
-        job = self._take(got[0])
-        self._announce_leases()
-        return job
+        return self._take(got[0])
 
     def _retry_within_reach(self) -> float | None:
         """Seconds until the stream's next delayed message (a retry) is due, if draining waits
