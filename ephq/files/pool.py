@@ -162,7 +162,11 @@ class FilePool:
                 os.unlink(path)  # the pool's directory cannot grow: free the file
                 return
             os.pwrite(fd, bytes(st.st_size), 0)
-            os.utime(fd, ns=(_given_stamp(),) * 2)
+            try:
+                os.utime(fd, ns=(_given_stamp(),) * 2)
+            except OSError:  # a file system that will not set times: a file unstamped is freed
+                unlink_quietly(f"{self.dir}/{slot}")
+                return
         finally:
             os.close(fd)
         self._hints.append(slot)  # this process's next enqueue can have it at once
