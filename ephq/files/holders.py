@@ -7,11 +7,10 @@
 A worker creates its file and keeps it flocked while it lives, and rewrites it in place (the
 lock is on the inode) when its leases change: a command worker as it takes each lease, others
 at most every few tenths of a second (off the hot path, so a lease younger than that may show
-no holder yet). A reader believes a holder file
-only while its lock is held: a dead worker's file says nothing; the next reap gives its leases
-back and removes it (orphaned_leases), and `check --repair` removes one it cannot read. Like
-every file in the store, a holder file is read without following links, bounded in size, and
-skipped when it does not parse.
+no holder yet). A reader believes a holder file only while its lock is held: a dead worker's
+file says nothing; the next reap gives its leases back and removes it (orphaned_leases), and
+`check --repair` removes one it cannot read. Like every file in the store, a holder file is read
+without following links, bounded in size, and skipped when it does not parse.
 """
 
 from __future__ import annotations
