@@ -139,7 +139,8 @@ class PostgresBackend:
             cur.execute(
                 "INSERT INTO ephq.streams (name) VALUES (%s) ON CONFLICT DO NOTHING", (stream,)
             )
-        _note(self._known_streams, stream)
+        _make_room(self._known_streams, stream)
+        self._known_streams.add(stream)
 
     def enqueue(
         self,
@@ -273,7 +274,8 @@ class PostgresBackend:
         """Delete the stream's keys past its window, at most once a minute per process."""
         if now < self._keys_swept.get(stream, 0):
             return
-        _note_until(self._keys_swept, stream, now + KEY_SWEEP_EVERY_NS)
+        _make_room(self._keys_swept, stream)
+        self._keys_swept[stream] = now + KEY_SWEEP_EVERY_NS
         cur.execute(_FORGET_KEYS, {"stream": stream, "now": now})
 
     def _grew(self, rows: int) -> None:
@@ -324,7 +326,8 @@ class PostgresBackend:
     def _release_orphans(self, stream: str, dead: bool) -> None:
         """At most once a second per stream: give back the leases of workers that died."""
         now = self.clock()
-        _note_until(self._orphans_next, (stream, dead), now + ORPHAN_LOOK_EVERY_NS)
+        _make_room(self._orphans_next, (stream, dead))
+        self._orphans_next[(stream, dead)] = now + ORPHAN_LOOK_EVERY_NS
         self.db.run(
             f"release the leases of workers of stream {stream!r} that are gone",
             RELEASE_ORPHANS,
@@ -571,7 +574,8 @@ class PostgresBackend:
                     "target": changes.get("dead_letter_stream"),
                 },
             )
-            _note(self._known_streams, stream)
+            _make_room(self._known_streams, stream)
+            self._known_streams.add(stream)
             return self._config(cur, stream)
 
     # -- dead letters ----------------------------------------------------------------------
@@ -697,15 +701,8 @@ class PostgresBackend:
         self.db.close()
 
 
-def _note(streams: set[str], stream: str) -> None:
-    """Add stream to a per-stream note, forgetting the others past MOST_STREAMS."""
-    if len(streams) >= MOST_STREAMS and stream not in streams:
-        streams.clear()
-    streams.add(stream)
-
-
-def _note_until(schedule: dict[K, int], key: K, when: int) -> None:
-    """Note when key is next due, forgetting the others past MOST_STREAMS (then due at once)."""
-    if len(schedule) >= MOST_STREAMS and key not in schedule:
-        schedule.clear()
-    schedule[key] = when
+def _make_room(notes: set[K] | dict[K, int], key: K) -> None:
+    """Before key is noted in a per-stream note: past MOST_STREAMS, forget every other (what
+    was due is then due at once, and a stream made is made again, harmlessly)."""
+    if len(notes) >= MOST_STREAMS and key not in notes:
+        notes.clear()
