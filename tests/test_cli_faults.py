@@ -93,6 +93,27 @@ def test_read_only_file_system_is_exit_5(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1
 
 
+def test_a_worker_on_a_read_only_file_system_is_exit_5_in_one_line(tmp_path: Path) -> None:
+    """The worker announces itself as it starts: on a read-only file system that fails, and it
+    says so in one line and stops (it once died in its keeper thread, with a traceback)."""
+    result = in_namespace(
+        tmp_path,
+        "export EPHQ_HOME={home}\n"
+        "echo 1 | {ephq} enqueue s > /dev/null\n"
+        "mount -o remount,ro {home}/..\n"
+        '{ephq} worker s --exec true --drain; echo "status=$?"\n',
+    )
+    assert "status=5" in result.stdout.splitlines(), result.stderr
+    assert "Traceback" not in result.stderr
+    *summary, error = result.stderr.splitlines()
+    assert summary == [
+        "ephq worker: handled 0 (acked 0, retried 0, dead-lettered 0, released 0, lease lost 0)"
+    ]
+    assert error.startswith(
+        "ephq: cannot register a worker of stream 's': the file system is read-only"
+    )
+
+
 FULL_DISK_DRIVER = r"""
 import json, os, subprocess, sys
 from ephq import DiskFull, Queue
