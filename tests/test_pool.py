@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -121,6 +122,43 @@ def test_threads_of_one_process_ack_through_one_pool(
     assert sorted(acked) == list(range(800))
     assert len([p for p in (home / "s" / "pool").iterdir() if pool.is_slot(p.name)]) <= 16
     assert q.check() == []
+
+
+def _give_to_one_slot(pool_dir: str, tmp: str, slot: str, gives: int) -> None:
+    acker = pool.FilePool(pool_dir, lambda path, problem: False, lambda *placed: None)
+    for i in range(gives):
+        acked = f"{tmp}/acked-{i}"
+        with open(acked, "wb") as f:
+            f.write(b"acked")
+        acker._empties = [slot]  # (its next empty slot)
+        acker.give(acked)
+
+
+@pytest.mark.timeout(120)
+def test_a_producer_racing_an_acker_for_one_slot_never_fails(q: Queue, home: Path) -> None:
+    """A producer's take of a pooled file can find the slot empty (another producer took it)
+    and, a moment later, filled again by an ack. That is a slot taken first, not a missing
+    directory: the enqueue goes on (it failed in CI, once, with 'No such file or directory')."""
+    q.enqueue("s", "makes the stream")
+    pool_dir, tmp, slot = str(home / "s" / "pool"), str(home / "s" / "tmp"), "7.free"
+    acker = multiprocessing.get_context("fork").Process(
+        target=_give_to_one_slot, args=(pool_dir, tmp, slot, 3000)
+    )
+    producer = pool.FilePool(pool_dir, lambda path, problem: False, lambda *placed: None)
+    producer.look_after_boot()
+    fresh, taken = f"{tmp}/fresh", 0
+    acker.start()
+    try:
+        while acker.is_alive():
+            producer._hints = [slot]  # the slot it saw listed
+            fd, recycled = producer.open_new(fresh)
+            os.close(fd)
+            os.unlink(fresh)
+            taken += recycled
+    finally:
+        acker.join()
+    assert acker.exitcode == 0
+    assert taken > 0  # it did race the acker for the slot
 
 
 @pytest.mark.timeout(30)

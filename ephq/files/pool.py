@@ -298,7 +298,8 @@ class FilePool:
             try:
                 os.rename(source, path)
             except FileNotFoundError:
-                if os.path.lexists(source):
+                # The slot is looked at no more: a give may have filled it again since.
+                if not os.path.isdir(os.path.dirname(path)):
                     raise  # path's directory is missing: the caller makes it and asks again
                 continue  # another producer took it first
             claimed = self._claimed(path)
