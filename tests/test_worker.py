@@ -320,6 +320,13 @@ def test_sigkilled_worker_message_comes_back_after_its_lease(
     assert m is not None and (m.id, m.attempts) == (mid, 2)
 
 
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.both_backends
 @pytest.mark.parametrize("concurrency", ["1", "3"])
@@ -344,7 +351,13 @@ def test_workers_killed_again_and_again_lose_nothing_and_repeat_little(
         if stats.ready == stats.inflight == stats.delayed == 0:
             break
         worker = start_worker(home, "s", *run)
-        time.sleep(rng.uniform(0.2, 0.6))
+        # Killed after a random number of messages (and a moment more), not after a random
+        # time: a fast machine drained the stream before the first kill came.
+        target = _lines(log) + rng.randint(1, 25)
+        give_up = time.monotonic() + 30
+        while worker.poll() is None and _lines(log) < target and time.monotonic() < give_up:
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0, 0.003))
         if worker.poll() is None:
             os.kill(worker.pid, signal.SIGKILL)  # the worker alone: its guard ends its handlers
             kills += 1
