@@ -1,7 +1,9 @@
-"""Consuming a stream with a handler per message: the loop (loop.py) and the shell handler."""
+"""Consuming a stream with a handler per message: the loop (loop.py), what it is built from
+(job, settling, tending, outage, rate) and the shell handler (shell.py, command.py)."""
 
-from .loop import Outcome, Summary, Worker
+from .loop import Worker
 from .outcomes import Cancelled, HandlerBroken, PermanentFailure, TemporaryFailure
+from .settling import Outcome, Summary
 
 __all__ = [
     "Cancelled",

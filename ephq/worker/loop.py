@@ -20,19 +20,17 @@ One implementation for Python and the shell: `Worker(queue, stream, handler)` ta
   worker's own among them) runs whole cycles (`_cycle`): lease, start the handler, ack the
   last message (and at concurrency 1 lease one ahead) while it runs, wait for its end. One
   thread leases at a time: one long poll when the stream is empty, not one per thread.
-- A keeper thread extends each running lease when half of it is left, so a handler may run far
-  longer than `visibility`. If the worker dies, its leases expire and another worker takes over.
-- Outcomes: return -> ack; PermanentFailure -> dead-letter now; Cancelled -> release (the attempt
-  does not count); HandlerBroken -> release and stop the worker (`broken` says why); anything
-  else -> nack with exponential backoff, dead-lettered by the queue once attempts run out, with
-  the failure as its last error.
+- A keeper thread tends the running leases (tending.py): each is extended when half of it is
+  left, and the worker's leases are announced. If the worker dies, its leases come back.
+- Each message is settled by what its handler did (settling.py); a HandlerBroken stops the
+  worker (`broken` says why).
 - stop() (from SIGTERM or SIGINT) stops leasing and lets running handlers finish within `grace`;
   then they are cancelled and their messages released. stop(now=True) cancels at once. (The
   keeper thread cancels them too: a handler running on the leasing thread holds it.)
 - Waiting for work is the queue's long-poll, in short slices so that a stop is seen promptly.
 - When the store is unavailable (a database restarting, a dropped connection) every call is
-  retried with backoff, with one notice when it goes and one when it is back; nothing is lost:
-  a lease that runs out meanwhile is delivered again.
+  retried with backoff (outage.py); nothing is lost: a lease that runs out meanwhile is
+  delivered again.
 - rate: at most so many handlers start per unit of time (rate.py); the loop waits for a token
   before it leases, so a message it may not start yet is never held.
 - drain: stop once nothing is visible and no handler runs; with drain_retries, not while a
@@ -47,40 +45,30 @@ import functools
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from queue import SimpleQueue
-from typing import TypeVar
 
-from ..backend import Holder
 from ..durations import to_ns
-from ..errors import BadInput, EphqError, LeaseLost, Unavailable
+from ..errors import BadInput
 from ..ids import check_stream_name
 from ..message import Message
 from ..queue import Queue, check_count
-from .outcomes import Cancelled, HandlerBroken, PermanentFailure
+from .job import Job
+from .outage import GaveUp, Retrying
+from .outcomes import HandlerBroken
 from .rate import Rate, TokenBucket, parse_rate
+from .settling import Outcome, Settling, Summary
+from .tending import LeaseTender
 
 Handler = Callable[[Message, threading.Event], object]
 # What a handler that starts apart (CommandHandler) offers as `start_handler`: it starts the
 # message's handler and returns at once, with a call that waits for the end and raises as the
 # handler would.
 StartHandler = Callable[[Message, threading.Event], Callable[[], object]]
-# The part of a lease that passes before the keeper extends it.
-EXTEND_AFTER = 0.5
 # Handlers at once, at most: each runs on a thread of its own (and a command in a process of
 # its own). Far more than a host runs usefully; tens of thousands exhaust the process's
 # threads and ended with an abort from the C library, not an error.
 MAX_CONCURRENCY = 1000
-# Retrying while the store is unavailable: the first pause, doubled up to the last.
-OUTAGE_FIRST_PAUSE_S = 0.25
-OUTAGE_MAX_PAUSE_S = 8.0
-T = TypeVar("T")
-
-
-class _GaveUp(Exception):
-    """The store stayed unavailable until the worker was told to stop."""
-
-
 # One message is leased ahead of the running handlers while each of the last LOOKAHEAD_RUNS
 # took between OVERLAP_MIN_S and LOOKAHEAD_S. A quicker handler (a Python function returning
 # at once) leaves nothing to overlap a dequeue or an ack with: they would only contend for the
@@ -90,40 +78,8 @@ LOOKAHEAD_RUNS = 8
 OVERLAP_MIN_S = 0.0002
 # At concurrency 1, handlers this quick run on the leasing thread itself.
 INLINE_MAX_S = 0.0001
-# How often the keeper looks at leases to extend and announces the ones this worker holds.
-ANNOUNCE_EVERY_S = 0.1
 # How long one long-poll lasts before the loop looks at its stop flag again.
 POLL_SLICE_S = 0.5
-
-
-@dataclass
-class Summary:
-    handled: int = 0
-    acked: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    released: int = 0
-    lost: int = 0
-
-
-@dataclass
-class Outcome:
-    message: Message
-    result: str  # acked | retry | dead-lettered | released | lease-lost
-    seconds: float
-    detail: str = ""
-    retry_in: float | None = None
-
-
-@dataclass
-class _Job:
-    message: Message
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    extend_at: float = 0.0
-    lost: bool = False
-    leased_at_ns: int = field(default_factory=time.time_ns)
-    began: bool = False  # a handler thread took it (else it is held ahead, waiting for one)
-    ended: bool = False  # its handler returned (it may still be being settled)
 
 
 @dataclass
@@ -131,9 +87,9 @@ class _Cycle:
     """One cycle thread's own (_cycle): a message whose handler succeeded, not acked yet; one
     leased ahead, not started; the handler running, started apart, and when."""
 
-    unacked: tuple[_Job, float] | None = None
-    ahead: _Job | None = None
-    running: tuple[_Job, float, Callable[[], object]] | None = None
+    unacked: tuple[Job, float] | None = None
+    ahead: Job | None = None
+    running: tuple[Job, float, Callable[[], object]] | None = None
 
 
 class Worker:
@@ -198,7 +154,7 @@ class Worker:
         self._bucket = None if rate is None else TokenBucket(rate)
         self.rate_limited = False  # waiting for the rate limit to let the next handler start
         self.summary = Summary()
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, Job] = {}
         self._changed = threading.Condition()
         # Plain flags, not Events: stop() runs in signal handlers, which must not take locks.
         self._stopping = False
@@ -212,12 +168,10 @@ class Worker:
         self._done = threading.Event()
         self._started = 0
         self._settled = 0
-        self._waiting: SimpleQueue[_Job | None] = SimpleQueue()
+        self._waiting: SimpleQueue[Job | None] = SimpleQueue()
         # Jobs whose handlers have returned, for the settler thread: (job, start, whether the
         # handler ran, what it raised).
-        self._ran: SimpleQueue[tuple[_Job, float, bool, BaseException | None] | None] = (
-            SimpleQueue()
-        )
+        self._ran: SimpleQueue[tuple[Job, float, bool, BaseException | None] | None] = SimpleQueue()
         # Handlers this quick (seconds; 0: none is) earn a message leased ahead of them.
         self.lookahead_within = lookahead_within
         self._recent: collections.deque[float] = collections.deque(maxlen=LOOKAHEAD_RUNS)
@@ -225,11 +179,9 @@ class Worker:
         # one that found nothing left tells the others (_drain_ends).
         self._leasing = threading.Lock()
         self._drained_out = False
-        # This worker's own announcement of its leases (when its Queue keeps none: the CLI's),
-        # made by the keeper thread at each tick and by a cycle as soon as it leases.
-        self._announcer: Holder | None = None
-        self._announced: set[str] = set()
-        self._announcing = threading.Lock()
+        self._calls = Retrying(self._notice, self._gives_up)
+        self._settling = Settling(queue, stream, dlq, retry_delay, max_retry_delay, self._calls)
+        self._tender = LeaseTender(queue, stream, visibility, self._jobs_now, self._failed)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -253,7 +205,7 @@ class Worker:
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> Summary:
-        self._announcer = self._holder()
+        self._tender.open(dlq=self.dlq, worker=self.name)
         keeper = threading.Thread(target=self._keep_leases, name="ephq-lease-keeper", daemon=True)
         keeper.start()
         start_handler: StartHandler | None = getattr(self.handler, "start_handler", None)
@@ -332,7 +284,7 @@ class Worker:
             # Draining never long-polls: it ends as soon as nothing is visible and all is settled.
             wait = 0.0 if self.drain else POLL_SLICE_S
             try:
-                got = self._through(
+                got = self._calls.call(
                     "lease messages",
                     functools.partial(
                         self.queue.dequeue_many,
@@ -343,7 +295,7 @@ class Worker:
                         dlq=self.dlq,
                     ),
                 )
-            except _GaveUp:
+            except GaveUp:
                 return
             if self._bucket is not None:
                 self._bucket.take(len(got))
@@ -392,7 +344,7 @@ class Worker:
         try:
             while (job := self._next_in_cycle(cycle)) is not None:
                 self._run_apart(cycle, job, start_handler)
-        except _GaveUp:
+        except GaveUp:
             pass
         except Exception as exc:  # a store that refused a lease: the worker stops with it
             self._failed(exc)
@@ -404,7 +356,7 @@ class Worker:
             if cycle.ahead is not None:
                 self._settle_job(cycle.ahead, time.monotonic(), False, None)
 
-    def _next_in_cycle(self, cycle: _Cycle) -> _Job | None:
+    def _next_in_cycle(self, cycle: _Cycle) -> Job | None:
         """The next message to run: the one held ahead, or one leased now; None once the
         worker is done (stopping, max_messages, drained)."""
         while True:
@@ -421,7 +373,7 @@ class Worker:
             elif not self._may_lease() or (looked and self.drain and self._drain_ends()):
                 return None
 
-    def _lease_in_cycle(self, cycle: _Cycle) -> tuple[_Job | None, bool]:
+    def _lease_in_cycle(self, cycle: _Cycle) -> tuple[Job | None, bool]:
         """A message leased for this cycle, if one came; and whether the queue was looked at.
 
         One thread leases at a time, the others waiting their turn: one long poll, not a herd
@@ -438,10 +390,10 @@ class Worker:
         finally:
             self._leasing.release()
         if job is not None:
-            self._announce_leases()  # (out of the lock: the others may lease meanwhile)
+            self._tender.announce()  # (out of the lock: the others may lease meanwhile)
         return job, True
 
-    def _run_apart(self, cycle: _Cycle, job: _Job, start_handler: StartHandler) -> None:
+    def _run_apart(self, cycle: _Cycle, job: Job, start_handler: StartHandler) -> None:
         """Start job's handler; while it runs, ack the last message and lease one ahead; wait
         for its end. A failure is settled at once, a success once the next handler starts."""
         start = time.monotonic()
@@ -460,7 +412,7 @@ class Worker:
                     if self._may_lease() and self._token(wait=False):
                         cycle.ahead = self._lease_one(0.0)
                 if cycle.ahead is not None:
-                    self._announce_leases()
+                    self._tender.announce()
             failure = self._failure_of(finish, start)
             cycle.running = None
         with self._changed:
@@ -517,12 +469,12 @@ class Worker:
             self.rate_limited = False
         return False
 
-    def _lease_one(self, wait: float) -> _Job | None:
+    def _lease_one(self, wait: float) -> Job | None:
         """One message leased and taken as a job, waiting up to wait seconds for one."""
         lease = functools.partial(
             self.queue.dequeue_many, self.stream, 1, self.visibility, wait=wait, dlq=self.dlq
         )
-        got = self._through("lease messages", lease)
+        got = self._calls.call("lease messages", lease)
         if not got:
             return None
         if self._bucket is not None:
@@ -534,7 +486,7 @@ class Worker:
         for it: within drain_retries from now."""
         if self.drain_retries is None:
             return None
-        due = self._through(
+        due = self._calls.call(
             "look for retries",
             functools.partial(self.queue.next_delayed, self.stream, dlq=self.dlq),
         )
@@ -594,15 +546,15 @@ class Worker:
     def _start(self, message: Message) -> None:
         self._waiting.put(self._take(message))
 
-    def _take(self, message: Message) -> _Job:
+    def _take(self, message: Message) -> Job:
         """A leased message becomes one of this worker's jobs (its lease kept from now on)."""
-        job = _Job(message, extend_at=time.monotonic() + self.visibility * EXTEND_AFTER)
+        job = Job(message, extend_at=self._tender.next_extension())
         with self._changed:
             self._jobs[message.id] = job
         self._started += 1
         return job
 
-    def _run(self, job: _Job) -> tuple[float, bool, BaseException | None]:
+    def _run(self, job: Job) -> tuple[float, bool, BaseException | None]:
         """Run job's handler: when it began, whether it ran, and what it raised."""
         start = time.monotonic()
         with self._changed:
@@ -628,7 +580,7 @@ class Worker:
 
     # -- one message -----------------------------------------------------------------------
 
-    def _run_handler(self, job: _Job) -> BaseException | None:
+    def _run_handler(self, job: Job) -> BaseException | None:
         """Run the handler; what it raised (None: it succeeded)."""
         handler = functools.partial(self.handler, job.message, job.cancelled)
         return self._failure_of(handler, time.monotonic())
@@ -648,13 +600,18 @@ class Worker:
         return None
 
     def _settle_job(
-        self, job: _Job, start: float, handled: bool, failure: BaseException | None
+        self, job: Job, start: float, handled: bool, failure: BaseException | None
     ) -> None:
         try:
             try:
+                m = job.message
+                settling = self._settling
                 outcome = (
-                    self._settle(job, start, failure) if handled else self._give_back(job, start)
+                    settling.settle(m, start, failure) if handled else settling.give_back(m, start)
                 )
+                if handled and isinstance(failure, HandlerBroken):
+                    self.broken = str(failure)
+                    self.stop()
             except Exception as exc:
                 # Not one this thread can end with: a handler thread that died would leave the
                 # next message waiting for good. The message keeps its lease until it runs out.
@@ -663,7 +620,7 @@ class Worker:
             # Counted and told before its slot is free: whoever sees the next message leased
             # (the metrics, the log) has seen this one's outcome.
             with self._changed:  # settled on several threads at once
-                self._count(outcome)
+                self.summary.count(outcome)
             if self.on_outcome is not None:
                 self._tell(self.on_outcome, outcome)
         finally:
@@ -691,177 +648,36 @@ class Worker:
                 with contextlib.suppress(Exception):
                     self.on_notice(f"on_outcome raised {exc!r}; the worker goes on")
 
-    def _give_back(self, job: _Job, start: float) -> Outcome:
-        m = job.message
-        try:
-            release = functools.partial(self.queue.release, self.stream, m.receipt or "")
-            self._through("release a message", release)
-        except (LeaseLost, _GaveUp) as exc:
-            return Outcome(m, "lease-lost", time.monotonic() - start, str(exc))
-        return Outcome(m, "released", time.monotonic() - start, "the worker is stopping")
-
-    def _settle(self, job: _Job, start: float, failure: BaseException | None) -> Outcome:
-        """Ack, release, dead-letter or retry the message by what its handler did."""
-        m = job.message
-        receipt = m.receipt or ""
-        q, stream = self.queue, self.stream
-        try:
-            if failure is None:
-                self._through("ack a message", functools.partial(q.ack, stream, receipt))
-                return Outcome(m, "acked", time.monotonic() - start)
-            if isinstance(failure, Cancelled):
-                self._through("release a message", functools.partial(q.release, stream, receipt))
-                return Outcome(m, "released", time.monotonic() - start, str(failure))
-            if isinstance(failure, HandlerBroken):
-                self._through("release a message", functools.partial(q.release, stream, receipt))
-                self.broken = str(failure)
-                self.stop()
-                return Outcome(m, "released", time.monotonic() - start, str(failure))
-            # A dead letter has nowhere further to go: its permanent failure is retried.
-            if isinstance(failure, PermanentFailure) and not self.dlq:
-                reject = functools.partial(q.reject, stream, receipt, str(failure))
-                self._through("dead-letter a message", reject)
-                return Outcome(m, "dead-lettered", time.monotonic() - start, str(failure))
-            return self._retry(m, start, failure)
-        except LeaseLost as exc:
-            return Outcome(m, "lease-lost", time.monotonic() - start, str(exc))
-        except _GaveUp as exc:
-            return Outcome(m, "lease-lost", time.monotonic() - start, str(exc))
-
-    def _retry(self, m: Message, start: float, exc: BaseException) -> Outcome:
-        """Nack with backoff; the queue dead-letters it instead if that was its last attempt."""
-        reason = str(exc) or type(exc).__name__
-        delay = min(self.retry_delay * 2 ** max(0, self._tries(m) - 1), self.max_retry_delay)
-        config = self._through("read settings", functools.partial(self.queue.config, self.stream))
-        last = not self.dlq and m.attempts >= config.max_attempts
-        nack = functools.partial(
-            self.queue.nack, self.stream, m.receipt or "", delay=delay, reason=reason
-        )
-        self._through("nack a message", nack)
-        if last:
-            return Outcome(m, "dead-lettered", time.monotonic() - start, reason)
-        return Outcome(m, "retry", time.monotonic() - start, reason, retry_in=delay)
-
-    def _through(self, doing: str, call: Callable[[], T]) -> T:
-        """call(), again and again while the store is unavailable (a database restarting, a
-        dropped connection), with backoff: one notice when it goes, one when it is back.
-        _GaveUp once the worker is told to stop at once, or is stopping and was leasing."""
-        pause = OUTAGE_FIRST_PAUSE_S
-        failing = False
-        while True:
-            try:
-                result = call()
-            except Unavailable as exc:
-                if not failing:
-                    self._notice(f"cannot {doing}, retrying until the store answers: {exc}")
-                failing = True
-                if self._stop_now or (self._stopping and doing == "lease messages"):
-                    raise _GaveUp(f"the store is unavailable: {exc}") from None
-                time.sleep(pause)
-                pause = min(pause * 2, OUTAGE_MAX_PAUSE_S)
-                continue
-            if failing:
-                self._notice("the store answers again")
-            return result
-
     def _notice(self, text: str) -> None:
         if self.on_notice is not None:
             self.on_notice(text)
 
-    def _tries(self, m: Message) -> int:
-        """This message's deliveries to this kind of consumer: a dead letter's attempts go on
-        counting from its deliveries in the stream, which its backoff does not pay for."""
-        if not self.dlq:
-            return m.attempts
-        dead = m.metadata.get("dead")
-        before = dead.get("attempts") if isinstance(dead, dict) else None
-        return m.attempts - before if isinstance(before, int) and before < m.attempts else 1
-
-    def _count(self, outcome: Outcome) -> None:
-        s = self.summary
-        s.handled += 1
-        if outcome.result == "acked":
-            s.acked += 1
-        elif outcome.result == "retry":
-            s.retried += 1
-        elif outcome.result == "dead-lettered":
-            s.dead_lettered += 1
-        elif outcome.result == "released":
-            s.released += 1
-        else:
-            s.lost += 1
-
     # -- leases ----------------------------------------------------------------------------
 
     def _keep_leases(self) -> None:
-        """Extend each running lease when half of it is left: a busy machine has time to spare.
-        Also say which leases this worker holds, for `ephq leases`, when that changed."""
+        """The keeper thread: tend the leases every tick (tending.py); once the grace is over,
+        cancel what still runs."""
         try:
             while not self._done.is_set():
-                now = time.monotonic()
-                with self._changed:
-                    jobs = list(self._jobs.values())
-                if self._stop_now or now >= self._grace_ends:
+                jobs = self._jobs_now()
+                if self._stop_now or time.monotonic() >= self._grace_ends:
                     # What _finish does for handler threads, here for a handler running on
                     # the leasing thread (_run_here), which _finish cannot reach.
                     for job in jobs:
                         job.cancelled.set()
-                due = [j for j in jobs if j.extend_at <= now and not j.lost]
-                for job in due:
-                    try:
-                        self.queue.extend(self.stream, job.message.receipt or "", self.visibility)
-                        job.extend_at = time.monotonic() + self.visibility * EXTEND_AFTER
-                    except LeaseLost:
-                        job.lost = True  # settling it will say so
-                    except Unavailable:
-                        continue  # the next tick tries again; the lease has half left
-                    except EphqError as exc:  # refused, not away: this thread must go on
-                        self._failed(exc)  # extending, or the leases run out under handlers
-                self._announce()
-                self._done.wait(min(ANNOUNCE_EVERY_S, self.visibility / 20))
+                self._tender.tick(jobs)
+                self._done.wait(self._tender.pause())
         finally:
-            with self._announcing:
-                if self._announcer is not None:
-                    self._announcer.close()
-                    self._announcer = None
+            self._tender.close()
 
-    def _announce_leases(self) -> None:
-        """Announce a lease a cycle just took, before its handler starts: a SIGKILL from now
-        on gives it back at once. Where the worker's Queue keeps leases, it announces them."""
-        keeper = self.queue.lease_keeper
-        if keeper is not None:
-            keeper.announce()
-        else:
-            self._announce()
+    def _jobs_now(self) -> list[Job]:
+        with self._changed:
+            return list(self._jobs.values())
 
-    def _announce(self) -> None:
-        """Publish the leases this worker holds now, if that changed since it last did: a
-        SIGKILLed worker's announced leases come back at once, the others at their deadlines.
-        Called by a cycle that took a lease, before its handler starts, and at the keeper
-        thread's ticks. Where the worker's Queue keeps its leases, that announces them
-        (_holder is None)."""
-        with self._announcing:
-            if self._announcer is None:
-                return
-            with self._changed:
-                held = {j.message.receipt or "": j.leased_at_ns for j in self._jobs.values()}
-            if held.keys() == self._announced:
-                return
-            try:
-                self._announcer.publish(held)
-                self._announced = set(held)
-            except (EphqError, OSError):
-                pass  # an announcement is a hint: the next tick says it again
-
-    def _holder(self) -> Holder | None:
-        """Announce this worker as a holder of leases; without it if the store is away, or
-        when its Queue announces them."""
-        if self.queue.lease_keeper is not None:
-            return None
-        try:
-            return self.queue.hold(self.stream, dlq=self.dlq, worker=self.name)
-        except Unavailable:
-            return None
+    def _gives_up(self, doing: str) -> bool:
+        """Whether a call to a store that is away stops being retried: every call once the
+        worker is told to stop at once; leasing once it is stopping."""
+        return self._stop_now or (self._stopping and doing == "lease messages")
 
 
 def _always() -> bool:

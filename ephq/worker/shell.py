@@ -14,7 +14,8 @@ from ..metrics import WorkerMetrics
 from ..queue import Queue
 from ..text import one_line
 from .command import CommandHandler
-from .loop import Outcome, Summary, Worker
+from .loop import Worker
+from .settling import Outcome, Summary
 from .stopping import INTERRUPTED, StopWatch
 
 if TYPE_CHECKING:
