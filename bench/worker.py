@@ -235,12 +235,13 @@ def table(found: Measured) -> str:
             f"| {concurrency} | {_spread(values)} | {statistics.median(values) / one:.2f} |"
         )
     latencies = found.latencies
-    lines += [
-        "",
-        f"pick-up latency, enqueue to handler start, {len(latencies)} messages: "
-        f"p50 {statistics.median(latencies):.1f} ms, p90 {percentile(latencies, 90):.1f} ms, "
-        f"p99 {percentile(latencies, 99):.1f} ms, max {max(latencies):.1f} ms",
-    ]
+    if latencies:  # none measured with --pickups 0
+        lines += [
+            "",
+            f"pick-up latency, enqueue to handler start, {len(latencies)} messages: "
+            f"p50 {statistics.median(latencies):.1f} ms, p90 {percentile(latencies, 90):.1f} ms, "
+            f"p99 {percentile(latencies, 99):.1f} ms, max {max(latencies):.1f} ms",
+        ]
     return "\n".join(lines)
 
 
