@@ -30,6 +30,7 @@ from ..errors import BadInput
 from ..message import Message
 from .guard import TOKEN_VARIABLE, HandlerGuard
 from .outcomes import Cancelled, HandlerBroken, PermanentFailure, TemporaryFailure
+from .spawning import Spawn, spawner
 
 PERMANENT_EXIT = 100
 # The shell's own statuses for a command it could not run: not executable, not found.
@@ -41,7 +42,6 @@ _POLL_S = 0.05
 _SLICE_S = 0.1
 _PIPE_CAPACITY = 65536  # Linux's default pipe buffer
 SHELL = "/bin/sh"
-_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 def _exit_watch(child: _Child) -> int | None:
@@ -53,8 +53,9 @@ def _exit_watch(child: _Child) -> int | None:
 
 
 class _Child:
-    """A handler's shell, reaped by us. Started by posix_spawn(3), which costs about a tenth
-    less per message than subprocess.Popen (no pipe for exec errors, no file objects)."""
+    """A handler's shell, reaped by us. Started by posix_spawn(3) (spawning.py), which costs
+    about a tenth less per message than subprocess.Popen (no pipe for exec errors, no file
+    objects)."""
 
     def __init__(self, pid: int, guard: HandlerGuard) -> None:
         self.pid = pid
@@ -106,7 +107,9 @@ def _environment_now() -> dict[bytes, bytes]:
     return dict(os.environb)
 
 
-def _spawn(command: str, env: dict[bytes, bytes], guard: HandlerGuard) -> tuple[_Child, int, int]:
+def _spawn(
+    command: str, env: dict[bytes, bytes], guard: HandlerGuard, spawn: Spawn
+) -> tuple[_Child, int, int]:
     """Start /bin/sh -c command in a session of its own, its stdin and stderr our pipes, its
     stdout ours; the child, and the fds of its stdin (to write) and stderr (to read)."""
     fds: list[int] = []
@@ -115,19 +118,7 @@ def _spawn(command: str, env: dict[bytes, bytes], guard: HandlerGuard) -> tuple[
             read, write = os.pipe2(os.O_CLOEXEC)
             fds += [_above_stdio(read), _above_stdio(write)]
         stdin_read, stdin_write, stderr_read, stderr_write = fds
-        pid = os.posix_spawn(
-            SHELL,
-            [SHELL, "-c", command],
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_DUP2, stdin_read, 0),
-                (os.POSIX_SPAWN_DUP2, stderr_write, 2),
-            ],
-            setsid=True,
-            # As subprocess does: what Python ignores for itself is the default again.
-            setsigdef=_RESET_SIGNALS,
-            setsigmask=(),
-        )
+        pid = spawn(SHELL, (SHELL, "-c", command), env, ((stdin_read, 0), (stderr_write, 2)))
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -163,6 +154,13 @@ class CommandHandler:
         self._guard: HandlerGuard | None = None  # started with the first handler
         self._guard_lock = threading.Lock()
         self.on_notice: Callable[[str], None] | None = None
+        self._spawn: Spawn = spawner(concurrent=False)
+
+    def expect_concurrency(self, handlers: int) -> None:
+        """Say how many handlers may run at once (the worker's concurrency): past one, each
+        starts without holding the GIL, so that the others' threads go on meanwhile
+        (spawning.py)."""
+        self._spawn = spawner(concurrent=handlers > 1)
 
     def close(self) -> None:
         """Let the guard go: call once no handler runs (the worker has ended)."""
@@ -196,7 +194,8 @@ class CommandHandler:
         end and raises what its exit means, as calling this handler does. A worker running one
         handler at a time settles the last message and leases the next meanwhile."""
         guard = self._guarded()
-        child, stdin, stderr_fd = _spawn(self.command, self._environment(message, guard), guard)
+        env = self._environment(message, guard)
+        child, stdin, stderr_fd = _spawn(self.command, env, guard, self._spawn)
         self._running.add(child)
         data = message.data_json.encode()
         feeder = None

@@ -162,6 +162,7 @@ def run(
     handler = CommandHandler(command, store=queue.store_environment(), timeout=timeout)
     log = Log(stream, json_logs)
     worker = Worker(queue, stream, handler, name=command, **options)
+    handler.expect_concurrency(worker.concurrency)
     counters = WorkerMetrics(stream, worker.concurrency)
     server = None if metrics_address is None else _serve_metrics(metrics_address, worker, counters)
 
