@@ -47,7 +47,7 @@ class HolderFile:
         self._fd = os.open(self.path, flags, 0o600)
         self._size = 0
         fcntl.flock(self._fd, fcntl.LOCK_EX)
-        self._head = {
+        head = {
             # What gethostname(2) answers, without importing socket (3.5 ms of a worker's
             # start-up, for one call).
             "host": os.uname().nodename,
@@ -56,6 +56,10 @@ class HolderFile:
             "started_at": time.time_ns(),
             "dlq": dead,
         }
+        # Everything before the leases, encoded once: only they change from one publish to
+        # the next (a command worker publishes at every lease it takes).
+        encoded = json.dumps(head, separators=(",", ":")).encode()
+        self._before_leases = encoded[:-1] + b',"leases":'
         self.publish({})
         forking.reset_in_children(self)
 
@@ -71,7 +75,7 @@ class HolderFile:
         """Say which leases this process holds now: receipt -> when it was leased (ns)."""
         if self._fd < 0:
             return
-        data = json.dumps(self._head | {"leases": leases}, separators=(",", ":")).encode()
+        data = self._before_leases + json.dumps(leases, separators=(",", ":")).encode() + b"}"
         # Shorter than before: padded with spaces to the old length, so that a process killed
         # between the write and the cut leaves JSON that parses, never the old tail after it.
         os.pwrite(self._fd, data.ljust(self._size), 0)
