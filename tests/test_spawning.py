@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -89,10 +90,17 @@ def test_both_ways_start_the_same_process_even_with_signals_masked_here() -> Non
 
 @needs_linux
 def test_a_command_that_cannot_start_is_an_os_error_naming_it() -> None:
+    """Both raise the same error: what the worker says when it retries the message."""
+    too_long = {b"BIG": b"x" * 200_000}  # one string past the kernel's 128 KiB: exec refuses
     for concurrent in (False, True):
+        spawn = spawner(concurrent=concurrent)
         with pytest.raises(OSError) as raised:
-            spawner(concurrent=concurrent)("/nonexistent/sh", ("sh",), {}, ())
-        assert raised.value.errno == 2
+            spawn("/nonexistent/sh", ("sh",), {}, ())
+        assert raised.value.errno == errno.ENOENT
+        assert str(raised.value) == "[Errno 2] No such file or directory: '/nonexistent/sh'"
+        with pytest.raises(OSError) as raised:
+            spawn("/bin/sh", ("/bin/sh", "-c", "true"), too_long, ())
+        assert str(raised.value) == "[Errno 7] Argument list too long: '/bin/sh'"
     with pytest.raises(ValueError, match="null byte"):
         spawner(concurrent=True)("/bin/sh", ("sh", "-c", "true"), {b"A": b"x\0y"}, ())
 
