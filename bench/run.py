@@ -584,7 +584,7 @@ def main() -> None:
     # First, while the file system has freed few inodes (see the module's note on order).
     command_line = cli.table(cli.measure(10 if args.quick else 30))
     # Enough messages that the worker's start-up (about 100 ms) does not decide its rate.
-    messages, waiting, pickups = (1000, 100, 30) if args.quick else (3000, 200, 60)
+    messages, waiting, pickups = (1000, 100, 30) if args.quick else (3000, 400, 60)
     workers = worker.table(worker.measure(messages, waiting, args.reps, pickups, args.workdir))
     results = run(args.workdir, args.quick, args.reps, args.only)
     if args.json:

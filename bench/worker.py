@@ -8,7 +8,7 @@
   piped (posix_spawn, the cheapest way Python has), writing a message to it and waiting; for
   concurrency N, N such loops in N processes at once (what the machine's cores allow).
 - Scaling: the same with a handler that waits (`sleep 0.01`, as one that calls a service
-  does) at concurrency 1, 2, 4 and 8, against N times concurrency 1.
+  does) at concurrency 1, 2, 4 and 8, against concurrency 1 and against N loops of it.
 - With --baseline REV: instead, the worker of REV (a git worktree) and of this tree, each
   started as `python -m ephq` from its own tree, taking turns with the floor, at each
   concurrency: how a change moved the worker, side by side in one run.
@@ -69,17 +69,17 @@ def throughput(
     return messages / elapsed
 
 
-def floors(messages: int, loops: int) -> float:
+def floors(messages: int, loops: int, command: str = "true") -> float:
     """Handlers per second with nothing but starting them, in loops processes at once."""
     if loops == 1:
-        return floor(messages)
+        return floor(messages, command)
     with multiprocessing.Pool(loops) as pool:
         start = time.perf_counter()
-        pool.map(floor, [messages // loops] * loops)
+        pool.starmap(floor, [(messages // loops, command)] * loops)
         return messages // loops * loops / (time.perf_counter() - start)
 
 
-def floor(messages: int) -> float:
+def floor(messages: int, command: str = "true") -> float:
     """Handlers per second with nothing but starting them: the most a worker could do."""
     payload = b'{"n": 1}'
     start = time.perf_counter()
@@ -88,7 +88,7 @@ def floor(messages: int) -> float:
         stderr_read, stderr_write = os.pipe2(os.O_CLOEXEC)
         pid = os.posix_spawn(
             "/bin/sh",
-            ["/bin/sh", "-c", "true"],
+            ["/bin/sh", "-c", command],
             os.environ,
             file_actions=[
                 (os.POSIX_SPAWN_DUP2, stdin_read, 0),
@@ -147,6 +147,7 @@ class Measured:
     floors: dict[int, list[float]]  # concurrency -> floor rates, one per rep
     rates: dict[int, list[float]]  # concurrency -> worker rates with `true`
     waiting: dict[int, list[float]]  # concurrency -> worker rates with WAITING_HANDLER
+    waiting_floors: dict[int, list[float]]  # concurrency -> N loops of WAITING_HANDLER
     latencies: list[float]  # pick-up, milliseconds
 
 
@@ -155,8 +156,13 @@ def measure(
 ) -> Measured:
     """Each rate over reps, side by side in each rep, and pick-up latencies."""
     base = tempfile.mkdtemp(prefix="ephq-bench-worker-", dir=workdir)
-    found = Measured({c: [] for c in CONCURRENCY}, {c: [] for c in CONCURRENCY}, {}, [])
-    found.waiting = {c: [] for c in WAITING_CONCURRENCY}
+    found = Measured(
+        {c: [] for c in CONCURRENCY},
+        {c: [] for c in CONCURRENCY},
+        {c: [] for c in WAITING_CONCURRENCY},
+        {c: [] for c in WAITING_CONCURRENCY},
+        [],
+    )
     try:
         for rep in range(reps):
             for concurrency in CONCURRENCY:
@@ -164,6 +170,9 @@ def measure(
                 home = os.path.join(base, f"t{rep}-{concurrency}")
                 found.rates[concurrency].append(throughput(home, messages, concurrency))
             for concurrency in WAITING_CONCURRENCY:
+                found.waiting_floors[concurrency].append(
+                    floors(waiting_messages, concurrency, WAITING_HANDLER)
+                )
                 home = os.path.join(base, f"w{rep}-{concurrency}")
                 rate = throughput(home, waiting_messages, concurrency, WAITING_HANDLER)
                 found.waiting[concurrency].append(rate)
@@ -226,13 +235,16 @@ def table(found: Measured) -> str:
     one = statistics.median(found.waiting[1])
     lines += [
         "",
-        f"| concurrency | ephq worker --exec '{WAITING_HANDLER}', msgs/s median (min-max) "
-        "| / concurrency 1 |",
-        "|---|---|---|",
+        f"| concurrency | the floor: N loops of sh -c '{WAITING_HANDLER}', msgs/s "
+        f"| ephq worker --exec '{WAITING_HANDLER}', msgs/s median (min-max) "
+        "| / concurrency 1 | / the floor at N |",
+        "|---|---|---|---|---|",
     ]
     for concurrency, values in found.waiting.items():
+        at_n = statistics.median(found.waiting_floors[concurrency])
         lines.append(
-            f"| {concurrency} | {_spread(values)} | {statistics.median(values) / one:.2f} |"
+            f"| {concurrency} | {_spread(found.waiting_floors[concurrency])} | {_spread(values)} "
+            f"| {statistics.median(values) / one:.2f} | {statistics.median(values) / at_n:.2f} |"
         )
     latencies = found.latencies
     if latencies:  # none measured with --pickups 0
@@ -248,7 +260,8 @@ def table(found: Measured) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=400)
-    parser.add_argument("--waiting-messages", type=int, default=200)
+    # Enough that the worker's start-up (~0.2 s) is not most of the time at concurrency 8.
+    parser.add_argument("--waiting-messages", type=int, default=400)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--pickups", type=int, default=60)
     parser.add_argument("--workdir", default=tempfile.gettempdir())
